@@ -1,0 +1,84 @@
+"""longctx: efficient long-context Transformers as first-class Hugging Face models.
+
+`import longctx` registers every architecture with the transformers Auto classes, so
+`AutoConfig.for_model("longctx-transformer", ...)`, `AutoModelForCausalLM.from_config(...)`
+and `from_pretrained(...)` work; a saved model also carries its code (`auto_map`), so it loads
+with `trust_remote_code=True` where longctx is not installed.
+"""
+
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import AutoConfig
+
+from .configuration_common import LongctxConfig
+from .configuration_transformer import LongctxTransformerConfig
+from .modeling_transformer import (
+    LongctxTransformerForCausalLM,
+    LongctxTransformerForMaskedLM,
+    LongctxTransformerForQuestionAnswering,
+    LongctxTransformerForSequenceClassification,
+    LongctxTransformerModel,
+)
+from .tokenization_bytes import SPECIAL_TOKENS, byte_tokenizer, train_bpe_tokenizer
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    config: type
+    backbone: type
+    heads: dict = field(default_factory=dict)  # Auto class name -> head class
+
+    def auto_classes(self) -> dict:
+        return {"AutoModel": self.backbone, **self.heads}
+
+
+ARCHITECTURES = {
+    "longctx-transformer": Architecture(
+        config=LongctxTransformerConfig,
+        backbone=LongctxTransformerModel,
+        heads={
+            "AutoModelForCausalLM": LongctxTransformerForCausalLM,
+            "AutoModelForMaskedLM": LongctxTransformerForMaskedLM,
+            "AutoModelForSequenceClassification": LongctxTransformerForSequenceClassification,
+            "AutoModelForQuestionAnswering": LongctxTransformerForQuestionAnswering,
+        },
+    ),
+}
+
+
+def _qualified_name(cls) -> str:
+    """'module_file.ClassName', the form `auto_map` uses to find code next to config.json."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def _register(model_type: str, arch: Architecture):
+    AutoConfig.register(model_type, arch.config, exist_ok=True)
+    arch.config.register_for_auto_class()
+    auto_map = {"AutoConfig": _qualified_name(arch.config)}
+    for auto_name, model_class in arch.auto_classes().items():
+        getattr(transformers, auto_name).register(arch.config, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_name)
+        auto_map[auto_name] = _qualified_name(model_class)
+    for model_class in arch.auto_classes().values():
+        model_class.longctx_auto_map = auto_map
+
+
+for _model_type, _arch in ARCHITECTURES.items():
+    _register(_model_type, _arch)
+
+__all__ = [
+    "ARCHITECTURES",
+    "LongctxConfig",
+    "LongctxTransformerConfig",
+    "LongctxTransformerModel",
+    "LongctxTransformerForCausalLM",
+    "LongctxTransformerForMaskedLM",
+    "LongctxTransformerForSequenceClassification",
+    "LongctxTransformerForQuestionAnswering",
+    "SPECIAL_TOKENS",
+    "byte_tokenizer",
+    "train_bpe_tokenizer",
+]

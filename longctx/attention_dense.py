@@ -1,0 +1,60 @@
+"""Dense softmax attention: the fast kernel (PyTorch SDPA) and its obviously-correct reference.
+
+Shared conventions of every longctx attention kernel:
+- q: (batch, heads, q_len, head_dim); k, v: (batch, heads, k_len, head_dim), k_len >= q_len.
+- `key_padding_mask`: (batch, k_len) bool, True for real tokens, or None for no padding.
+- `causal`: query i sits at absolute position k_len - q_len + i (the keys before the queries
+  are a cache) and sees keys at positions <= its own.
+- A query that sees no key at all (a left-pad position of a decoder) outputs zeros.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def visibility_mask(q_len: int, key_padding_mask: torch.Tensor | None, causal: bool,
+                    k_len: int, device: torch.device) -> torch.Tensor | None:
+    """(batch or 1, 1, q_len, k_len) bool, True where a query may attend a key; None if all may."""
+    mask = None
+    if causal:
+        query_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+        mask = (torch.arange(k_len, device=device)[None, :] <= query_pos)[None, None]
+    if key_padding_mask is not None:
+        keys = key_padding_mask[:, None, None, :].bool()
+        mask = keys if mask is None else mask & keys
+    return mask
+
+
+def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, scale=None):
+    """Softmax attention through `scaled_dot_product_attention`; see the module doc for shapes."""
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    if key_padding_mask is None and causal and q_len == k_len:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+    if key_padding_mask is None and not causal:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    mask = visibility_mask(q_len, key_padding_mask, causal, k_len, q.device)
+    sees_something = mask.any(dim=-1, keepdim=True)  # (batch, 1, q_len, 1)
+    # A row with no visible key would be NaN in SDPA; let it see everything, then zero it.
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_something,
+                                         dropout_p=dropout_p, scale=scale)
+    return out * sees_something
+
+
+def dense_attention_reference(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, scale=None):
+    """Explicit softmax(q k^T) v with literal masking; returns (output, weights before dropout)."""
+    batch, heads, q_len, head_dim = q.shape
+    k_len = k.shape[-2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    allowed = torch.ones(batch, 1, q_len, k_len, dtype=torch.bool, device=q.device)
+    if causal:  # query i is token k_len - q_len + i: it sees keys up to that one
+        allowed = allowed.tril(diagonal=k_len - q_len)
+    if key_padding_mask is not None:
+        allowed &= key_padding_mask.bool()[:, None, None, :]
+    sees_something = allowed.any(dim=-1, keepdim=True)
+    scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~sees_something, 0.0)
+    weights = torch.softmax(scores, dim=-1) * sees_something  # a query that sees nothing: zeros
+    dropped = F.dropout(weights, dropout_p) if dropout_p else weights
+    return torch.einsum("bhqk,bhkd->bhqd", dropped, v), weights

@@ -1,0 +1,81 @@
+"""Configuration fields shared by every longctx architecture, checked when a config is built.
+
+transformers 5 configs are dataclasses: a subclass declares fields with defaults and extends
+`_check_fields` for its own. Every bad value raises `ValueError` naming the field, the value
+and the fix (the strict-dataclass validators of transformers raise other exception types).
+"""
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+POOLING_CHOICES = ("first", "last", "mean")
+
+
+class LongctxConfig(PreTrainedConfig):
+    vocab_size: int = 261  # the byte tokenizer: 5 special tokens + 256 bytes
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 4096
+    type_vocab_size: int = 0  # 0: no token type embeddings
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None  # None: hidden_dropout_prob
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    # True: pre-LN blocks and a final LayerNorm (GPT-2); False: post-LN blocks and a LayerNorm
+    # on the embeddings (BERT, RoBERTa, Longformer).
+    pre_norm: bool = True
+    # How sequence classification pools the sequence: "first" (CLS) token, "last" non-pad
+    # token, or "mean" over non-pad tokens. None: "last" for decoders, "first" for encoders.
+    classifier_pooling: str | None = None
+    is_decoder: bool = False
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._check_fields()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def pooling(self) -> str:
+        if self.classifier_pooling is not None:
+            return self.classifier_pooling
+        return "last" if self.is_decoder else "first"
+
+    def _check_fields(self):
+        """Extended by architecture configs; each check raises `ValueError` with the fix."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            self._require(isinstance(getattr(self, name), int) and getattr(self, name) > 0,
+                          name, "must be a positive integer")
+        self._require(isinstance(self.type_vocab_size, int) and self.type_vocab_size >= 0,
+                      "type_vocab_size", "must be 0 (no token types) or a positive integer")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            self._require(value is None or 0.0 <= value < 1.0, name, "must be in [0, 1)")
+        self._require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
+                      f"must be divisible by num_attention_heads={self.num_attention_heads}; "
+                      f"use e.g. hidden_size={self.num_attention_heads * max(1, round(self.hidden_size / self.num_attention_heads))}")
+        self._require(self.hidden_act in ACT2FN, "hidden_act",
+                      f"must be one of transformers' activations, e.g. 'gelu', 'relu', 'gelu_new'")
+        self._require(self.classifier_pooling is None or self.classifier_pooling in POOLING_CHOICES,
+                      "classifier_pooling", f"must be None or one of {POOLING_CHOICES}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            self._require(value is None or (isinstance(value, int) and 0 <= value < self.vocab_size),
+                          name, f"must be None or a token id in [0, vocab_size={self.vocab_size})")
+
+    def _require(self, condition: bool, field: str, requirement: str):
+        if not condition:
+            raise ValueError(
+                f"{type(self).__name__}: {field}={getattr(self, field)!r} {requirement}.")

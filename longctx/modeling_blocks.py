@@ -1,0 +1,174 @@
+"""Blocks every longctx architecture is built from: embeddings, feed-forward, the residual block,
+the pretrained-model base, and the input checks shared by all backbones."""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+
+class LongctxPreTrainedModel(PreTrainedModel):
+    """Base of every longctx model; each architecture subclasses it with its `config_class`."""
+
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _skip_keys_device_placement = ["past_key_values"]
+    # Filled by `longctx.register()`: every Auto class of the architecture -> "module.Class".
+    # Written into config.json's `auto_map` on save, so a checkpoint saved from any head loads
+    # through every other Auto class with trust_remote_code=True.
+    longctx_auto_map: dict = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self.longctx_auto_map:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    **self.longctx_auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(batch, length, heads * dim) -> (batch, heads, length, dim)"""
+    batch, length, width = x.shape
+    return x.view(batch, length, num_heads, width // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, length, dim) -> (batch, length, heads * dim)"""
+    batch, heads, length, dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * dim)
+
+
+class Embeddings(nn.Module):
+    """Token (+ learned absolute position) (+ token type) embeddings, then dropout.
+
+    Post-norm models (BERT convention) also normalise the sum; pre-norm models leave that to
+    the first block and end with a final LayerNorm instead.
+    """
+
+    def __init__(self, config, absolute_positions: bool = True):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                                    if absolute_positions else None)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                      if config.type_vocab_size else None)
+        self.layer_norm = (nn.Identity() if config.pre_norm
+                           else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids", "vocab_size")
+            hidden = self.word_embeddings(input_ids)
+        else:
+            hidden = inputs_embeds
+        if self.position_embeddings is not None:
+            hidden = hidden + self.position_embeddings(position_ids)
+        if token_type_ids is not None:
+            types = self.token_type_embeddings.num_embeddings if self.token_type_embeddings is not None else 1
+            check_ids_below(token_type_ids, types, "token_type_ids", "type_vocab_size")
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(position_ids)
+            hidden = hidden + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.layer_norm(hidden))
+
+
+def check_ids_below(ids: torch.Tensor, limit: int, name: str, config_field: str):
+    """An id outside an embedding table is an IndexError on CPU and a device assert on CUDA."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= limit):
+        raise ValueError(
+            f"{name} holds values in [{int(ids.min())}, {int(ids.max())}] but the model's {config_field} "
+            f"allows [0, {limit}) (0 only, for token types of a model with type_vocab_size=0); use the "
+            f"tokenizer the model was trained with, or a config whose {config_field} covers these ids.")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.dense_out = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden):
+        return self.dense_out(self.activation(self.dense_in(hidden)))
+
+
+class ResidualBlock(GradientCheckpointingLayer):
+    """attention + feed-forward, each in a residual branch with dropout, pre- or post-LayerNorm.
+
+    `attention` is the architecture's module: `attention(hidden, **attention_kwargs)` returns
+    (output, attention weights or None). The block is all the architectures have in common.
+    """
+
+    def __init__(self, config, attention: nn.Module):
+        super().__init__()
+        self.pre_norm = config.pre_norm
+        self.attention = attention
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden, **attention_kwargs):
+        attended, weights = self._residual(hidden, self.attention_norm,
+                                           lambda x: self.attention(x, **attention_kwargs))
+        hidden, _ = self._residual(attended, self.feed_forward_norm,
+                                   lambda x: (self.feed_forward(x), None))
+        return hidden, weights
+
+    def _residual(self, hidden, norm, branch):
+        if self.pre_norm:
+            out, extra = branch(norm(hidden))
+            return hidden + self.dropout(out), extra
+        out, extra = branch(hidden)
+        return norm(hidden + self.dropout(out)), extra
+
+
+def final_norm(config) -> nn.Module:
+    """Pre-norm stacks end with a LayerNorm; post-norm stacks are already normalised."""
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+
+
+def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Pass exactly one of input_ids (batch, length) or inputs_embeds "
+                         "(batch, length, hidden_size).")
+    return tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+
+
+def check_attention_mask(attention_mask, batch: int, total_length: int):
+    """A 2D (batch, past + new length) mask of 1 for tokens and 0 for padding."""
+    if attention_mask is None:
+        return
+    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, total_length):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; longctx models take a 2D mask "
+            f"(batch, past + new length) = ({batch}, {total_length}) of 1 for tokens and 0 for padding.")
+
+
+def position_ids_from_mask(attention_mask, past_length: int, length: int, device) -> torch.Tensor:
+    """Positions count real tokens only, so a left- or right-padded sequence gets the positions
+    it would have alone (the convention of `generate()`, which pads decoders on the left)."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + length, device=device)[None, :]
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)[:, -length:]
+
+
+def check_positions(position_ids: torch.Tensor, max_positions: int):
+    largest = int(position_ids.max()) if position_ids.numel() else -1
+    if largest >= max_positions:
+        raise ValueError(
+            f"Input needs position {largest} but max_position_embeddings={max_positions}: the "
+            f"sequence (cache included) holds {largest + 1} tokens. Truncate the input (e.g. "
+            f"tokenizer(..., truncation=True, max_length={max_positions})) or build the model with "
+            f"a larger max_position_embeddings.")
+
+
+def key_padding_mask(attention_mask) -> torch.Tensor | None:
+    """Bool (batch, length) mask of real tokens, or None when nothing is padded (the fast path)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()

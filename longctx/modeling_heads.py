@@ -1,0 +1,227 @@
+"""The four task heads, written once for every architecture.
+
+An architecture's head is a two-line class: the head mixin first, the architecture's
+pretrained base second, and `backbone_class` naming its backbone, e.g.
+
+    class LongctxTransformerForMaskedLM(ForMaskedLM, LongctxTransformerPreTrainedModel):
+        backbone_class = LongctxTransformerModel
+
+A causal LM also lists `GenerationMixin` last, after the pretrained base (transformers looks
+for it among the direct bases to give the model a generation config).
+
+A backbone takes the usual transformers inputs and returns `BaseModelOutputWithPast`; its
+attribute `output_size` is the width of its hidden states (Reformer concatenates two streams).
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_outputs import (
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+)
+
+WORD_EMBEDDINGS = "model.embeddings.word_embeddings.weight"
+
+
+class HeadBase:
+    backbone_class = None
+    # Our losses are batch means: Trainer then scales them for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self.backbone_class(config)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def _backbone(self, kwargs) -> tuple:
+        """Runs the backbone; returns (its output, whether to return a tuple)."""
+        return_dict = kwargs.pop("return_dict", None)
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        return self.model(**kwargs, return_dict=True), not return_dict
+
+    @staticmethod
+    def _finish(output, as_tuple: bool):
+        return output.to_tuple() if as_tuple else output
+
+
+class ForCausalLM(HeadBase):
+    """Next-token prediction with the output projection tied to the input embeddings."""
+
+    _tied_weights_keys = {"lm_head.weight": WORD_EMBEDDINGS}
+
+    def __init__(self, config):
+        if not config.is_decoder:
+            raise ValueError(
+                f"{type(self).__name__} needs a causal model but the config has is_decoder=False; "
+                f"build it with is_decoder=True (e.g. AutoConfig.for_model('{config.model_type}', "
+                f"is_decoder=True)).")
+        super().__init__(config)
+        self.lm_head = nn.Linear(self.model.output_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep: int = 0, **kwargs):
+        """`labels` are the input ids (shifted inside); -100 marks positions without loss."""
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None if labels is None else shifted_lm_loss(logits, labels)
+        return self._finish(CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
+
+
+def shifted_lm_loss(logits, labels):
+    """Mean cross-entropy of predicting token t+1 from position t, ignoring -100 labels."""
+    shifted = labels[:, 1:].to(logits.device)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+
+
+class MaskedLMPredictionHead(nn.Module):
+    """dense -> activation -> LayerNorm -> vocabulary projection (BERT / RoBERTa layout)."""
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.activation = nn.GELU()
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden):
+        return self.decoder(self.layer_norm(self.activation(self.dense(hidden))))
+
+
+class ForMaskedLM(HeadBase):
+    _tied_weights_keys = {"lm_head.decoder.weight": WORD_EMBEDDINGS}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lm_head = MaskedLMPredictionHead(config, self.model.output_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        """`labels`: the original ids at masked positions, -100 elsewhere."""
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.to(logits.device).flatten(),
+                                   ignore_index=-100)
+        return self._finish(MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                           attentions=outputs.attentions), as_tuple)
+
+
+class ClassificationHead(nn.Module):
+    """dropout -> dense -> tanh -> dropout -> projection (RoBERTa / Longformer / Reformer layout)."""
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        dropout = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, pooled):
+        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+
+
+def pool(hidden, attention_mask, how: str):
+    """(batch, length, width) -> (batch, width): the first or the last real token, or the mean
+    over real tokens; real tokens are those with attention_mask 1 (all if None). Works for left
+    and right padding."""
+    if attention_mask is None:
+        return {"first": hidden[:, 0], "last": hidden[:, -1], "mean": hidden.mean(dim=1)}[how]
+    mask = attention_mask.to(hidden.device, hidden.dtype)
+    if how == "mean":
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    positions = torch.arange(1, mask.shape[1] + 1, device=hidden.device)
+    # The largest score picks the token: the last real one, or (reversed ranks) the first.
+    ranks = positions if how == "last" else positions.flip(0)
+    chosen = (ranks * attention_mask.to(hidden.device).long()).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), chosen]
+
+
+class ForSequenceClassification(HeadBase):
+    """Pools as `config.pooling` says; regression, single- or multi-label loss as transformers."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.classifier = ClassificationHead(config, self.model.output_size)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        pooled = pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
+        logits = self.classifier(pooled)
+        loss = None if labels is None else self._loss(logits, labels.to(logits.device))
+        return self._finish(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                                     attentions=outputs.attentions), as_tuple)
+
+    def _loss(self, logits, labels):
+        if self.config.problem_type is None:
+            self.config.problem_type = infer_problem_type(self.config.num_labels, labels)
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1)) if self.config.num_labels == 1 \
+                else F.mse_loss(logits.float(), labels.float())
+        if self.config.problem_type == "single_label_classification":
+            return F.cross_entropy(logits.float(), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+def infer_problem_type(num_labels: int, labels) -> str:
+    """transformers' rule: one output is regression, integer labels single-label, else multi-label."""
+    if num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+class ForQuestionAnswering(HeadBase):
+    """Extractive QA: start and end logits per token; loss averages the two cross-entropies."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(self.model.output_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, start_positions=None, end_positions=None, **kwargs):
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).float().unbind(dim=-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions)
+        return self._finish(QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """Positions outside the sequence (answers truncated away) are ignored, as in transformers."""
+    length = start_logits.shape[1]
+    start = start_positions.view(-1).to(start_logits.device).clamp(0, length)
+    end = end_positions.view(-1).to(end_logits.device).clamp(0, length)
+    return (F.cross_entropy(start_logits, start, ignore_index=length)
+            + F.cross_entropy(end_logits, end, ignore_index=length)) / 2

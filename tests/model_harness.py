@@ -1,0 +1,264 @@
+"""The shared model harness: every longctx architecture's test file subclasses `ModelHarness`
+and fills in its parameter table (`model_type`, tiny config kwargs, which heads exist).
+
+Checks: every head's forward and backward with labels; a padded batch equals its samples run
+one by one; causal models never look ahead; cached incremental decoding equals a full forward;
+save -> load round trip; loading with trust_remote_code where `import longctx` fails; bad
+configs and inputs raise ValueError.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+)
+
+import longctx  # noqa: F401  (registers the model types)
+
+AUTO_CLASSES = {
+    "base": AutoModel,
+    "causal-lm": AutoModelForCausalLM,
+    "masked-lm": AutoModelForMaskedLM,
+    "classification": AutoModelForSequenceClassification,
+    "qa": AutoModelForQuestionAnswering,
+}
+VOCAB = 261
+FIRST_TEXT_ID = 5  # ids below are special tokens
+
+
+class ModelHarness:
+    model_type: str = None
+    config_kwargs: dict = {}  # tiny sizes; dropout is set to 0 by the harness
+    encoder_heads = ("base", "masked-lm", "classification", "qa")  # with is_decoder=False
+    decoder_heads = ("base", "causal-lm", "classification", "qa")  # with is_decoder=True; () if none
+    bad_configs: list = [  # (overrides, the field the error must name)
+        (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
+        (dict(num_hidden_layers=0), "num_hidden_layers"),
+        (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+        (dict(classifier_pooling="max"), "classifier_pooling"),
+        (dict(pad_token_id=VOCAB), "pad_token_id"),
+        (dict(hidden_act="nope"), "hidden_act"),
+    ]
+
+    # ----------------------------------------------------------------- helpers
+    def config(self, is_decoder: bool, **overrides):
+        kwargs = dict(self.config_kwargs, is_decoder=is_decoder, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, num_labels=3)
+        return AutoConfig.for_model(self.model_type, **{**kwargs, **overrides})
+
+    def model(self, head: str, is_decoder: bool, seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        return AUTO_CLASSES[head].from_config(self.config(is_decoder, **overrides)).eval()
+
+    def cases(self):
+        """(head, is_decoder) for every head the architecture has."""
+        return ([(h, False) for h in self.encoder_heads] + [(h, True) for h in self.decoder_heads])
+
+    @staticmethod
+    def ids(batch: int, length: int, seed: int = 1):
+        return torch.randint(FIRST_TEXT_ID, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+    @staticmethod
+    def per_token(output, head: str):
+        """The outputs that are per position, as one (batch, length, ...) tensor per field."""
+        if head == "base":
+            return [output.last_hidden_state]
+        if head == "qa":
+            return [output.start_logits, output.end_logits]
+        return [output.logits]
+
+    # ------------------------------------------------------------------ checks
+    def test_every_head_forward_backward_with_labels(self):
+        for head, is_decoder in self.cases():
+            model = self.model(head, is_decoder).train()
+            ids = self.ids(2, 13)
+            output = model(ids, **labels_for(head, ids))
+            if head == "base":
+                loss = output.last_hidden_state.pow(2).mean()
+            else:
+                loss = output.loss
+                assert loss.ndim == 0 and torch.isfinite(loss), (head, is_decoder)
+            loss.backward()
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+            assert not missing, (head, is_decoder, missing)
+            assert all(torch.isfinite(p.grad).all() for p in model.parameters()), (head, is_decoder)
+
+    def test_classification_problem_types(self):
+        ids = self.ids(4, 9)
+        cases = [(1, torch.randn(4), "regression"),
+                 (3, torch.tensor([0, 2, 1, 2]), "single_label_classification"),
+                 (3, torch.tensor([[1.0, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]]), "multi_label_classification")]
+        for num_labels, labels, problem in cases:
+            model = self.model("classification", False, num_labels=num_labels)
+            output = model(ids, labels=labels)
+            assert model.config.problem_type == problem
+            expected = {"regression": lambda lg: torch.nn.functional.mse_loss(lg.squeeze(-1), labels),
+                        "single_label_classification": lambda lg: torch.nn.functional.cross_entropy(lg, labels),
+                        "multi_label_classification":
+                            lambda lg: torch.nn.functional.binary_cross_entropy_with_logits(lg, labels)}[problem]
+            torch.testing.assert_close(output.loss, expected(output.logits))
+
+    def test_padded_batch_equals_samples_alone(self):
+        lengths = [11, 5, 8]
+        for head, is_decoder in self.cases():
+            model = self.model(head, is_decoder)
+            for side in ("right", "left"):
+                samples = [self.ids(1, n, seed=n) for n in lengths]
+                ids, mask = pad(samples, side)
+                batched = self.per_token(model(ids, attention_mask=mask), head) if head != "classification" \
+                    else [model(ids, attention_mask=mask).logits]
+                for i, sample in enumerate(samples):
+                    alone = model(sample)
+                    real = mask[i].bool()
+                    if head == "classification":
+                        torch.testing.assert_close(batched[0][i], alone.logits[0], rtol=1e-4, atol=1e-5)
+                        continue
+                    for got, want in zip(batched, self.per_token(alone, head)):
+                        torch.testing.assert_close(got[i][real], want[0], rtol=1e-4, atol=1e-5,
+                                                   msg=lambda m: f"{head} decoder={is_decoder} {side}: {m}")
+
+    def test_causal_model_never_looks_ahead(self):
+        if not self.decoder_heads:
+            return self._check_causal_refused()
+        model = self.model("causal-lm", True)
+        ids = self.ids(2, 16)
+        changed = ids.clone()
+        changed[:, 9:] = self.ids(2, 7, seed=5)
+        before, after = model(ids).logits, model(changed).logits
+        torch.testing.assert_close(before[:, :9], after[:, :9], rtol=0, atol=1e-6)
+        assert not torch.allclose(before[:, 9:], after[:, 9:])  # the future did change
+
+    def _check_causal_refused(self):
+        with pytest.raises(ValueError, match="causal|is_decoder"):
+            AutoModelForCausalLM.from_config(self.config(True))
+
+    def test_cached_decoding_equals_full_forward(self):
+        if not self.decoder_heads:
+            return
+        model = self.model("causal-lm", True)
+        samples = [self.ids(1, n, seed=n) for n in (14, 9)]
+        ids, mask = pad(samples, "left")
+        full = model(ids, attention_mask=mask).logits
+        step = 5  # prefill 5 tokens, then one token at a time
+        out = model(ids[:, :step], attention_mask=mask[:, :step], use_cache=True)
+        pieces, cache = [out.logits], out.past_key_values
+        for t in range(step, ids.shape[1]):
+            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
+            pieces.append(out.logits)
+            cache = out.past_key_values
+        incremental = torch.cat(pieces, dim=1)
+        real = mask.bool()
+        torch.testing.assert_close(incremental[real], full[real], rtol=1e-4, atol=1e-5)
+
+    def test_save_load_round_trip_is_bit_identical(self, tmp_path):
+        for head, is_decoder in self.cases():
+            model = self.model(head, is_decoder)
+            model.save_pretrained(tmp_path / head)
+            loaded = AUTO_CLASSES[head].from_pretrained(tmp_path / head).eval()
+            assert type(loaded) is type(model)
+            ids = self.ids(2, 10)
+            for got, want in zip(self.outputs(loaded, head, ids), self.outputs(model, head, ids)):
+                assert torch.equal(got, want), (head, is_decoder)
+
+    @staticmethod
+    def outputs(model, head, ids):
+        with torch.no_grad():
+            output = model(ids)
+        return [output.last_hidden_state] if head == "base" else \
+            [output.start_logits, output.end_logits] if head == "qa" else [output.logits]
+
+    def test_trust_remote_code_load_without_longctx(self, tmp_path):
+        """A saved model carries its code: a Python where `import longctx` fails loads it with
+        trust_remote_code=True through every Auto class, with bit-identical outputs."""
+        is_decoder = bool(self.decoder_heads)
+        head = "causal-lm" if is_decoder else "masked-lm"
+        model = self.model(head, is_decoder)
+        model.save_pretrained(tmp_path / "ckpt")
+        ids = self.ids(2, 10)
+        save_file({"ids": ids, "expected": self.outputs(model, head, ids)[0]}, tmp_path / "io.safetensors")
+        heads = [h for h, d in self.cases() if d == is_decoder]
+        script = textwrap.dedent(f"""
+            import sys
+            sys.modules["longctx"] = None  # `import longctx` now raises ImportError
+            import torch, transformers
+            from safetensors.torch import load_file
+            io = load_file({str(tmp_path / 'io.safetensors')!r})
+            names = {json.dumps({h: AUTO_CLASSES[h].__name__ for h in heads})}
+            for head, auto_name in names.items():
+                model = getattr(transformers, auto_name).from_pretrained({str(tmp_path / 'ckpt')!r},
+                                                                         trust_remote_code=True).eval()
+                assert "transformers_modules" in type(model).__module__, type(model).__module__
+                if head == {head!r}:
+                    with torch.no_grad():
+                        got = model(io["ids"]).logits
+                    assert torch.equal(got, io["expected"]), (got - io["expected"]).abs().max()
+            print("REMOTE-OK", sorted(names))
+        """)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                cwd=tmp_path, timeout=300)
+        assert "REMOTE-OK" in result.stdout, result.stderr[-3000:]
+        assert result.returncode == 0
+
+    def test_bad_configs_raise_value_error_naming_the_field(self):
+        for overrides, field in self.bad_configs:
+            with pytest.raises(ValueError, match=field):
+                self.config(False, **overrides)
+
+    def test_too_long_input_raises_value_error(self):
+        for head, is_decoder in self.cases():
+            model = self.model(head, is_decoder, max_position_embeddings=32)
+            with pytest.raises(ValueError, match="max_position_embeddings"):
+                model(self.ids(1, 33))
+
+    def test_bad_inputs_raise_value_error(self):
+        model = self.model("base", False)
+        ids = self.ids(2, 10)
+        with pytest.raises(ValueError, match="attention_mask"):
+            model(ids, attention_mask=torch.ones(2, 9, dtype=torch.long))
+        with pytest.raises(ValueError, match="input_ids"):
+            model()
+        with pytest.raises(ValueError, match="vocab_size"):
+            model(torch.full((1, 4), VOCAB))
+        with pytest.raises(ValueError, match="type_vocab_size"):
+            model(ids, token_type_ids=torch.full_like(ids, 5))
+        if self.decoder_heads:
+            with pytest.raises(ValueError, match="is_decoder"):
+                AutoModelForCausalLM.from_config(self.config(False))
+
+
+def labels_for(head: str, ids) -> dict:
+    if head == "causal-lm":
+        return {"labels": ids}
+    if head == "masked-lm":
+        labels = torch.full_like(ids, -100)
+        labels[:, ::3] = ids[:, ::3]
+        return {"labels": labels}
+    if head == "classification":
+        return {"labels": torch.arange(ids.shape[0]) % 3}
+    if head == "qa":
+        return {"start_positions": torch.tensor([1, 3])[: ids.shape[0]],
+                "end_positions": torch.tensor([4, 3])[: ids.shape[0]]}
+    return {}
+
+
+def pad(samples, side: str):
+    """Pads (1, n) id tensors to one (batch, longest) tensor with pad id 0; returns ids, mask."""
+    longest = max(s.shape[1] for s in samples)
+    ids = torch.zeros(len(samples), longest, dtype=torch.long)
+    mask = torch.zeros(len(samples), longest, dtype=torch.long)
+    for i, sample in enumerate(samples):
+        n = sample.shape[1]
+        span = slice(longest - n, longest) if side == "left" else slice(0, n)
+        ids[i, span], mask[i, span] = sample[0], 1
+    return ids, mask
