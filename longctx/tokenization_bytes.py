@@ -72,11 +72,14 @@ def _special_added_tokens() -> list[AddedToken]:
 
 
 def _post_processor() -> processors.TemplateProcessing:
-    # "<s> A </s>" and "<s> A </s> B </s>" (one separator between the pair, saving a token
-    # per window). The $A/$B slots make `Encoding.sequence_ids()` tell question tokens from
-    # context tokens, which extractive-QA feature building relies on.
+    # "<s> A" and "<s> A </s> B </s>" (one separator between the pair, saving a token per
+    # window). A single text stays open: a causal LM's prompt must not end in </s>, or
+    # generate() (and the text-generation pipeline) continues after an end-of-text; encoders
+    # pool <s> or real tokens and need no closing token. The $A/$B slots make
+    # `Encoding.sequence_ids()` tell question tokens from context tokens, which extractive-QA
+    # feature building relies on.
     return processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
+        single=f"{BOS_TOKEN} $A",
         pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
         special_tokens=[(BOS_TOKEN, SPECIAL_TOKENS[BOS_TOKEN]), (EOS_TOKEN, SPECIAL_TOKENS[EOS_TOKEN])],
     )
@@ -111,7 +114,7 @@ def _byte_level_pipeline(model: models.BPE, split_words: bool) -> Tokenizer:
 
 def _check_model_max_length(model_max_length: int) -> None:
     if not isinstance(model_max_length, int) or model_max_length < 2:
-        raise ValueError(f"model_max_length must be an int >= 2 (room for <s> and </s>), got {model_max_length!r}")
+        raise ValueError(f"model_max_length must be an int >= 2 (room for <s> and at least one token), got {model_max_length!r}")
 
 
 def _build_tokenizer(
