@@ -20,6 +20,7 @@ from .modeling_transformer import (
     LongctxTransformerForSequenceClassification,
     LongctxTransformerModel,
 )
+from .question_answering import QuestionAnsweringPipeline, register_question_answering_pipeline
 from .tokenization_bytes import SPECIAL_TOKENS, byte_tokenizer, train_bpe_tokenizer
 
 __version__ = "0.1.0"
@@ -68,6 +69,8 @@ def _register(model_type: str, arch: Architecture):
 
 for _model_type, _arch in ARCHITECTURES.items():
     _register(_model_type, _arch)
+# transformers 5 removed the extractive question-answering pipeline; longctx brings it back.
+register_question_answering_pipeline()
 
 __all__ = [
     "ARCHITECTURES",
@@ -78,6 +81,7 @@ __all__ = [
     "LongctxTransformerForMaskedLM",
     "LongctxTransformerForSequenceClassification",
     "LongctxTransformerForQuestionAnswering",
+    "QuestionAnsweringPipeline",
     "SPECIAL_TOKENS",
     "byte_tokenizer",
     "train_bpe_tokenizer",

@@ -67,7 +67,7 @@ class LongctxConfig(PreTrainedConfig):
                       f"must be divisible by num_attention_heads={self.num_attention_heads}; "
                       f"use e.g. hidden_size={self.num_attention_heads * max(1, round(self.hidden_size / self.num_attention_heads))}")
         self._require(self.hidden_act in ACT2FN, "hidden_act",
-                      f"must be one of transformers' activations, e.g. 'gelu', 'relu', 'gelu_new'")
+                      "must be one of transformers' activations, e.g. 'gelu', 'relu', 'gelu_new'")
         self._require(self.classifier_pooling is None or self.classifier_pooling in POOLING_CHOICES,
                       "classifier_pooling", f"must be None or one of {POOLING_CHOICES}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):

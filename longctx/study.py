@@ -409,7 +409,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def table_notes(preset: Preset, metrics: Metrics) -> list[str]:
-    lm, cls = preset.language_modeling, preset.classification
+    lm = preset.language_modeling
     return [
         f"accuracy, F1: IMDb sample test set, F1 of label 1 (positive); metrics: {metrics.implementation}",
         f"perplexity, bits/byte: byte-level, on book_valid.txt (a different book), {lm.max_length}-byte blocks "

@@ -184,36 +184,6 @@ def test_text_generation_pipeline_default_call_does_not_end_the_prompt():
 
 
 # --------------------------------------------------------------------------- extractive QA
-def extract_answer(model, tok, question, context, max_seq_len, doc_stride, max_answer_len=15):
-    """The extractive-QA decoding of transformers' former `question-answering` pipeline (removed
-    in transformers 5): windows over the context with overlap `doc_stride`, best span with
-    start <= end < start + max_answer_len among context tokens only, scored by per-window
-    normalised start and end probabilities, mapped back to characters through the offsets.
-    Returns (answer dict, the tokenizer encoding of the windows)."""
-    encoded = tok(question, context, truncation="only_second", max_length=max_seq_len,
-                  stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                  padding=True, return_tensors="pt")
-    with torch.no_grad():
-        output = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-    best = None
-    for window in range(encoded["input_ids"].shape[0]):
-        in_context = torch.tensor([sid == 1 for sid in encoded.sequence_ids(window)])
-        start = output.start_logits[window].masked_fill(~in_context, -math.inf).log_softmax(-1)
-        end = output.end_logits[window].masked_fill(~in_context, -math.inf).log_softmax(-1)
-        pair = start[:, None] + end[None, :]
-        length = torch.arange(len(start))
-        allowed = (length[None, :] >= length[:, None]) & (length[None, :] < length[:, None] + max_answer_len)
-        pair = pair.masked_fill(~allowed, -math.inf)
-        score, flat = pair.flatten().max(0)
-        s, e = divmod(flat.item(), len(start))
-        if best is None or score.item() > best[0]:
-            offsets = encoded["offset_mapping"][window]
-            best = (score.item(), int(offsets[s][0]), int(offsets[e][1]))
-    score, start_char, end_char = best
-    return ({"score": math.exp(score), "start": start_char, "end": end_char,
-             "answer": context[start_char:end_char]}, encoded)
-
-
 def planted_span_qa_model(start_char: str, end_char: str):
     """A QA model whose start logit peaks on the last byte of `start_char` and whose end logit
     peaks on the last byte of `end_char`, whatever surrounds them: the blocks are made the
@@ -234,48 +204,35 @@ def planted_span_qa_model(start_char: str, end_char: str):
     return model
 
 
-def test_question_answering_offsets_non_ascii_and_doc_stride():
-    model = planted_span_qa_model("«", "»")
-    tok = tokenizer()
+def test_question_answering_pipeline_offsets_non_ascii_and_doc_stride():
+    """transformers 5 removed this pipeline task; `import longctx` restores it."""
+    qa = pipeline("question-answering", model=planted_span_qa_model("«", "»"), tokenizer=tokenizer())
     # «» also occur in the question: only context tokens may be chosen.
     question = "Où «se trouve» la conférence ?"
     short_context = "Die Konferenz fand in «Zürich» statt, nicht in Genève — ça va ?"
     filler = ("The committee met again and again, café after café, to discuss the schedule; "
               "nobody agreed on anything. ")
     long_context = filler * 12 + "At last they chose «Zürich» for the meeting. " + filler * 4
-    assert len(long_context.encode()) > model.config.max_position_embeddings  # one window is impossible
+    assert len(long_context.encode()) > qa.model.config.max_position_embeddings  # needs windows
 
     for context, max_seq_len, doc_stride in ((short_context, 384, 128), (long_context, 256, 64)):
-        result, encoded = extract_answer(model, tok, question, context, max_seq_len, doc_stride)
-        assert result["answer"] == context[result["start"]:result["end"]]
-        assert result["answer"] == "«Zürich»"
+        result = qa(question=question, context=context, max_seq_len=max_seq_len, doc_stride=doc_stride,
+                    max_answer_len=15)
+        assert result["answer"] == context[result["start"]:result["end"]] == "«Zürich»"
         assert result["start"] == context.index("«Zürich»")
-        windows = encoded["input_ids"].shape[0]
-        if context is long_context:
-            assert windows > 2
-            first_context_end = max(int(end) for (_, end), sid in
-                                    zip(encoded["offset_mapping"][0], encoded.sequence_ids(0)) if sid == 1)
-            assert first_context_end < result["start"]  # found in a later window, not the first
-            covered = set()
-            for window in range(windows):
-                for (start, end), sid in zip(encoded["offset_mapping"][window], encoded.sequence_ids(window)):
-                    if sid == 1:
-                        covered.update(range(int(start), int(end)))
-            assert covered == set(range(len(context)))  # the windows cover every character
-        else:
-            assert windows == 1
 
 
-def test_question_answering_random_model_answers_are_context_spans():
+def test_question_answering_pipeline_random_model_answers_are_context_spans():
     """With an untrained model the span is arbitrary, but it must be whole characters of the
     context (never the question), also when byte tokens split multi-byte characters."""
-    model = tiny_model(AutoModelForQuestionAnswering, seed=3)
-    tok = tokenizer()
+    qa = pipeline("question-answering", model=tiny_model(AutoModelForQuestionAnswering, seed=3),
+                  tokenizer=tokenizer())
     squad = json.loads((SAMPLES / "squad_sample.json").read_text(encoding="utf-8"))
     paragraph = squad["data"][1]["paragraphs"][0]  # Warsaw: Polish diacritics in the context
     assert any(ord(c) > 127 for c in paragraph["context"])
-    for qa in paragraph["qas"][:3]:
-        result, _ = extract_answer(model, tok, qa["question"], paragraph["context"], 256, 64)
+    for item in paragraph["qas"][:3]:
+        result = qa(question=item["question"], context=paragraph["context"], max_seq_len=256,
+                    doc_stride=64, max_answer_len=15)
         assert 0 <= result["start"] < result["end"] <= len(paragraph["context"])
         assert result["answer"] == paragraph["context"][result["start"]:result["end"]]
         assert len(result["answer"].encode()) <= 15
