@@ -12,6 +12,7 @@ import transformers
 from transformers import AutoConfig
 
 from .configuration_common import LongctxConfig
+from .configuration_longformer import LongctxLongformerConfig
 from .configuration_transformer import LongctxTransformerConfig
 from .modeling_transformer import (
     LongctxTransformerForCausalLM,
@@ -19,6 +20,13 @@ from .modeling_transformer import (
     LongctxTransformerForQuestionAnswering,
     LongctxTransformerForSequenceClassification,
     LongctxTransformerModel,
+)
+from .modeling_longformer import (
+    LongctxLongformerForCausalLM,
+    LongctxLongformerForMaskedLM,
+    LongctxLongformerForQuestionAnswering,
+    LongctxLongformerForSequenceClassification,
+    LongctxLongformerModel,
 )
 from .question_answering import QuestionAnsweringPipeline, register_question_answering_pipeline
 from .tokenization_bytes import SPECIAL_TOKENS, byte_tokenizer, train_bpe_tokenizer
@@ -45,6 +53,16 @@ ARCHITECTURES = {
             "AutoModelForMaskedLM": LongctxTransformerForMaskedLM,
             "AutoModelForSequenceClassification": LongctxTransformerForSequenceClassification,
             "AutoModelForQuestionAnswering": LongctxTransformerForQuestionAnswering,
+        },
+    ),
+    "longctx-longformer": Architecture(
+        config=LongctxLongformerConfig,
+        backbone=LongctxLongformerModel,
+        heads={
+            "AutoModelForCausalLM": LongctxLongformerForCausalLM,
+            "AutoModelForMaskedLM": LongctxLongformerForMaskedLM,
+            "AutoModelForSequenceClassification": LongctxLongformerForSequenceClassification,
+            "AutoModelForQuestionAnswering": LongctxLongformerForQuestionAnswering,
         },
     ),
 }
@@ -75,6 +93,12 @@ register_question_answering_pipeline()
 __all__ = [
     "ARCHITECTURES",
     "LongctxConfig",
+    "LongctxLongformerConfig",
+    "LongctxLongformerModel",
+    "LongctxLongformerForCausalLM",
+    "LongctxLongformerForMaskedLM",
+    "LongctxLongformerForSequenceClassification",
+    "LongctxLongformerForQuestionAnswering",
     "LongctxTransformerConfig",
     "LongctxTransformerModel",
     "LongctxTransformerForCausalLM",

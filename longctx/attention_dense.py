@@ -35,7 +35,12 @@ def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0
     if key_padding_mask is None and not causal:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     mask = visibility_mask(q_len, key_padding_mask, causal, k_len, q.device)
-    sees_something = mask.any(dim=-1, keepdim=True)  # (batch, 1, q_len, 1)
+    return masked_sdpa(q, k, v, mask, dropout_p=dropout_p, scale=scale)
+
+
+def masked_sdpa(q, k, v, mask, *, dropout_p=0.0, scale=None):
+    """SDPA with a bool mask (True: may attend), where a query that sees no key outputs zeros."""
+    sees_something = mask.any(dim=-1, keepdim=True)
     # A row with no visible key would be NaN in SDPA; let it see everything, then zero it.
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_something,
                                          dropout_p=dropout_p, scale=scale)
@@ -44,17 +49,23 @@ def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0
 
 def dense_attention_reference(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, scale=None):
     """Explicit softmax(q k^T) v with literal masking; returns (output, weights before dropout)."""
-    batch, heads, q_len, head_dim = q.shape
+    batch, _, q_len, _ = q.shape
     k_len = k.shape[-2]
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     allowed = torch.ones(batch, 1, q_len, k_len, dtype=torch.bool, device=q.device)
     if causal:  # query i is token k_len - q_len + i: it sees keys up to that one
         allowed = allowed.tril(diagonal=k_len - q_len)
     if key_padding_mask is not None:
-        allowed &= key_padding_mask.bool()[:, None, None, :]
+        allowed = allowed & key_padding_mask.bool()[:, None, None, :]
+    return masked_attention_reference(q, k, v, allowed, dropout_p=dropout_p, scale=scale)
+
+
+def masked_attention_reference(q, k, v, allowed, *, dropout_p=0.0, scale=None):
+    """softmax over the keys each query is `allowed` (bool, broadcastable to (batch, heads, q_len,
+    k_len)) to see; a query that sees nothing outputs zeros. Returns (output, weights)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     sees_something = allowed.any(dim=-1, keepdim=True)
     scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~sees_something, 0.0)
-    weights = torch.softmax(scores, dim=-1) * sees_something  # a query that sees nothing: zeros
+    weights = torch.softmax(scores, dim=-1) * sees_something
     dropped = F.dropout(weights, dropout_p) if dropout_p else weights
     return torch.einsum("bhqk,bhkd->bhqd", dropped, v), weights

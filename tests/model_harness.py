@@ -61,13 +61,22 @@ class ModelHarness:
         torch.manual_seed(seed)
         return AUTO_CLASSES[head].from_config(self.config(is_decoder, **overrides)).eval()
 
+    def unused_in(self, parameter: str, head: str, is_decoder: bool) -> bool:
+        """Parameters that legitimately get no gradient in this head (e.g. global projections
+        when no token is global)."""
+        return False
+
     def cases(self):
         """(head, is_decoder) for every head the architecture has."""
         return ([(h, False) for h in self.encoder_heads] + [(h, True) for h in self.decoder_heads])
 
-    @staticmethod
-    def ids(batch: int, length: int, seed: int = 1):
-        return torch.randint(FIRST_TEXT_ID, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    sep_position: int | None = None  # put a separator (id 2) there, for heads that look for one
+
+    def ids(self, batch: int, length: int, seed: int = 1):
+        ids = torch.randint(FIRST_TEXT_ID, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+        if self.sep_position is not None:
+            ids[:, min(self.sep_position, length - 1)] = 2
+        return ids
 
     @staticmethod
     def per_token(output, head: str):
@@ -90,9 +99,19 @@ class ModelHarness:
                 loss = output.loss
                 assert loss.ndim == 0 and torch.isfinite(loss), (head, is_decoder)
             loss.backward()
-            missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+            missing = [n for n, p in model.named_parameters()
+                       if p.requires_grad and p.grad is None and not self.unused_in(n, head, is_decoder)]
             assert not missing, (head, is_decoder, missing)
-            assert all(torch.isfinite(p.grad).all() for p in model.parameters()), (head, is_decoder)
+            assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), (head, is_decoder)
+
+    def test_trainer_finds_each_heads_label_arguments(self):
+        """Trainer keeps only the dataset columns that forward names; labels must be among them."""
+        from transformers.utils import find_labels
+        expected = {"causal-lm": ["labels"], "masked-lm": ["labels"], "classification": ["labels"],
+                    "qa": ["start_positions", "end_positions"]}
+        for head, is_decoder in self.cases():
+            if head != "base":
+                assert find_labels(type(self.model(head, is_decoder))) == expected[head], head
 
     def test_classification_problem_types(self):
         ids = self.ids(4, 9)

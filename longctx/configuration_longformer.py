@@ -1,0 +1,34 @@
+"""Configuration of `longctx-longformer` (Beltagy et al. 2020): sliding-window attention plus
+global attention on chosen tokens, numerically the Longformer of transformers."""
+
+from .configuration_common import LongctxConfig
+
+
+class LongctxLongformerConfig(LongctxConfig):
+    """`attention_window` is the whole window, as in transformers' `LongformerConfig`: a token sees
+    `attention_window // 2` neighbours on each side (decoders: that many before it), plus the
+    tokens of `global_attention_mask`. An int, or one even value per layer.
+
+    `sep_token_id` separates question and context: question answering puts global attention on
+    the tokens before the first one, as transformers does.
+    """
+
+    model_type = "longctx-longformer"
+    attention_window: int | list[int] = 512
+    sep_token_id: int | None = 2
+
+    def one_sided_window(self, layer_idx: int) -> int:
+        windows = self.attention_window
+        return (windows if isinstance(windows, int) else windows[layer_idx]) // 2
+
+    def _check_fields(self):
+        super()._check_fields()
+        windows = self.attention_window
+        per_layer = [windows] if isinstance(windows, int) else list(windows)
+        self._require(all(isinstance(w, int) and w > 0 and w % 2 == 0 for w in per_layer), "attention_window",
+                      "must hold positive even integers (the window is split evenly around each token), "
+                      "e.g. attention_window=512")
+        self._require(isinstance(windows, int) or len(per_layer) == self.num_hidden_layers, "attention_window",
+                      f"must be an int or a list of one value per layer (num_hidden_layers={self.num_hidden_layers})")
+        self._require(self.sep_token_id is None or 0 <= self.sep_token_id < self.vocab_size, "sep_token_id",
+                      f"must be None or a token id in [0, vocab_size={self.vocab_size})")

@@ -1,0 +1,107 @@
+"""The chunked sliding-window kernel against the dense reference: outputs and gradients on
+random shapes, windows, padding, global keys and causal masks."""
+
+import pytest
+import torch
+
+from longctx.attention_sliding import (
+    global_indices,
+    sliding_window_attention,
+    sliding_window_attention_reference,
+)
+
+
+def random_case(seed: int, causal: bool, padded: bool, with_globals: bool):
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(low, high):
+        return int(torch.randint(low, high, (1,), generator=gen))
+
+    batch, heads, length, dim, window = draw(1, 4), draw(1, 3), draw(1, 60), 4 * draw(1, 4), draw(1, 12)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=torch.float64).requires_grad_()
+               for _ in range(3))
+    padding = None
+    if padded:
+        lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+        padding = torch.arange(length)[None, :] < lengths[:, None]
+    globals_ = None
+    if with_globals and not causal:
+        globals_ = torch.rand(batch, length, generator=gen) < 0.15
+    return dict(q=q, k=k, v=v), dict(window=window, key_padding_mask=padding, global_key_mask=globals_,
+                                     causal=causal)
+
+
+@pytest.mark.parametrize("seed", range(25))
+@pytest.mark.parametrize("causal,with_globals", [(False, False), (False, True), (True, False)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_chunked_kernel_matches_dense_reference(seed, causal, with_globals, padded):
+    tensors, options = random_case(seed, causal, padded, with_globals)
+    fast = sliding_window_attention(**tensors, **options)
+    slow, _ = sliding_window_attention_reference(**tensors, **options)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-10)
+    weight = torch.randn_like(fast)
+    inputs = list(tensors.values())
+    fast_grads = torch.autograd.grad((fast * weight).sum(), inputs)
+    slow_grads = torch.autograd.grad((slow * weight).sum(), inputs)
+    for g_fast, g_slow in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-9, atol=1e-9)
+
+
+def test_reference_is_the_sliding_window_rule():
+    """Each output is the softmax-weighted mean over exactly the keys the rule allows."""
+    q, k, v = (torch.randn(1, 1, 9, 3, dtype=torch.float64) for _ in range(3))
+    padding = torch.tensor([[True] * 8 + [False]])
+    globals_ = torch.zeros(1, 9, dtype=torch.bool)
+    globals_[0, 7] = True
+    out, _ = sliding_window_attention_reference(q, k, v, window=2, key_padding_mask=padding,
+                                                global_key_mask=globals_)
+    for i in range(9):
+        keys = [j for j in range(9) if (abs(i - j) <= 2 or j == 7) and j != 8]
+        scores = torch.stack([q[0, 0, i] @ k[0, 0, j] for j in keys]) / 3 ** 0.5
+        expected = torch.softmax(scores, 0) @ v[0, 0, keys]
+        torch.testing.assert_close(out[0, 0, i], expected)
+
+
+def test_window_covering_everything_equals_dense_attention():
+    from longctx.attention_dense import dense_attention_reference
+    q, k, v = (torch.randn(2, 2, 10, 8, dtype=torch.float64) for _ in range(3))
+    padding = torch.tensor([[True] * 10, [True] * 6 + [False] * 4])
+    for causal in (False, True):
+        got = sliding_window_attention(q, k, v, window=9, key_padding_mask=padding, causal=causal)
+        want, _ = dense_attention_reference(q, k, v, key_padding_mask=padding, causal=causal)
+        torch.testing.assert_close(got, want)
+
+
+def test_float32_close_to_float64():
+    tensors, options = random_case(3, False, True, True)
+    slow, _ = sliding_window_attention_reference(**tensors, **options)
+    fast = sliding_window_attention(**{n: t.detach().float() for n, t in tensors.items()}, **options)
+    torch.testing.assert_close(fast.double(), slow.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_global_indices_list_each_rows_globals_in_order():
+    flags = torch.tensor([[False, True, False, True], [False, False, False, False], [True, False, False, False]])
+    index, valid = global_indices(flags)
+    assert valid.tolist() == [[True, True], [False, False], [True, False]]
+    assert index[0].tolist() == [1, 3] and index[2, 0] == 0
+
+
+def test_bad_arguments_raise_value_error():
+    q = torch.randn(1, 1, 8, 4)
+    with pytest.raises(ValueError, match="window"):
+        sliding_window_attention(q, q, q, window=0)
+    with pytest.raises(ValueError, match="causal"):
+        sliding_window_attention(q, q, q, window=2, causal=True, global_key_mask=torch.ones(1, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_decode_equals_last_rows_of_the_full_causal_pass(seed):
+    from longctx.attention_sliding import sliding_window_decode
+    tensors, options = random_case(seed, causal=True, padded=True, with_globals=False)
+    full, _ = sliding_window_attention_reference(**tensors, **options)
+    length = full.shape[2]
+    new = 1 + seed % min(3, length)
+    q = tensors["q"][:, :, -new:]
+    got = sliding_window_decode(q, tensors["k"], tensors["v"], window=options["window"],
+                                key_padding_mask=options["key_padding_mask"])
+    torch.testing.assert_close(got, full[:, :, -new:], rtol=1e-10, atol=1e-10)

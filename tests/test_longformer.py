@@ -1,0 +1,80 @@
+"""`longctx-longformer`: the shared harness with its parameter table, plus Longformer's own
+behaviour (global attention defaults, windows)."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from model_harness import ModelHarness
+
+
+class LongformerHarness(ModelHarness):
+    model_type = "longctx-longformer"
+
+    def unused_in(self, parameter, head, is_decoder):
+        # Only classification and QA put global attention on tokens by default.
+        has_globals = head in ("classification", "qa") and not is_decoder
+        return "_global." in parameter and not has_globals
+
+
+class TestLongformerPreNorm(LongformerHarness):
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         max_position_embeddings=64, attention_window=[4, 6])
+    sep_position = 3  # QA's default global attention covers the tokens before the first separator
+    bad_configs = ModelHarness.bad_configs + [(dict(attention_window=5), "attention_window"),
+                                              (dict(attention_window=[4, 4, 4]), "attention_window")]
+
+
+class TestLongformerPostNorm(LongformerHarness):
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                         max_position_embeddings=64, attention_window=2, pre_norm=False, type_vocab_size=1)
+    sep_position = 2
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-longformer", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=128, attention_window=4,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)
+    return AutoModel.from_config(config).eval()
+
+
+def test_tokens_outside_the_window_do_not_matter_without_globals():
+    model = tiny()  # 2 layers x 2 neighbours per side: token 0 sees at most token 4
+    ids = torch.randint(5, 261, (1, 40))
+    changed = ids.clone()
+    changed[0, 5:] = torch.randint(5, 261, (35,))
+    before, after = model(ids).last_hidden_state, model(changed).last_hidden_state
+    torch.testing.assert_close(before[0, 0], after[0, 0])
+    assert not torch.allclose(before[0, 1], after[0, 1])  # token 1 reaches token 5 in two layers
+
+
+def test_global_token_connects_distant_tokens():
+    model = tiny()
+    ids = torch.randint(5, 261, (1, 40))
+    changed = ids.clone()
+    changed[0, 39] = (ids[0, 39] + 1 - 5) % 256 + 5
+    global_mask = torch.zeros_like(ids)
+    global_mask[0, 20] = 1
+    local = [model(x).last_hidden_state[0, 0] for x in (ids, changed)]
+    torch.testing.assert_close(*local)
+    linked = [model(x, global_attention_mask=global_mask).last_hidden_state[0, 0] for x in (ids, changed)]
+    assert not torch.allclose(*linked)  # 39 -> global 20 (layer 1) -> 0 (layer 2)
+
+
+def test_global_attention_mask_with_wrong_shape_or_on_a_decoder_raises():
+    model = tiny()
+    ids = torch.randint(5, 261, (2, 10))
+    with pytest.raises(ValueError, match="global_attention_mask"):
+        model(ids, global_attention_mask=torch.ones(2, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="global_attention_mask"):
+        tiny(is_decoder=True)(ids, global_attention_mask=torch.ones_like(ids))
+
+
+def test_question_answering_without_separator_raises():
+    from transformers import AutoModelForQuestionAnswering
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-longformer", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, attention_window=4)
+    with pytest.raises(ValueError, match="separator"):
+        AutoModelForQuestionAnswering.from_config(config)(torch.randint(5, 261, (1, 12)))
