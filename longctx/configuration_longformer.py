@@ -17,6 +17,15 @@ class LongctxLongformerConfig(LongctxConfig):
     attention_window: int | list[int] = 512
     sep_token_id: int | None = 2
 
+    @property
+    def sliding_window(self) -> int | None:
+        """How many tokens a decoder's cache keeps per layer (the largest window, plus the new
+        token): transformers' `DynamicCache(config=...)`, which `generate()` builds, reads it and
+        drops older keys, so generation memory is constant in the generated length."""
+        if not self.is_decoder:
+            return None
+        return max(self.one_sided_window(i) for i in range(self.num_hidden_layers)) + 1
+
     def one_sided_window(self, layer_idx: int) -> int:
         windows = self.attention_window
         return (windows if isinstance(windows, int) else windows[layer_idx]) // 2

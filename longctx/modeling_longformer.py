@@ -49,11 +49,12 @@ class LongformerSelfAttention(nn.Module):
         return self.output(merge_heads(out)), weights
 
     def _causal(self, q, k, v, key_padding_mask, dropout_p, output_attentions):
-        if q.shape[2] != k.shape[2]:  # new tokens after a cache
+        if q.shape[2] != k.shape[2]:  # new tokens after a cache, which keeps only the recent keys
             if output_attentions:
                 raise ValueError("output_attentions=True is not supported while decoding with a cache; "
                                  "run a full forward (use_cache=False) to get attention weights.")
-            return sliding_window_decode(q, k, v, window=self.window, key_padding_mask=key_padding_mask,
+            recent = None if key_padding_mask is None else key_padding_mask[:, -k.shape[2]:]
+            return sliding_window_decode(q, k, v, window=self.window, key_padding_mask=recent,
                                          dropout_p=dropout_p), None
         kernel = sliding_window_attention_reference if output_attentions else sliding_window_attention
         out = kernel(q, k, v, window=self.window, key_padding_mask=key_padding_mask, causal=True,

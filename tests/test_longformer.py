@@ -78,3 +78,22 @@ def test_question_answering_without_separator_raises():
                                   intermediate_size=32, attention_window=4)
     with pytest.raises(ValueError, match="separator"):
         AutoModelForQuestionAnswering.from_config(config)(torch.randint(5, 261, (1, 12)))
+
+
+def test_generation_cache_keeps_only_the_window_and_matches_no_cache():
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-longformer", is_decoder=True, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=32, attention_window=[4, 8],
+                                  max_position_embeddings=256)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    prompts = torch.randint(5, 261, (2, 7))
+    mask = torch.ones_like(prompts)
+    mask[1, :3] = 0  # left padding
+    cached = model.generate(prompts, attention_mask=mask, max_new_tokens=60, do_sample=False, eos_token_id=None,
+                            return_dict_in_generate=True)
+    uncached = model.generate(prompts, attention_mask=mask, max_new_tokens=60, do_sample=False, eos_token_id=None,
+                              use_cache=False)
+    assert torch.equal(cached.sequences, uncached)
+    largest_one_sided_window = 4
+    assert all(layer.keys.shape[2] == largest_one_sided_window for layer in cached.past_key_values.layers)
