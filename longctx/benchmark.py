@@ -1,0 +1,655 @@
+"""The efficiency benchmark: one training step of every chosen model at every sequence length.
+
+For each (model, length) cell it builds the model at the one size every model shares, feeds
+random token ids of shape (batch, length) and times a training step -- forward, backward and
+(unless switched off) an AdamW step -- reporting
+
+- seconds per step: the median of `steps` timed steps after `warmup_steps` untimed ones
+  (`torch.cuda.synchronize()` around each on CUDA);
+- tokens per second: batch x length / seconds per step;
+- peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (after
+  `reset_peak_memory_stats`: weights, gradients, optimizer state and activations); on CPU the
+  peak growth of the process's resident set over one extra step (`longctx.study.PeakRSS`:
+  activations and gradients -- weights and optimizer state exist before it).
+
+Every model is a backbone (`AutoModel`-like, no task head) and the loss is the mean square of
+its last hidden state, so the step costs the same outside the backbones. Dropout is 0 in every
+model: with dropout, PyTorch's CPU SDPA falls back to its slow math kernel, which would distort
+the comparison. Ratios against a baseline model are computed within one run only.
+
+The models are a registry, `MODELS` (name -> `ModelSpec`): a future architecture plugs in with
+one entry, and any model type of `longctx.ARCHITECTURES` can be named directly.
+
+This module is a user of the models; modeling files never import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel
+
+import longctx
+
+MIB = 2**20
+MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
+VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
+FIRST_TOKEN_ID = 5  # after the special tokens: no padding, no separators in the inputs
+REFORMER_CHUNK_LENGTH = 64
+STEAL_WARNING = 0.05  # flag cells whose timed steps lost more CPU time than this to the hypervisor
+
+# Per-device defaults of the settings that differ between a 2-core CPU and a GPU.
+DEVICE_DEFAULTS = {
+    "cpu": dict(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=1024,
+                lengths=(1024, 2048, 4096), tokens_per_step=4096),
+    # the issue's GPU configuration
+    "cuda": dict(hidden_size=512, num_layers=6, num_heads=8, intermediate_size=2048,
+                 lengths=(1024, 2048, 4096, 8192, 16384), tokens_per_step=16384),
+}
+
+DROPOUT_NOTE = ("dropout 0 in every model: with dropout, PyTorch's CPU SDPA falls back to its slow math "
+                "kernel, which would distort the comparison")
+LOSS_NOTE = "loss = mean square of the backbone's last hidden state (no task head: the same cost for every model)"
+CPU_NOISE_NOTE = ("CPU timings are noisy (shared cores, frequency scaling): compare ratios within one run "
+                  "only, never across runs or machines")
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class BenchmarkSettings:
+    models: list[str]
+    lengths: list[int]
+    device: str = "cpu"
+    dtype: str = "fp32"  # "bf16": torch.autocast(bfloat16) over fp32 weights, CUDA only
+    hidden_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    window: int = 512  # Longformer attention_window (the whole window, as in transformers)
+    global_tokens: int = 0  # first N tokens of each row global (Longformers only)
+    tokens_per_step: int | None = 4096
+    batch_size: int | None = None  # fixed batch, overriding tokens_per_step
+    warmup_steps: int = 1
+    steps: int = 5
+    optimizer_step: bool = True
+    baseline: str | None = "hf-longformer"
+    seed: int = 0
+    vocab_size: int = VOCAB_SIZE
+
+    @property
+    def max_length(self) -> int:
+        return max(self.lengths)
+
+    def check(self):
+        """Raises ValueError naming the setting and the fix."""
+        if self.device not in MAX_LENGTH:
+            raise ValueError(f"device={self.device!r}: use 'cpu' or 'cuda'")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch.cuda.is_available() is False; use --device cpu")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype={self.dtype!r}: use 'fp32' or 'bf16'")
+        if self.dtype == "bf16" and self.device != "cuda":
+            raise ValueError("dtype='bf16' is for CUDA (autocast); the CPU benchmark runs in fp32")
+        if not self.lengths or any(not isinstance(n, int) or n <= 0 for n in self.lengths):
+            raise ValueError(f"lengths={self.lengths}: give positive integers, e.g. 1024,2048,4096")
+        if self.max_length > MAX_LENGTH[self.device]:
+            raise ValueError(f"length {self.max_length} is over the {self.device} limit of "
+                             f"{MAX_LENGTH[self.device]} tokens")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "window", "steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+        if self.window % 2:
+            raise ValueError(f"window={self.window} must be even (half of it on each side of a token)")
+        if self.warmup_steps < 0 or self.global_tokens < 0:
+            raise ValueError("warmup_steps and global_tokens must be >= 0")
+        if self.global_tokens > min(self.lengths):
+            raise ValueError(f"global_tokens={self.global_tokens} is more than the shortest length {min(self.lengths)}")
+        if self.batch_size is None and not (self.tokens_per_step and self.tokens_per_step > 0):
+            raise ValueError("give a positive tokens_per_step or a batch_size")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ValueError(f"batch_size={self.batch_size} must be positive")
+        if self.baseline is not None and self.baseline not in self.models:
+            raise ValueError(f"baseline {self.baseline!r} is not among the models {self.models}; "
+                             f"add it to the models or choose another baseline")
+
+
+def batch_size_for(length: int, tokens_per_step: int | None = None, batch_size: int | None = None) -> int:
+    """The fixed `batch_size` if given, else `tokens_per_step // length`, at least 1."""
+    if batch_size is not None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be positive")
+        return batch_size
+    if not tokens_per_step or tokens_per_step <= 0:
+        raise ValueError("give a positive tokens_per_step or a batch_size")
+    return max(1, tokens_per_step // length)
+
+
+def median(values) -> float:
+    values = sorted(float(v) for v in values)
+    if not values:
+        raise ValueError("median of no values")
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def parse_int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r}: expected comma-separated integers, e.g. 1024,2048,4096") from None
+    if not values:
+        raise ValueError(f"{text!r}: expected at least one integer")
+    return values
+
+
+# --------------------------------------------------------------------------- models
+
+
+class UnsupportedLength(ValueError):
+    """A model cannot run at this length by construction (recorded, not a failure of the run)."""
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    weights: str = "random init"
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[[BenchmarkSettings, int], Built]  # (settings, length) -> model
+    description: str
+    global_attention: bool = False  # takes `global_attention_mask`
+
+
+def common_fields(settings: BenchmarkSettings) -> dict:
+    """The size and dropout fields every longctx config takes (configuration_common.py)."""
+    return dict(vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
+                num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
+                intermediate_size=settings.intermediate_size, max_position_embeddings=settings.max_length,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
+                is_decoder=False)
+
+
+def build_longctx(model_type: str, settings: BenchmarkSettings, **extra) -> Built:
+    """An encoder backbone of any registered longctx model type, at the shared size."""
+    config_class = longctx.ARCHITECTURES[model_type].config
+    fields = common_fields(settings)
+    if hasattr(config_class, "attention_window"):
+        fields["attention_window"] = settings.window
+    config = AutoConfig.for_model(model_type, **{**fields, **extra})
+    return Built(AutoModel.from_config(config))
+
+
+def build_dense(settings: BenchmarkSettings, length: int) -> Built:
+    return build_longctx("longctx-transformer", settings)
+
+
+def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
+    config = transformers.LongformerConfig(
+        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size, num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads, intermediate_size=settings.intermediate_size,
+        attention_window=settings.window, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        # RoBERTa positions start after the padding id: a length-L row needs L + pad + 1 of them
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=2,
+        max_position_embeddings=settings.max_length + 2)
+    return Built(transformers.LongformerModel(config, add_pooling_layer=False))
+
+
+def build_longctx_longformer(settings: BenchmarkSettings, length: int) -> Built:
+    """From hf-longformer's weights (same seed, so the same weights as that model's cells) when
+    `longctx.convert.convert_transformers_model` exists, else from its own config."""
+    if importlib.util.find_spec("longctx.convert") is None:
+        built = build_longctx("longctx-longformer", settings, pre_norm=False)
+        built.weights = "own random init (longctx.convert does not exist yet)"
+        return built
+    convert = importlib.import_module("longctx.convert")
+    hf_model = build_hf_longformer(settings, length).model
+    try:
+        model = convert.convert_transformers_model(hf_model)
+    except Exception as error:  # a converter in progress: still time the architecture, say so
+        built = build_longctx("longctx-longformer", settings, pre_norm=False)
+        built.weights = f"own random init (convert_transformers_model failed: {type(error).__name__}: {error})"
+        return built
+    del hf_model
+    config = model.config
+    dropout = {name: getattr(config, name, None) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
+    if any(value for value in dropout.values()):
+        raise ValueError(f"the converted model has dropout {dropout}; the benchmark needs 0")
+    return Built(model, weights="converted from hf-longformer (same weights)",
+                 notes={"converted_class": type(model).__name__})
+
+
+def reformer_axial_shape(length: int) -> tuple[int, int]:
+    """Two factors of `length`, as close to its square root as they come."""
+    first = max(d for d in range(1, math.isqrt(length) + 1) if length % d == 0)
+    return first, length // first
+
+
+def build_hf_reformer(settings: BenchmarkSettings, length: int) -> Built:
+    """transformers' ReformerModel: local and LSH layers alternating, one hash, chunks of 64.
+    Training needs the axial position shape to multiply to exactly the length, so it is built
+    per length; lengths that are not multiples of the chunk length cannot run."""
+    chunk = REFORMER_CHUNK_LENGTH
+    if length % chunk:
+        raise UnsupportedLength(f"hf-reformer needs lengths that are multiples of its chunk length {chunk}")
+    if settings.hidden_size % 2:
+        raise UnsupportedLength("hf-reformer's axial position embeddings need an even hidden_size")
+    config = transformers.ReformerConfig(
+        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
+        num_attention_heads=settings.num_heads, attention_head_size=settings.hidden_size // settings.num_heads,
+        feed_forward_size=settings.intermediate_size, hidden_act="gelu",
+        attn_layers=[("local", "lsh")[i % 2] for i in range(settings.num_layers)],
+        num_hashes=1, lsh_attn_chunk_length=chunk, local_attn_chunk_length=chunk,
+        num_buckets=2 ** ((2 * (length // chunk)).bit_length() - 1),  # transformers' own choice, made quietly
+        axial_pos_embds=True, axial_pos_shape=reformer_axial_shape(length),
+        axial_pos_embds_dim=(settings.hidden_size // 2, settings.hidden_size - settings.hidden_size // 2),
+        max_position_embeddings=length, hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
+        local_attention_probs_dropout_prob=0.0, axial_pos_embds_init_std=0.02,
+        is_decoder=False, pad_token_id=0, eos_token_id=2)
+    return Built(transformers.ReformerModel(config),
+                 notes={"attn_layers": list(config.attn_layers), "axial_pos_shape": list(config.axial_pos_shape),
+                        "num_buckets": config.num_buckets})
+
+
+# One entry per benchmarked model; a future longctx architecture adds one line here, e.g.
+# "longctx-reformer": longctx_spec("longctx-reformer") (or is simply named: see `resolve_spec`).
+MODELS: dict[str, ModelSpec] = {
+    "dense": ModelSpec(build_dense, "longctx-transformer encoder, SDPA dense attention"),
+    "hf-longformer": ModelSpec(build_hf_longformer, "transformers.LongformerModel, random weights",
+                               global_attention=True),
+    "longctx-longformer": ModelSpec(build_longctx_longformer, "longctx-longformer encoder, chunked exact "
+                                    "sliding window", global_attention=True),
+    "hf-reformer": ModelSpec(build_hf_reformer, "transformers.ReformerModel, local/LSH alternating, 1 hash, "
+                             f"chunk {REFORMER_CHUNK_LENGTH}"),
+}
+
+
+def longctx_spec(model_type: str) -> ModelSpec:
+    """A registered longctx model type, built from its own config at the shared size."""
+    backbone = longctx.ARCHITECTURES[model_type].backbone
+    takes_global = "global_attention_mask" in inspect.signature(backbone.forward).parameters
+    return ModelSpec(lambda settings, length: build_longctx(model_type, settings),
+                     f"{model_type} encoder, its own config", global_attention=takes_global)
+
+
+def known_models() -> list[str]:
+    return list(MODELS) + [name for name in longctx.ARCHITECTURES if name not in MODELS]
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    if name in MODELS:
+        return MODELS[name]
+    if name in longctx.ARCHITECTURES:
+        return longctx_spec(name)
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(known_models())}")
+
+
+def select_models(names: str | list[str]) -> list[str]:
+    """Comma-separated (or listed) names, each checked against the registry and longctx's types."""
+    chosen = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    chosen = list(dict.fromkeys(n for n in chosen if n))
+    if not chosen:
+        raise ValueError(f"no models given; known: {', '.join(known_models())}")
+    unknown = [name for name in chosen if name not in MODELS and name not in longctx.ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(known_models())}")
+    return chosen
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def synchronize(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_inputs(spec: ModelSpec, settings: BenchmarkSettings, batch: int, length: int) -> dict:
+    generator = torch.Generator().manual_seed(settings.seed + length)
+    inputs = {"input_ids": torch.randint(FIRST_TOKEN_ID, settings.vocab_size, (batch, length),
+                                         generator=generator).to(settings.device)}
+    if spec.global_attention and settings.global_tokens:
+        mask = torch.zeros(batch, length, dtype=torch.long)
+        mask[:, :settings.global_tokens] = 1
+        inputs["global_attention_mask"] = mask.to(settings.device)
+    return inputs
+
+
+def training_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -> float:
+    """Forward, backward and (optionally) an optimizer step; returns the loss."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.dtype == "bf16"
+                else contextlib.nullcontext())
+    with autocast:
+        output = model(**inputs)
+    hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+    loss = hidden.float().square().mean()
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat; None where there is none. Steal is time
+    the hypervisor gave this machine's CPUs to someone else: a sign of a disturbed timing."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (values[7] if len(values) > 7 else 0), sum(values[:8])
+
+
+def steal_fraction(before, after) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
+
+
+def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
+    """One (model, length) cell: timings and peak memory, or the error that stopped it."""
+    spec = resolve_spec(name)
+    batch = batch_size_for(length, settings.tokens_per_step, settings.batch_size)
+    cell = {"model": name, "length": length, "batch_size": batch, "tokens_per_step": batch * length,
+            "seconds_per_step": None, "tokens_per_s": None, "peak_memory_mib": None, "step_seconds": [],
+            "parameters": None, "weights": None, "error": None, "error_kind": None}
+    model = optimizer = inputs = None
+    try:
+        torch.manual_seed(settings.seed)
+        built = spec.build(settings, length)
+        model = built.model.to(settings.device).train()
+        cell.update(weights=built.weights, parameters=sum(p.numel() for p in model.parameters()), **built.notes)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if settings.optimizer_step else None
+        inputs = make_inputs(spec, settings, batch, length)
+        for _ in range(settings.warmup_steps):
+            training_step(model, inputs, optimizer, settings)
+        synchronize(settings.device)
+        if settings.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ticks, cpu_seconds = cpu_ticks(), []
+        for _ in range(settings.steps):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            loss = training_step(model, inputs, optimizer, settings)
+            synchronize(settings.device)
+            cell["step_seconds"].append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
+        cell["cpu_seconds_per_step"] = median(cpu_seconds)  # all threads of this process
+        cell["cpu_steal_fraction"] = steal_fraction(ticks, cpu_ticks())
+        if settings.device == "cuda":
+            cell["peak_memory_mib"] = torch.cuda.max_memory_allocated() / MIB
+            cell["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+        else:  # one more step, sampled: the sampling thread stays out of the timed steps
+            from .study import PeakRSS
+
+            with PeakRSS() as memory:
+                loss = training_step(model, inputs, optimizer, settings)
+            cell["peak_memory_mib"] = memory.growth_mib
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss}")
+        cell["loss"] = loss
+        cell["seconds_per_step"] = median(cell["step_seconds"])
+        cell["tokens_per_s"] = batch * length / cell["seconds_per_step"]
+    except Exception as error:  # recorded; the run goes on with the next cell
+        cell["error_kind"] = ("out_of_memory" if is_out_of_memory(error)
+                              else "unsupported" if isinstance(error, UnsupportedLength) else "error")
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        cell["error"] = f"{type(error).__name__}: {message[:400]}"
+        if cell["error_kind"] == "error":
+            cell["traceback"] = traceback.format_exc()
+        cell["seconds_per_step"] = cell["tokens_per_s"] = cell["peak_memory_mib"] = None
+    finally:
+        del model, optimizer, inputs
+        gc.collect()
+        if settings.device == "cuda":
+            torch.cuda.empty_cache()
+    return cell
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ratio_table(cells: list[dict], baseline: str | None) -> dict[tuple[str, int], dict]:
+    """(model, length) -> {"time": seconds / baseline's seconds, "memory": peak / baseline's peak}
+    at the same length, None where either cell has no number (failed, or a non-positive peak)."""
+    by_key = {(cell["model"], cell["length"]): cell for cell in cells}
+
+    def ratio(cell, base, key):
+        if base is None or cell.get(key) is None or base.get(key) is None or base[key] <= 0:
+            return None
+        return cell[key] / base[key]
+
+    table = {}
+    for (model, length), cell in by_key.items():
+        base = by_key.get((baseline, length)) if baseline is not None else None
+        table[(model, length)] = {"time": ratio(cell, base, "seconds_per_step"),
+                                  "memory": ratio(cell, base, "peak_memory_mib")}
+    return table
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def format_table(cells: list[dict], baseline: str | None) -> str:
+    ratios = ratio_table(cells, baseline)
+    base = baseline or "-"
+    header = ["model", "length", "batch", "ms/step", "tokens/s", "peak MiB", f"time/{base}", f"mem/{base}"]
+    fmt_ratio = lambda value: "n/a" if value is None else f"{value:.2f}x"  # noqa: E731
+    lines = [header]
+    for cell in cells:
+        if cell["error"] is not None:
+            lines.append([cell["model"], str(cell["length"]), str(cell["batch_size"]),
+                          f"FAILED ({cell['error_kind']}): {shorten(cell['error'], 100)}"])
+            continue
+        ratio = ratios[(cell["model"], cell["length"])]
+        lines.append([cell["model"], str(cell["length"]), str(cell["batch_size"]),
+                      f"{cell['seconds_per_step'] * 1000:,.1f}", f"{cell['tokens_per_s']:,.0f}",
+                      f"{cell['peak_memory_mib']:,.1f}", fmt_ratio(ratio["time"]), fmt_ratio(ratio["memory"])])
+    widths = [max(len(line[i]) for line in lines if len(line) == len(header) and i < len(line))
+              for i in range(len(header))]
+
+    def render(line):
+        if len(line) < len(header):  # a failed cell: its message spans the numeric columns
+            return " | ".join([line[0].ljust(widths[0]), line[1].rjust(widths[1]), line[2].rjust(widths[2]),
+                               line[3]])
+        return " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+
+    return "\n".join([render(lines[0]), "-+-".join("-" * w for w in widths), *map(render, lines[1:])])
+
+
+def memory_measurement(device: str) -> str:
+    if device == "cuda":
+        return ("torch.cuda.max_memory_allocated over the timed steps, after reset_peak_memory_stats: "
+                "weights, gradients, optimizer state and activations")
+    return ("peak growth of the process resident set size (longctx.study.PeakRSS: psutil, sampled every 5 ms) "
+            "over one extra training step after the timed ones, over the RSS just before it: activations, "
+            "gradients and allocator overhead; weights and optimizer state exist before it and are not counted")
+
+
+def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
+    step = "forward + backward" + (" + AdamW step" if settings.optimizer_step else " (no optimizer step)")
+    lines = [
+        f"training step = {step}; {LOSS_NOTE}",
+        f"ms/step: median of {settings.steps} timed step(s) after {settings.warmup_steps} warm-up step(s)"
+        + ("; torch.cuda.synchronize() around each" if settings.device == "cuda" else ""),
+        "tokens/s = batch x length / step time; "
+        + (f"batch = {settings.batch_size} (fixed)" if settings.batch_size is not None
+           else f"batch = max(1, {settings.tokens_per_step} tokens per step // length)"),
+        "peak MiB: " + memory_measurement(settings.device),
+        DROPOUT_NOTE,
+        f"size of every model: hidden {settings.hidden_size}, {settings.num_layers} layers, {settings.num_heads} heads, "
+        f"intermediate {settings.intermediate_size}; "
+        + ("fp32" if settings.dtype == "fp32" else "bf16 autocast over fp32 weights"),
+        f"Longformers: attention_window {settings.window}; "
+        + (f"the first {settings.global_tokens} token(s) of each row global" if settings.global_tokens
+           else "no global attention tokens"),
+    ]
+    disturbed = [f"{c['model']} @ {c['length']} ({c['cpu_steal_fraction']:.0%})" for c in cells
+                 if (c.get("cpu_steal_fraction") or 0) > STEAL_WARNING]
+    if disturbed:
+        lines.append("CPU steal time over " + f"{STEAL_WARNING:.0%} (the machine was shared; timings suspect): "
+                     + ", ".join(disturbed))
+    padded = [n for n in settings.lengths if n % settings.window]
+    if padded and "hf-longformer" in settings.models:
+        lines.append(f"hf-longformer pads each row to a multiple of the window ({settings.window}) at length(s) "
+                     f"{', '.join(map(str, padded))}; the padding is part of its step time")
+    weights = {cell["model"]: cell["weights"] for cell in cells if cell.get("weights")}
+    if "longctx-longformer" in weights:
+        lines.append(f"longctx-longformer weights: {weights['longctx-longformer']}")
+    if "hf-reformer" in weights:
+        lines.append("hf-reformer: last hidden state is 2 x hidden wide (the reversible streams, concatenated); "
+                     f"lengths must be multiples of {REFORMER_CHUNK_LENGTH}")
+    if settings.baseline:
+        lines.append(f"time/{settings.baseline}, mem/{settings.baseline}: this model's ms/step and peak MiB over "
+                     f"{settings.baseline}'s at the same length, in this run only (< 1: faster / smaller)")
+    if settings.device == "cpu":
+        lines.append(f"{CPU_NOISE_NOTE}; {torch.get_num_threads()} threads")
+    return lines
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict:
+    env = {"device": device, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "longctx": longctx.__version__,
+           "platform": platform.platform()}
+    if device == "cuda":
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   device_memory_mib=torch.cuda.get_device_properties(0).total_memory / MIB)
+    return env
+
+
+def write_plots(cells: list[dict], output_dir: Path) -> list[str] | str:
+    """Time and memory against length, one line per model; PNGs if matplotlib is importable."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plots skipped (matplotlib is not installed)"
+    paths = []
+    for key, label, filename in (("seconds_per_step", "seconds per step", "benchmark_time.png"),
+                                 ("peak_memory_mib", "peak memory (MiB)", "benchmark_memory.png")):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for model in dict.fromkeys(cell["model"] for cell in cells):
+            points = [(c["length"], c[key]) for c in cells if c["model"] == model and c[key] is not None and c[key] > 0]
+            if points:
+                axes.plot(*zip(*points), marker="o", label=model)
+        axes.set(xscale="log", yscale="log", xlabel="sequence length", ylabel=label)
+        axes.legend()
+        figure.tight_layout()
+        path = output_dir / filename
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths.append(str(path))
+    return paths
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs/benchmark/benchmark.json",
+                  progress: bool = True) -> dict:
+    """Every (model, length) cell; prints the table and notes, writes the JSON (and plots)."""
+    from tqdm.auto import tqdm
+
+    settings.models = select_models(settings.models)
+    settings.lengths = sorted(set(settings.lengths))
+    settings.check()
+    started = time.perf_counter()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"longctx benchmark on {settings.device} ({device_name(settings.device)}, {torch.get_num_threads()} "
+          f"threads): {', '.join(settings.models)} at lengths {', '.join(map(str, settings.lengths))}; "
+          f"{DROPOUT_NOTE}", flush=True)
+    cells = []
+    bar = tqdm(total=len(settings.models) * len(settings.lengths), unit="cell", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for name in settings.models:
+        out_of_memory_at = None
+        for length in settings.lengths:
+            bar.set_description(f"{name} @ {length}")
+            if out_of_memory_at is not None:  # longer rows only need more
+                batch = batch_size_for(length, settings.tokens_per_step, settings.batch_size)
+                cell = {"model": name, "length": length, "batch_size": batch, "tokens_per_step": batch * length,
+                        "seconds_per_step": None, "tokens_per_s": None, "peak_memory_mib": None,
+                        "step_seconds": [], "parameters": None, "weights": None, "error_kind": "out_of_memory",
+                        "error": f"skipped: out of memory at length {out_of_memory_at}"}
+            else:
+                cell = measure(name, settings, length)
+                if cell["error_kind"] == "out_of_memory" and (settings.batch_size is not None
+                                                               or cell["batch_size"] == 1):
+                    out_of_memory_at = length  # the same rows, only longer: they need more
+            cells.append(cell)
+            summary = (f"FAILED ({cell['error']})" if cell["error"] else
+                       f"{cell['seconds_per_step'] * 1000:,.1f} ms/step, {cell['tokens_per_s']:,.0f} tokens/s, "
+                       f"{cell['peak_memory_mib']:,.1f} MiB")
+            bar.write(f"  {name} @ {length} (batch {cell['batch_size']}): {summary}", file=sys.stdout)
+            bar.update()
+    bar.close()
+    ratios = ratio_table(cells, settings.baseline)
+    for cell in cells:
+        ratio = ratios[(cell["model"], cell["length"])]
+        cell["time_vs_baseline"], cell["memory_vs_baseline"] = ratio["time"], ratio["memory"]
+    table, table_notes = format_table(cells, settings.baseline), notes(settings, cells)
+    plots = write_plots(cells, output.parent)
+    results = {
+        "settings": dataclasses.asdict(settings), "environment": environment(settings.device),
+        "memory_measurement": memory_measurement(settings.device), "loss": LOSS_NOTE, "notes": table_notes,
+        "plots": plots, "wall_seconds": time.perf_counter() - started, "results": cells,
+    }
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print()
+    print(table)
+    for note in table_notes:
+        print("  " + note)
+    print(f"  {plots}" if isinstance(plots, str) else f"  plots: {', '.join(plots)}")
+    print(f"results: {output} ({results['wall_seconds']:.0f} s)", flush=True)
+    return results
+
+
+def failed(results: dict) -> bool:
+    """True when a cell failed for a reason other than memory or a length its model cannot take."""
+    return any(cell["error_kind"] == "error" for cell in results["results"])

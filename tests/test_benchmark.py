@@ -1,0 +1,185 @@
+"""Tests for the efficiency benchmark: its pure pieces, and scripts/benchmark.py end to end on tiny sizes.
+No timing assertions: only that every cell has positive finite numbers or a recorded error."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import longctx
+from longctx import benchmark
+from longctx.benchmark import (
+    BenchmarkSettings,
+    batch_size_for,
+    format_table,
+    median,
+    parse_int_list,
+    ratio_table,
+    reformer_axial_shape,
+    resolve_spec,
+    select_models,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def test_batch_size_from_tokens_per_step():
+    assert batch_size_for(1024, tokens_per_step=4096) == 4
+    assert batch_size_for(1000, tokens_per_step=4096) == 4  # floor
+    assert batch_size_for(4096, tokens_per_step=4096) == 1
+    assert batch_size_for(8192, tokens_per_step=4096) == 1  # at least one row
+    assert batch_size_for(8192, tokens_per_step=4096, batch_size=3) == 3  # a fixed batch wins
+    with pytest.raises(ValueError):
+        batch_size_for(1024)
+    with pytest.raises(ValueError):
+        batch_size_for(1024, batch_size=0)
+
+
+def test_median():
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4, 1, 3, 2]) == 2.5
+    assert median([7]) == 7.0
+    with pytest.raises(ValueError):
+        median([])
+
+
+def test_parse_int_list():
+    assert parse_int_list("1024, 2048,4096") == [1024, 2048, 4096]
+    with pytest.raises(ValueError):
+        parse_int_list("1024,two")
+
+
+def cell(model, length, seconds=None, memory=None, error=None):
+    return {"model": model, "length": length, "batch_size": 1, "seconds_per_step": seconds,
+            "tokens_per_s": None if seconds is None else length / seconds, "peak_memory_mib": memory,
+            "error": error, "error_kind": None if error is None else "out_of_memory"}
+
+
+def test_ratio_table_divides_by_the_baseline_at_the_same_length():
+    cells = [cell("base", 1024, 2.0, 100.0), cell("base", 2048, 4.0, 400.0),
+             cell("fast", 1024, 1.0, 50.0), cell("fast", 2048, 1.0, 800.0),
+             cell("broken", 1024, error="OutOfMemoryError: ..."), cell("lonely", 4096, 1.0, 1.0)]
+    table = ratio_table(cells, "base")
+    assert table[("base", 1024)] == {"time": 1.0, "memory": 1.0}
+    assert table[("fast", 1024)] == {"time": 0.5, "memory": 0.5}
+    assert table[("fast", 2048)] == {"time": 0.25, "memory": 2.0}
+    assert table[("broken", 1024)] == {"time": None, "memory": None}
+    assert table[("lonely", 4096)] == {"time": None, "memory": None}  # no baseline cell at that length
+    assert all(value == {"time": None, "memory": None} for value in ratio_table(cells, None).values())
+    # a failed baseline gives no ratios at its length
+    assert ratio_table([cell("base", 1024, error="x"), cell("fast", 1024, 1.0, 1.0)], "base")[("fast", 1024)] == \
+        {"time": None, "memory": None}
+
+
+def test_format_table_shows_numbers_ratios_and_failures():
+    cells = [cell("base", 1024, 2.0, 100.0), cell("fast", 1024, 0.5, 25.0),
+             cell("broken", 1024, error="OutOfMemoryError: CUDA out of memory")]
+    text = format_table(cells, "base")
+    lines = text.splitlines()
+    assert "time/base" in lines[0] and "mem/base" in lines[0]
+    assert "0.25x" in lines[3] and "500.0" in lines[3]  # time and memory ratios, ms/step
+    assert "FAILED (out_of_memory)" in lines[4] and "CUDA out of memory" in lines[4]
+
+
+def test_registry_rejects_unknown_names_listing_known_ones():
+    with pytest.raises(ValueError) as error:
+        select_models("dense,not-a-model")
+    message = str(error.value)
+    assert "not-a-model" in message
+    for known in ("dense", "hf-longformer", "longctx-longformer", "hf-reformer", *longctx.ARCHITECTURES):
+        assert known in message
+    with pytest.raises(ValueError, match="known: dense"):
+        resolve_spec("nope")
+    assert select_models("dense, hf-longformer,dense") == ["dense", "hf-longformer"]
+
+
+def test_every_registered_longctx_type_can_be_named():
+    for model_type in longctx.ARCHITECTURES:
+        assert select_models(model_type) == [model_type]
+        assert callable(resolve_spec(model_type).build)
+
+
+def test_settings_check_names_the_problem():
+    good = dict(models=["dense"], lengths=[64], baseline="dense", hidden_size=32, num_heads=2)
+    BenchmarkSettings(**good).check()
+    for bad, match in ((dict(dtype="bf16"), "bf16"), (dict(lengths=[10**6]), "limit"),
+                       (dict(window=33), "even"), (dict(baseline="hf-longformer"), "baseline"),
+                       (dict(hidden_size=30, num_heads=4), "divisible")):
+        with pytest.raises(ValueError, match=match):
+            BenchmarkSettings(**{**good, **bad}).check()
+
+
+def test_reformer_axial_shape_multiplies_to_the_length():
+    assert reformer_axial_shape(4096) == (64, 64)
+    assert reformer_axial_shape(2048) == (32, 64)
+    assert reformer_axial_shape(192) == (12, 16)
+
+
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, window=32)
+
+
+def test_reformer_rejects_lengths_off_its_chunks():
+    settings = BenchmarkSettings(models=["hf-reformer"], lengths=[100], baseline=None, **TINY)
+    result = benchmark.measure("hf-reformer", settings, 100)
+    assert result["error_kind"] == "unsupported" and "64" in result["error"]
+
+
+def test_longctx_longformer_uses_the_converter_when_it_exists(monkeypatch):
+    """With `longctx.convert.convert_transformers_model`, the model comes from hf-longformer's."""
+    seen = []
+
+    def convert_transformers_model(hf_model):
+        seen.append(type(hf_model).__name__)
+        return benchmark.build_longctx("longctx-longformer", settings).model
+
+    fake = types.ModuleType("longctx.convert")
+    fake.__spec__ = importlib.machinery.ModuleSpec("longctx.convert", None)
+    fake.convert_transformers_model = convert_transformers_model
+    monkeypatch.setitem(sys.modules, "longctx.convert", fake)
+    settings = BenchmarkSettings(models=["longctx-longformer"], lengths=[64], baseline=None, **TINY)
+    built = benchmark.build_longctx_longformer(settings, 64)
+    assert seen == ["LongformerModel"]
+    assert built.weights.startswith("converted from hf-longformer")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_benchmark_script_end_to_end(tmp_path):
+    output = tmp_path / "out" / "benchmark.json"
+    models = ["dense", "hf-longformer", "longctx-longformer", "hf-reformer"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--device", "cpu",
+         "--models", ",".join(models), "--lengths", "64,128,96", "--hidden_size", "32", "--num_layers", "1",
+         "--num_heads", "2", "--intermediate_size", "64", "--window", "32", "--tokens_per_step", "1024",
+         "--warmup_steps", "1", "--steps", "1", "--output", str(output), "--no_progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads(output.read_text(encoding="utf-8"))
+    assert results["settings"]["lengths"] == [64, 96, 128]
+    assert {"device_name", "torch", "transformers", "torch_threads"} <= set(results["environment"])
+    cells = {(c["model"], c["length"]): c for c in results["results"]}
+    assert set(cells) == {(model, length) for model in models for length in (64, 96, 128)}
+    for key, result in cells.items():
+        if result["error"] is not None:
+            assert result["error_kind"] in ("unsupported", "out_of_memory"), (key, result["error"])
+            continue
+        for name in ("seconds_per_step", "tokens_per_s", "peak_memory_mib"):
+            assert math.isfinite(result[name]) and result[name] > 0, (key, name, result[name])
+        assert result["batch_size"] == max(1, 1024 // key[1])
+    assert cells[("hf-reformer", 96)]["error_kind"] == "unsupported"  # not a multiple of its chunk length
+    assert cells[("hf-longformer", 64)]["time_vs_baseline"] == 1.0
+    assert "dropout 0" in completed.stdout and "plots" in completed.stdout
+    assert "time/hf-longformer" in completed.stdout
