@@ -105,3 +105,12 @@ def test_decode_equals_last_rows_of_the_full_causal_pass(seed):
     got = sliding_window_decode(q, tensors["k"], tensors["v"], window=options["window"],
                                 key_padding_mask=options["key_padding_mask"])
     torch.testing.assert_close(got, full[:, :, -new:], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("chunk_size", [1, 3, 17])
+def test_any_chunk_size_gives_the_same_result(seed, chunk_size):
+    tensors, options = random_case(seed, causal=seed % 2 == 1, padded=True, with_globals=True)
+    want, _ = sliding_window_attention_reference(**tensors, **options)
+    got = sliding_window_attention(**tensors, **options, chunk_size=chunk_size)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
