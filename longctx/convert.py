@@ -4,6 +4,10 @@ SRC is a transformers model folder (config.json + model.safetensors, or pytorch_
 is read with `torch.load(weights_only=True)`: never an unrestricted unpickle). DST gets a longctx
 checkpoint (safetensors, config.json with auto_map, the code), loadable with the Auto classes.
 One converter per source `model_type`, in `CONVERTERS`.
+
+Longformer: outputs match transformers' within float error when an attention_mask is given.
+Without one, transformers (RoBERTa) still gives pad ids in input_ids their own position while
+longctx counts positions from attention_mask: pass the mask the tokenizer returns.
 """
 
 import argparse
@@ -13,10 +17,11 @@ import shutil
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-import longctx
+import longctx  # noqa: F401  (registers the longctx model types with AutoConfig)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +117,6 @@ def convert_state(source_config: dict, source_state: dict, architecture: str):
     config = AutoConfig.for_model(**make_config(source_config))
     if auto_class == "AutoModelForQuestionAnswering" and config.num_labels != 2:
         raise ValueError(f"{architecture} has num_labels={config.num_labels}; extractive QA needs 2 (start, end).")
-    import transformers
     model = getattr(transformers, auto_class).from_config(config)
     state, used = map_state(source_state, source_config)
     if auto_class == "AutoModel":  # the backbone itself: no "model." prefix, no heads
