@@ -136,3 +136,26 @@ def sliding_window_decode(q, k, v, *, window: int, key_padding_mask=None, dropou
     if key_padding_mask is not None:
         mask = mask & key_padding_mask.bool()[:, first:][:, None, None, :]
     return masked_sdpa(q, k, v, mask, dropout_p=dropout_p)
+
+
+def sliding_window_attention_flex(q, k, v, *, window: int, key_padding_mask=None, global_key_mask=None,
+                                  causal=False, block_size: int = 128):
+    """The same attention through FlexAttention's block-sparse kernel, for CUDA (wrap in
+    torch.compile there). On CPU, torch 2.13 runs it eagerly and forward only: the tests check
+    it against the reference there; backward and speed need a GPU (not yet measured)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    batch, _, length, _ = q.shape
+    key_ok = (torch.ones(batch, length, dtype=torch.bool, device=q.device) if key_padding_mask is None
+              else key_padding_mask.bool())
+    is_global = (torch.zeros_like(key_ok) if global_key_mask is None else global_key_mask.bool()) & key_ok
+
+    def visible(b, h, query, key):
+        distance = query - key
+        in_band = (distance >= 0) & (distance <= window) if causal else distance.abs() <= window
+        return (in_band | is_global[b, key]) & key_ok[b, key]
+
+    block_mask = create_block_mask(visible, B=batch, H=None, Q_LEN=length, KV_LEN=length, device=q.device,
+                                   BLOCK_SIZE=block_size)
+    # A query that sees no key comes out as zeros, the convention of the other kernels (tested).
+    return flex_attention(q, k, v, block_mask=block_mask)

@@ -2,6 +2,8 @@
 random shapes, windows, padding, global keys and causal masks."""
 
 import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 import torch
 
 from longctx.attention_sliding import (
@@ -114,3 +116,25 @@ def test_any_chunk_size_gives_the_same_result(seed, chunk_size):
     want, _ = sliding_window_attention_reference(**tensors, **options)
     got = sliding_window_attention(**tensors, **options, chunk_size=chunk_size)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("causal,with_globals", [(False, True), (True, False)])
+def test_flex_path_forward_matches_reference(seed, causal, with_globals):
+    """FlexAttention has no backward on CPU (torch 2.13): forward only here; gradients are for a GPU run."""
+    from longctx.attention_sliding import sliding_window_attention_flex
+    tensors, options = random_case(seed, causal, True, with_globals)
+    tensors = {name: t.detach().float() for name, t in tensors.items()}
+    want, _ = sliding_window_attention_reference(**tensors, **options)
+    got = sliding_window_attention_flex(**tensors, **options, block_size=16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_flex_path_query_that_sees_nothing_outputs_zeros():
+    from longctx.attention_sliding import sliding_window_attention_flex
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    left_padding = torch.arange(40)[None, :] >= 7  # causal: queries 0..6 see no real key
+    got = sliding_window_attention_flex(q, k, v, window=3, key_padding_mask=left_padding, causal=True, block_size=16)
+    want, _ = sliding_window_attention_reference(q, k, v, window=3, key_padding_mask=left_padding, causal=True)
+    assert torch.equal(got[:, :, :7], torch.zeros_like(got[:, :, :7]))
+    torch.testing.assert_close(got, want)
