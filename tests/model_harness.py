@@ -147,6 +147,25 @@ class ModelHarness:
                         torch.testing.assert_close(got[i][real], want[0], rtol=1e-4, atol=1e-5,
                                                    msg=lambda m: f"{head} decoder={is_decoder} {side}: {m}")
 
+    def test_output_attentions_path_gives_the_same_outputs(self):
+        """Asking for attention weights takes the explicit path: same hidden states, and each real
+        query's weights over real keys sum to 1."""
+        samples = [self.ids(1, n, seed=n) for n in (12, 7)]
+        ids, mask = pad(samples, "right")
+        for is_decoder in ([False] if self.encoder_heads else []) + ([True] if self.decoder_heads else []):
+            model = self.model("base", is_decoder)
+            fast = model(ids, attention_mask=mask)
+            explicit = model(ids, attention_mask=mask, output_attentions=True)
+            real = mask.bool()
+            torch.testing.assert_close(explicit.last_hidden_state[real], fast.last_hidden_state[real],
+                                       rtol=1e-4, atol=1e-5)
+            assert len(explicit.attentions) == model.config.num_hidden_layers
+            for weights in explicit.attentions:
+                sums = weights.sum(-1)  # (batch, heads, queries)
+                torch.testing.assert_close(sums.permute(0, 2, 1)[real], torch.ones_like(sums.permute(0, 2, 1)[real]))
+                on_padding = weights * (~real)[:, None, None, :]
+                assert torch.all(on_padding == 0)  # no query ever attends a padded key
+
     def test_causal_model_never_looks_ahead(self):
         if not self.decoder_heads:
             return self._check_causal_refused()

@@ -97,3 +97,24 @@ def test_generation_cache_keeps_only_the_window_and_matches_no_cache():
     assert torch.equal(cached.sequences, uncached)
     largest_one_sided_window = 4
     assert all(layer.keys.shape[2] == largest_one_sided_window for layer in cached.past_key_values.layers)
+
+
+def test_question_answering_pipeline_uses_the_question_as_global_attention():
+    from transformers import AutoModelForQuestionAnswering, pipeline
+
+    import longctx
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-longformer", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, attention_window=8, max_position_embeddings=128)
+    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    qa = pipeline("question-answering", model=model, tokenizer=longctx.byte_tokenizer(model_max_length=128))
+    context = "Die Konferenz fand in Zürich statt. " * 8  # longer than 128 bytes: several windows
+    result = qa(question="Wo?", context=context)
+    assert result["answer"] == context[result["start"]:result["end"]] and result["answer"]
+    # The pipeline's encoding carries the separator the model looks for: the default global mask
+    # is the question, so passing it explicitly changes nothing.
+    encoding = longctx.byte_tokenizer()("Wo?", "Zürich", return_tensors="pt")
+    question = (torch.arange(encoding.input_ids.shape[1]) < 4).long()[None]  # <s> W o ?
+    implicit = model(**encoding)
+    explicit = model(**encoding, global_attention_mask=question)
+    torch.testing.assert_close(implicit.start_logits, explicit.start_logits)
