@@ -147,6 +147,35 @@ class ModelHarness:
                         torch.testing.assert_close(got[i][real], want[0], rtol=1e-4, atol=1e-5,
                                                    msg=lambda m: f"{head} decoder={is_decoder} {side}: {m}")
 
+    @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")  # renamed activation_checkpointing_*
+    def test_gradient_checkpointing_same_loss_and_gradients(self):
+        """The backward pass really recomputes each layer, and gets the same gradients."""
+        samples = [self.ids(1, n, seed=n) for n in (15, 9)]
+        ids, mask = pad(samples, "left")
+        cases = [c for c in (("classification", False), ("causal-lm", True)) if c in self.cases()]
+        for head, is_decoder in cases:
+            runs = [self._loss_grads_calls(head, is_decoder, ids, mask, checkpointing) for checkpointing in (False, True)]
+            (loss, grads, calls), (loss_ckpt, grads_ckpt, calls_ckpt) = runs
+            assert calls_ckpt == 2 * calls > 0, (head, calls, calls_ckpt)
+            torch.testing.assert_close(loss_ckpt, loss)
+            for name, grad in grads.items():
+                if grad is not None or grads_ckpt[name] is not None:
+                    torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    def _loss_grads_calls(self, head, is_decoder, ids, mask, checkpointing):
+        model = self.model(head, is_decoder).train()
+        calls = []
+        for layer in model.model.layers:
+            layer.attention.register_forward_hook(lambda *_: calls.append(1))
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        labels = labels_for(head, ids)
+        if head == "causal-lm":
+            labels = {"labels": ids.masked_fill(mask == 0, -100)}
+        loss = model(ids, attention_mask=mask, **labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters()}, len(calls)
+
     def test_output_attentions_path_gives_the_same_outputs(self):
         """Asking for attention weights takes the explicit path: same hidden states, and each real
         query's weights over real keys sum to 1."""

@@ -288,38 +288,6 @@ def test_trainer_sequence_classifier_checkpoint_reloads(tmp_path):
 
 
 # --------------------------------------------------------------------------- gradient checkpointing
-@pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")  # renamed activation_checkpointing_*
-@pytest.mark.parametrize("auto_class,is_decoder", [(AutoModelForCausalLM, True), (AutoModelForMaskedLM, False)],
-                         ids=["causal-lm", "masked-lm"])
-def test_gradient_checkpointing_same_loss_and_gradients(auto_class, is_decoder):
-    ids = torch.randint(BYTE_OFFSET, VOCAB, (3, 40), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[1, :7] = 0  # some padding, so the masked path is checkpointed too
-    labels = ids.masked_fill(mask == 0, -100)
-
-    def loss_and_grads(checkpointing):
-        model = tiny_model(auto_class, is_decoder=is_decoder).train()
-        calls = []
-        for layer in model.model.layers:
-            layer.attention.register_forward_hook(lambda *_: calls.append(1))
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-            assert model.is_gradient_checkpointing
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad for n, p in model.named_parameters()}, len(calls)
-
-    loss, grads, calls = loss_and_grads(False)
-    loss_ckpt, grads_ckpt, calls_ckpt = loss_and_grads(True)
-    layers = TINY["num_hidden_layers"]
-    assert calls == layers and calls_ckpt == 2 * layers  # the backward pass really recomputed the layers
-    torch.testing.assert_close(loss_ckpt, loss)
-    assert grads.keys() == grads_ckpt.keys()
-    for name in grads:
-        assert grads[name] is not None and grads_ckpt[name] is not None, name
-        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
 # --------------------------------------------------------------------------- generate()
 @pytest.fixture(scope="module")
 def generator_model():
