@@ -28,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import importlib
-import importlib.util
 import inspect
 import json
 import math
@@ -219,20 +217,12 @@ def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
 
 
 def build_longctx_longformer(settings: BenchmarkSettings, length: int) -> Built:
-    """From hf-longformer's weights (same seed, so the same weights as that model's cells) when
-    `longctx.convert.convert_transformers_model` exists, else from its own config."""
-    if importlib.util.find_spec("longctx.convert") is None:
-        built = build_longctx("longctx-longformer", settings, pre_norm=False)
-        built.weights = "own random init (longctx.convert does not exist yet)"
-        return built
-    convert = importlib.import_module("longctx.convert")
+    """From hf-longformer's weights (same seed, so the same weights as that model's cells): the
+    performance bars compare the two Longformers on the same weights."""
+    from .convert import convert_transformers_model
+
     hf_model = build_hf_longformer(settings, length).model
-    try:
-        model = convert.convert_transformers_model(hf_model)
-    except Exception as error:  # a converter in progress: still time the architecture, say so
-        built = build_longctx("longctx-longformer", settings, pre_norm=False)
-        built.weights = f"own random init (convert_transformers_model failed: {type(error).__name__}: {error})"
-        return built
+    model = convert_transformers_model(hf_model)
     del hf_model
     config = model.config
     dropout = {name: getattr(config, name, None) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
