@@ -1,0 +1,250 @@
+"""LSH self-attention (Reformer, Kitaev et al. 2020): the chunked kernel and its dense reference,
+numerically as transformers' `ReformerModel` (`LSHSelfAttention`) computes it.
+
+Shapes: qk, v (batch, heads, length, head_dim). Queries and keys are shared: the queries are
+`qk` itself, the keys are `qk` length-normalised (x / sqrt(mean(x^2) + 1e-6)) and divided by
+sqrt(head_dim); the dot products are not scaled further.
+
+Hashing (`lsh_hash`): per head and per round, the vectors are multiplied by a random matrix
+R (head_dim, num_buckets / 2) and the bucket is argmax([xR, -xR]). A factorised `num_buckets`
+(b1, b2, ...) hashes with a slice of R per factor and combines the ids as b_1 + b1 * (b_2 + ...).
+When `key_padding_mask` pads anything in the batch, padded positions get an extra last bucket.
+Round r adds r * (buckets per round) so rounds never share ids; the ids of all rounds are laid
+end to end: (batch, heads, num_hashes * length).
+
+Attention (`lsh_attention`): sort the num_hashes * length entries by (bucket id, position) -
+round by round, since the ids of round r are all below those of round r + 1 - and cut the sorted
+sequence into chunks of `chunk_length`. A query sees the keys of its chunk and of the
+`num_chunks_before` / `num_chunks_after` chunks around it, circularly over the whole
+num_hashes * length sorted sequence (as transformers does: the first chunk of round r looks at
+the last chunk of round r - 1, and a key may appear in a neighbourhood more than once, which
+counts it more than once). Keys that are padding or (causal) after the query get the score
+-1e9; the query's own position gets -1e5, so it is only attended when nothing else is visible
+(padded queries therefore output roughly their own value, not zeros - transformers' rule, not the
+longctx "zeros" convention). Each round's output is unsorted, and the rounds are combined with
+weights softmax_r(logsumexp of the round's scores). A sequence no longer than `chunk_length` is
+not hashed: plain shared-QK attention over all positions with the same masks (transformers'
+`do_standard_self_attention`); `num_hashes` then does not matter.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MASK_VALUE = {torch.float16: -1e4}  # transformers' values; every other dtype uses the float32 ones
+SELF_MASK_VALUE = {torch.float16: -1e3}
+DEFAULT_MASK_VALUE, DEFAULT_SELF_MASK_VALUE = -1e9, -1e5
+
+
+def _bucket_factors(num_buckets) -> list[int]:
+    factors = [num_buckets] if isinstance(num_buckets, int) else list(num_buckets)
+    if not factors or any(not isinstance(f, int) or f < 2 or f % 2 for f in factors):
+        raise ValueError(f"num_buckets={num_buckets!r} must be an even int >= 2 or a sequence of them "
+                         "(a factorised hash, e.g. (4, 8) for 32 buckets).")
+    return factors
+
+
+def rotation_shape(heads: int, head_dim: int, num_buckets, num_hashes: int) -> tuple[int, int, int, int]:
+    """Shape of the random rotations: (heads, head_dim, num_hashes, sum(factors) // 2)."""
+    return heads, head_dim, num_hashes, sum(_bucket_factors(num_buckets)) // 2
+
+
+def random_rotations(heads: int, head_dim: int, num_buckets, num_hashes: int, *, seed=None,
+                     dtype=torch.float32, device=None) -> torch.Tensor:
+    """The rotations transformers draws: after `torch.manual_seed(hash_seed)`, one `torch.randn`
+    of `rotation_shape(...)` in the vectors' dtype and device. Here a private generator seeded the
+    same way draws the same numbers without touching the global RNG; seed None draws from it."""
+    shape = rotation_shape(heads, head_dim, num_buckets, num_hashes)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device if device is not None else "cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+def lsh_hash(vectors, num_buckets, num_hashes: int, *, seed=None, rotations=None, key_padding_mask=None):
+    """Bucket ids (batch, heads, num_hashes * length), round offsets included; see module doc.
+
+    `rotations` (heads, head_dim, num_hashes, sum(factors) // 2) pins the hash; otherwise they are
+    drawn by `random_rotations` with `seed` (transformers' `hash_seed`)."""
+    if num_hashes < 1:
+        raise ValueError(f"num_hashes={num_hashes} must be >= 1.")
+    if seed is not None and rotations is not None:
+        raise ValueError("Pass either seed or rotations, not both (rotations already fix the hash).")
+    factors = _bucket_factors(num_buckets)
+    batch, heads, length, dim = vectors.shape
+    vectors = vectors.detach()
+    if rotations is None:
+        rotations = random_rotations(heads, dim, num_buckets, num_hashes, seed=seed, dtype=vectors.dtype,
+                                     device=vectors.device)
+    expected = rotation_shape(heads, dim, num_buckets, num_hashes)
+    if tuple(rotations.shape) != expected:
+        raise ValueError(f"rotations have shape {tuple(rotations.shape)}, expected {expected} "
+                         "(heads, head_dim, num_hashes, sum of bucket factors // 2).")
+    rotated = torch.einsum("bhld,hdrk->bhrlk", vectors, rotations.to(vectors))
+    buckets, start, stride = None, 0, 1
+    for factor in factors:
+        part = rotated[..., start:start + factor // 2]
+        ids = torch.cat([part, -part], dim=-1).argmax(dim=-1)
+        buckets = ids if buckets is None else buckets + stride * ids
+        start, stride = start + factor // 2, stride * factor
+    per_round = stride
+    if key_padding_mask is not None and not bool(key_padding_mask.bool().all()):
+        per_round += 1  # an extra bucket, the last, for the padded positions
+        buckets = torch.where(key_padding_mask.bool()[:, None, None, :], buckets, per_round - 1)
+    offsets = torch.arange(num_hashes, device=buckets.device)[:, None] * per_round
+    return (buckets + offsets).flatten(2, 3)
+
+
+def length_normalised_keys(qk):
+    """transformers' `_len_and_dim_norm`: x * rsqrt(mean(x^2) + 1e-6) / sqrt(head_dim)."""
+    normed = qk * torch.rsqrt(qk.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
+    return normed / math.sqrt(qk.shape[-1])
+
+
+def _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p):
+    if qk.dim() != 4 or v.shape != qk.shape:
+        raise ValueError(f"qk and v must both be (batch, heads, length, head_dim); got {tuple(qk.shape)} "
+                         f"and {tuple(v.shape)}.")
+    if chunk_length < 1:
+        raise ValueError(f"chunk_length={chunk_length} must be >= 1.")
+    if num_chunks_before < 0 or num_chunks_after < 0:
+        raise ValueError("num_chunks_before and num_chunks_after must be >= 0.")
+    if num_hashes < 1:
+        raise ValueError(f"num_hashes={num_hashes} must be >= 1.")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p} must be in [0, 1).")
+    _bucket_factors(num_buckets)
+    length = qk.shape[2]
+    if length > chunk_length and length % chunk_length:
+        raise ValueError(f"length={length} is not a multiple of chunk_length={chunk_length}: pad the sequence "
+                         f"to {-(-length // chunk_length) * chunk_length} (and mark the padding in "
+                         "key_padding_mask), as ReformerModel does.")
+
+
+def _mask_values(dtype):
+    return MASK_VALUE.get(dtype, DEFAULT_MASK_VALUE), SELF_MASK_VALUE.get(dtype, DEFAULT_SELF_MASK_VALUE)
+
+
+def _masked_scores(dots, q_pos, k_pos, key_ok, causal):
+    """transformers' masking: -1e9 for padded / future keys, then -1e5 for the query itself.
+    q_pos (..., n), k_pos (..., m), key_ok (..., m) bool or None; dots (..., n, m)."""
+    mask_value, self_value = _mask_values(dots.dtype)
+    allowed = None
+    if key_ok is not None:
+        allowed = key_ok[..., None, :]
+    if causal:
+        not_future = q_pos[..., :, None] >= k_pos[..., None, :]
+        allowed = not_future if allowed is None else allowed & not_future
+    if allowed is not None:
+        dots = torch.where(allowed, dots, torch.tensor(mask_value, dtype=dots.dtype, device=dots.device))
+    is_self = q_pos[..., :, None] == k_pos[..., None, :]
+    return torch.where(is_self, torch.tensor(self_value, dtype=dots.dtype, device=dots.device), dots)
+
+
+def _full_attention(qk, v, causal, key_padding_mask, dropout_p):
+    """Sequences no longer than a chunk: shared-QK attention over every position (no hashing)."""
+    length = qk.shape[2]
+    positions = torch.arange(length, device=qk.device)
+    dots = qk @ length_normalised_keys(qk).transpose(-1, -2)
+    key_ok = None if key_padding_mask is None else key_padding_mask.bool()[:, None, :]
+    scores = _masked_scores(dots, positions, positions, key_ok, causal)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v
+
+
+def _look_adjacent(x, before: int, after: int):
+    """x (batch, heads, chunks, chunk, ...) -> the chunk and its neighbours, circularly, concatenated
+    along dim 3 in the order -before ... +after (transformers' `_look_adjacent`)."""
+    if before == 0 and after == 0:
+        return x
+    return torch.cat([torch.roll(x, shifts=-i, dims=2) for i in range(-before, after + 1)], dim=3)
+
+
+def lsh_attention(qk, v, *, num_hashes: int, num_buckets, chunk_length: int, num_chunks_before: int = 1,
+                  num_chunks_after: int = 0, causal: bool = False, key_padding_mask=None, rotations=None,
+                  seed=None, dropout_p: float = 0.0):
+    """Chunked LSH attention in O(num_hashes * length * chunk_length); see the module doc."""
+    _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p)
+    batch, heads, length, dim = qk.shape
+    if length <= chunk_length:
+        return _full_attention(qk, v, causal, key_padding_mask, dropout_p)
+    buckets = lsh_hash(qk, num_buckets, num_hashes, seed=seed, rotations=rotations,
+                       key_padding_mask=key_padding_mask)
+    # Sort by (bucket, position): a stable sort of the ids laid end to end (round offsets keep rounds apart).
+    order = torch.sort(buckets, dim=-1, stable=True).indices  # (batch, heads, num_hashes * length)
+    positions = order % length
+    chunks = num_hashes * length // chunk_length
+
+    def sorted_chunks(x):
+        gathered = x.gather(2, positions[..., None].expand(-1, -1, -1, dim))
+        return gathered.view(batch, heads, chunks, chunk_length, dim)
+
+    q_sorted = sorted_chunks(qk)
+    k_near = _look_adjacent(sorted_chunks(length_normalised_keys(qk)), num_chunks_before, num_chunks_after)
+    v_near = _look_adjacent(sorted_chunks(v), num_chunks_before, num_chunks_after)
+    q_pos = positions.view(batch, heads, chunks, chunk_length)
+    k_pos = _look_adjacent(q_pos, num_chunks_before, num_chunks_after)
+    key_ok = None
+    if key_padding_mask is not None:
+        key_ok = key_padding_mask.bool()[:, None, None, :].expand(-1, heads, chunks, -1)
+        key_ok = key_ok.gather(3, k_pos)
+    scores = _masked_scores(q_sorted @ k_near.transpose(-1, -2), q_pos, k_pos, key_ok, causal)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - lse)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    out = (probs @ v_near).view(batch, heads, num_hashes * length, dim)
+    lse = lse.view(batch, heads, num_hashes * length)
+    # Undo the sort: entry `order[s]` of the rounds laid end to end came out at sorted place s.
+    undo = torch.argsort(order, dim=-1)
+    out = out.gather(2, undo[..., None].expand(-1, -1, -1, dim)).view(batch, heads, num_hashes, length, dim)
+    lse = lse.gather(2, undo).view(batch, heads, num_hashes, length)
+    if num_hashes == 1:
+        return out[:, :, 0]
+    # exp(lse - logsumexp(lse)) rather than softmax: the same rounding as transformers in float32,
+    # which matters where a round only sees the query itself (lse near -1e5, float32 ulp ~0.008).
+    weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))[..., None]
+    return (out * weights).sum(dim=2)
+
+
+def lsh_attention_reference(qk, v, *, num_hashes: int, num_buckets, chunk_length: int,
+                            num_chunks_before: int = 1, num_chunks_after: int = 0, causal: bool = False,
+                            key_padding_mask=None, rotations=None, seed=None, dropout_p: float = 0.0):
+    """Dense O(length^2) version: per round, how many times each key lies in each query's chunk
+    neighbourhood (from the positions' ranks in the sort), a softmax over the full length with
+    those multiplicities and transformers' mask values, and the logsumexp-weighted rounds.
+    Returns (output, per-round attention weights (batch, heads, rounds, length, length))."""
+    _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p)
+    batch, heads, length, dim = qk.shape
+    positions = torch.arange(length, device=qk.device)
+    if length <= chunk_length:
+        rounds = 1
+        counts = torch.ones(batch, heads, 1, length, length, dtype=qk.dtype, device=qk.device)
+    else:
+        rounds = num_hashes
+        buckets = lsh_hash(qk, num_buckets, num_hashes, seed=seed, rotations=rotations,
+                           key_padding_mask=key_padding_mask).view(batch, heads, rounds, length)
+        # rank[r, i]: place of (round r, position i) in the sequence of all rounds sorted by (bucket, position).
+        before = (buckets[..., None, :] < buckets[..., :, None]) | (
+            (buckets[..., None, :] == buckets[..., :, None]) & (positions[None, :] < positions[:, None]))
+        rank = before.sum(dim=-1) + torch.arange(rounds, device=qk.device)[:, None] * length
+        chunk_of = rank // chunk_length  # (batch, heads, rounds, length)
+        total_chunks = rounds * length // chunk_length
+        counts = torch.zeros(batch, heads, rounds, length, length, dtype=qk.dtype, device=qk.device)
+        for r in range(rounds):
+            for offset in range(-num_chunks_before, num_chunks_after + 1):
+                wanted = (chunk_of[:, :, r] + offset) % total_chunks  # (batch, heads, length) per query
+                for s in range(rounds):  # key j appears once per round, in chunk chunk_of[s, j]
+                    counts[:, :, r] += (chunk_of[:, :, s][..., None, :] == wanted[..., :, None]).to(qk.dtype)
+    dots = qk @ length_normalised_keys(qk).transpose(-1, -2)  # (batch, heads, length, length)
+    key_ok = None if key_padding_mask is None else key_padding_mask.bool()[:, None, :]
+    scores = _masked_scores(dots, positions, positions, key_ok, causal)[:, :, None] + counts.log()
+    lse = torch.logsumexp(scores, dim=-1)  # (batch, heads, rounds, length)
+    weights = torch.exp(scores - lse[..., None])
+    dropped = F.dropout(weights, dropout_p) if dropout_p else weights
+    per_round = dropped @ v[:, :, None]  # (batch, heads, rounds, length, dim)
+    combine = torch.softmax(lse, dim=2)[..., None]
+    return (per_round * combine).sum(dim=2), weights
