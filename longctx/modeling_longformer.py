@@ -56,18 +56,19 @@ class LongformerSelfAttention(nn.Module):
             recent = None if key_padding_mask is None else key_padding_mask[:, -k.shape[2]:]
             return sliding_window_decode(q, k, v, window=self.window, key_padding_mask=recent,
                                          dropout_p=dropout_p), None
-        kernel = sliding_window_attention_reference if output_attentions else sliding_window_attention
-        out = kernel(q, k, v, window=self.window, key_padding_mask=key_padding_mask, causal=True,
-                     dropout_p=dropout_p)
-        return out if output_attentions else (out, None)
+        return self._windowed(q, k, v, output_attentions, key_padding_mask=key_padding_mask, causal=True,
+                              dropout_p=dropout_p)
 
     def _local(self, q, k, v, key_padding_mask, global_mask, dropout_p, output_attentions):
         """Every token over its window and the global tokens (regular projections)."""
-        kwargs = dict(window=self.window, key_padding_mask=key_padding_mask, global_key_mask=global_mask,
-                      dropout_p=dropout_p)
-        if output_attentions:  # the explicit path returns (batch, heads, length, length) weights
-            return sliding_window_attention_reference(q, k, v, **kwargs)
-        return sliding_window_attention(q, k, v, **kwargs), None
+        return self._windowed(q, k, v, output_attentions, key_padding_mask=key_padding_mask,
+                              global_key_mask=global_mask, dropout_p=dropout_p)
+
+    def _windowed(self, q, k, v, output_attentions, **options):
+        """(output, weights): the explicit path when weights are asked for, else the chunked kernel."""
+        if output_attentions:  # (batch, heads, length, length) weights
+            return sliding_window_attention_reference(q, k, v, window=self.window, **options)
+        return sliding_window_attention(q, k, v, window=self.window, **options), None
 
     def _global_rows(self, hidden, out, global_mask, key_padding_mask, dropout_p):
         """Global tokens attend every token through the global projections; their rows replace
