@@ -1,6 +1,7 @@
 """Configuration of `longctx-longformer` (Beltagy et al. 2020): sliding-window attention plus
 global attention on chosen tokens, numerically the Longformer of transformers."""
 
+from .attention_sliding import KERNELS
 from .configuration_common import LongctxConfig
 
 
@@ -11,11 +12,16 @@ class LongctxLongformerConfig(LongctxConfig):
 
     `sep_token_id` separates question and context: question answering puts global attention on
     the tokens before the first one, as transformers does.
+
+    `sliding_window_kernel`: "auto" (FlexAttention on CUDA when attention dropout is off, the
+    chunked SDPA kernel otherwise), "chunked" or "flex" (CUDA; no attention dropout). Both are
+    exact: the choice changes speed, not the function computed.
     """
 
     model_type = "longctx-longformer"
     attention_window: int | list[int] = 512
     sep_token_id: int | None = 2
+    sliding_window_kernel: str = "auto"
 
     @property
     def sliding_window(self) -> int | None:
@@ -39,5 +45,11 @@ class LongctxLongformerConfig(LongctxConfig):
                       "e.g. attention_window=512")
         self._require(isinstance(windows, int) or len(per_layer) == self.num_hidden_layers, "attention_window",
                       f"must be an int or a list of one value per layer (num_hidden_layers={self.num_hidden_layers})")
+        self._require(self.sliding_window_kernel in KERNELS, "sliding_window_kernel",
+                      f"must be one of {KERNELS}")
+        self._require(self.sliding_window_kernel != "flex" or not self.attention_probs_dropout_prob,
+                      "sliding_window_kernel", f"has no attention dropout, but attention_probs_dropout_prob="
+                      f"{self.attention_probs_dropout_prob}: set that to 0, or use 'auto' (the chunked kernel while "
+                      "dropout is on)")
         self._require(self.sep_token_id is None or 0 <= self.sep_token_id < self.vocab_size, "sep_token_id",
                       f"must be None or a token id in [0, vocab_size={self.vocab_size})")

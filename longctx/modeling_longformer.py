@@ -1,7 +1,8 @@
 """`longctx-longformer`: sliding-window attention plus global attention (Beltagy et al. 2020),
 numerically transformers' Longformer (checkpoints convert with `python -m longctx.convert`).
 
-Local attention runs the chunked exact kernel of `attention_sliding` in O(length * window);
+Local attention runs an exact kernel of `attention_sliding` in O(length * window) (chunked SDPA,
+or FlexAttention on CUDA: `config.sliding_window_kernel`);
 tokens of `global_attention_mask` are seen by every token (through the regular key/value
 projections) and see every token (through their own global query/key/value projections).
 """
@@ -30,25 +31,28 @@ class LongformerSelfAttention(nn.Module):
         self.window = config.one_sided_window(layer_idx)
         self.causal = config.is_decoder
         self.dropout_p = config.attention_probs_dropout_prob
+        self.kernel = config.sliding_window_kernel
         names = ("query", "key", "value", "query_global", "key_global", "value_global", "output")
         for name in names:
             setattr(self, name, nn.Linear(config.hidden_size, config.hidden_size))
 
     def forward(self, hidden, key_padding_mask=None, past_key_values=None, output_attentions=False,
-                global_mask=None):
+                global_mask=None, block_masks=None):
         q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
         dropout_p = self.dropout_p if self.training else 0.0
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
+        # block_masks: this forward's memo of Flex block masks, shared by the layers (same masks)
+        options = dict(key_padding_mask=key_padding_mask, dropout_p=dropout_p, block_masks=block_masks)
         if self.causal:
-            out, weights = self._causal(q, k, v, key_padding_mask, dropout_p, output_attentions)
+            out, weights = self._causal(q, k, v, output_attentions, **options)
         else:
-            out, weights = self._local(q, k, v, key_padding_mask, global_mask, dropout_p, output_attentions)
+            out, weights = self._windowed(q, k, v, output_attentions, global_key_mask=global_mask, **options)
             if global_mask is not None:
                 out = self._global_rows(hidden, out, global_mask, key_padding_mask, dropout_p)
         return self.output(merge_heads(out)), weights
 
-    def _causal(self, q, k, v, key_padding_mask, dropout_p, output_attentions):
+    def _causal(self, q, k, v, output_attentions, key_padding_mask, dropout_p, block_masks):
         if q.shape[2] != k.shape[2]:  # new tokens after a cache, which keeps only the recent keys
             if output_attentions:
                 raise ValueError("output_attentions=True is not supported while decoding with a cache; "
@@ -57,18 +61,15 @@ class LongformerSelfAttention(nn.Module):
             return sliding_window_decode(q, k, v, window=self.window, key_padding_mask=recent,
                                          dropout_p=dropout_p), None
         return self._windowed(q, k, v, output_attentions, key_padding_mask=key_padding_mask, causal=True,
-                              dropout_p=dropout_p)
+                              dropout_p=dropout_p, block_masks=block_masks)
 
-    def _local(self, q, k, v, key_padding_mask, global_mask, dropout_p, output_attentions):
-        """Every token over its window and the global tokens (regular projections)."""
-        return self._windowed(q, k, v, output_attentions, key_padding_mask=key_padding_mask,
-                              global_key_mask=global_mask, dropout_p=dropout_p)
-
-    def _windowed(self, q, k, v, output_attentions, **options):
-        """(output, weights): the explicit path when weights are asked for, else the chunked kernel."""
+    def _windowed(self, q, k, v, output_attentions, block_masks=None, **options):
+        """(output, weights): every token over its window (and the global tokens, through the
+        regular projections); the explicit path when weights are asked for, else a fast kernel."""
         if output_attentions:  # (batch, heads, length, length) weights
             return sliding_window_attention_reference(q, k, v, window=self.window, **options)
-        return sliding_window_attention(q, k, v, window=self.window, **options), None
+        return sliding_window_attention(q, k, v, window=self.window, kernel=self.kernel, block_masks=block_masks,
+                                        **options), None
 
     def _global_rows(self, hidden, out, global_mask, key_padding_mask, dropout_p):
         """Global tokens attend every token through the global projections; their rows replace
@@ -97,7 +98,8 @@ class LongctxLongformerModel(StackedBackbone, LongctxLongformerPreTrainedModel):
         """`global_attention_mask` (batch, length): 1 for tokens that attend, and are attended by,
         every token; padding positions never are."""
         global_mask = self._global_mask(global_attention_mask, attention_mask, input_ids, kwargs)
-        return super().forward(input_ids, attention_mask, layer_inputs={"global_mask": global_mask}, **kwargs)
+        layer_inputs = {"global_mask": global_mask, "block_masks": {}}
+        return super().forward(input_ids, attention_mask, layer_inputs=layer_inputs, **kwargs)
 
     def _global_mask(self, global_attention_mask, attention_mask, input_ids, kwargs):
         if global_attention_mask is None:

@@ -15,14 +15,16 @@ from longctx.attention_sliding import (
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 
-def random_case(seed: int, causal: bool, padded: bool, with_globals: bool):
+def random_case(seed: int, causal: bool, padded: bool, with_globals: bool, max_length: int = 60,
+                max_window: int = 12, device: str = "cpu", dim_unit: int = 4):
+    """Random q, k, v (float64, requiring grad) and the kernel options, on `device`."""
     gen = torch.Generator().manual_seed(seed)
 
     def draw(low, high):
         return int(torch.randint(low, high, (1,), generator=gen))
 
-    batch, heads, length, dim, window = draw(1, 4), draw(1, 3), draw(1, 60), 4 * draw(1, 4), draw(1, 12)
-    q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=torch.float64).requires_grad_()
+    batch, heads, length, dim, window = draw(1, 4), draw(1, 3), draw(1, max_length), dim_unit * draw(1, 4), draw(1, max_window)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=gen, dtype=torch.float64).to(device).requires_grad_()
                for _ in range(3))
     padding = None
     if padded:
@@ -31,6 +33,7 @@ def random_case(seed: int, causal: bool, padded: bool, with_globals: bool):
     globals_ = None
     if with_globals and not causal:
         globals_ = torch.rand(batch, length, generator=gen) < 0.15
+    padding, globals_ = (None if m is None else m.to(device) for m in (padding, globals_))
     return dict(q=q, k=k, v=v), dict(window=window, key_padding_mask=padding, global_key_mask=globals_,
                                      causal=causal)
 
@@ -114,16 +117,49 @@ def test_any_chunk_size_gives_the_same_result(seed, chunk_size):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("causal,with_globals", [(False, True), (True, False)])
-def test_flex_path_forward_matches_reference(seed, causal, with_globals):
-    """FlexAttention has no backward on CPU (torch 2.13): forward only here; gradients are for a GPU run."""
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("block_size", [4, 16])
+@pytest.mark.parametrize("causal,with_globals", [(False, False), (False, True), (True, False)])
+def test_flex_path_forward_matches_reference(seed, block_size, causal, with_globals):
+    """The block mask (full / partial / skipped key blocks) is exact: small blocks make every kind
+    occur. FlexAttention has no backward on CPU (torch 2.13): gradients are checked on CUDA
+    (tests/test_cuda.py)."""
     from longctx.attention_sliding import sliding_window_attention_flex
-    tensors, options = random_case(seed, causal, True, with_globals)
+    tensors, options = random_case(seed, causal, seed % 2 == 0, with_globals)
     tensors = {name: t.detach().float() for name, t in tensors.items()}
     want, _ = sliding_window_attention_reference(**tensors, **options)
-    got = sliding_window_attention_flex(**tensors, **options, block_size=16)
+    got = sliding_window_attention_flex(**tensors, **options, block_size=block_size)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_block_mask_visits_only_blocks_the_window_touches():
+    """Block-sparse means linear work: with 8 blocks of 4 and a window of 2, query block i visits
+    key blocks i-1..i+1 only, and no block is full (a block of 4 spans distances up to 3)."""
+    from longctx.attention_sliding import sliding_window_block_mask
+    key_ok = torch.ones(1, 32, dtype=torch.bool)
+    mask = sliding_window_block_mask(key_ok, None, window=2, causal=False, block_size=4)
+    counts = mask.kv_num_blocks[0, 0].tolist()
+    assert counts == [2, 3, 3, 3, 3, 3, 3, 2]
+    assert mask.full_kv_num_blocks.sum() == 0
+    wide = sliding_window_block_mask(key_ok, None, window=8, causal=False, block_size=4)
+    assert wide.full_kv_num_blocks[0, 0, 4] == 3  # key blocks 3, 4, 5 are within 8 of every query in block 4
+    with_global = key_ok.clone(), torch.zeros(1, 32, dtype=torch.bool)
+    with_global[1][0, 30] = True
+    mask = sliding_window_block_mask(*with_global, window=2, causal=False, block_size=4)
+    assert mask.kv_num_blocks[0, 0].tolist() == [3, 4, 4, 4, 4, 4, 3, 2]  # block 7 (the global's) for all
+
+
+def test_kernel_choice_is_checked():
+    q = torch.randn(1, 1, 16, 4)
+    with pytest.raises(ValueError, match="kernel"):
+        sliding_window_attention(q, q, q, window=2, kernel="fast")
+    with pytest.raises(ValueError, match="dropout"):
+        sliding_window_attention(q, q, q, window=2, kernel="flex", dropout_p=0.1)
+    with pytest.raises(ValueError, match="head dimension"):
+        sliding_window_attention(q, q, q, window=2, kernel="flex")
+    q = torch.randn(1, 1, 16, 16, requires_grad=True)
+    with pytest.raises(ValueError, match="CUDA"):  # torch has no FlexAttention backward on CPU
+        sliding_window_attention(q, q, q, window=2, kernel="flex")
 
 
 def test_flex_path_query_that_sees_nothing_outputs_zeros():

@@ -33,9 +33,10 @@ class TestLongformerPostNorm(LongformerHarness):
 
 def tiny(**overrides):
     torch.manual_seed(0)
-    config = AutoConfig.for_model("longctx-longformer", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=128, attention_window=4,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)
+    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=128, attention_window=4, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0)
+    config = AutoConfig.for_model("longctx-longformer", **{**fields, **overrides})
     return AutoModel.from_config(config).eval()
 
 
@@ -118,3 +119,23 @@ def test_question_answering_pipeline_uses_the_question_as_global_attention():
     implicit = model(**encoding)
     explicit = model(**encoding, global_attention_mask=question)
     torch.testing.assert_close(implicit.start_logits, explicit.start_logits)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_flex_and_chunked_kernels_give_the_same_model(is_decoder):
+    """The kernel is a speed choice: outputs agree with padding and global tokens (CPU forward;
+    CUDA gradients in tests/test_cuda.py)."""
+    ids = torch.randint(5, 261, (3, 70))
+    mask = torch.ones_like(ids)
+    mask[1, 50:] = 0
+    mask[2, :9] = 0
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    if not is_decoder:
+        inputs["global_attention_mask"] = (torch.rand(3, 70) < 0.1).long()
+    with torch.no_grad():
+        chunked, flex = (tiny(is_decoder=is_decoder, sliding_window_kernel=kernel, num_attention_heads=2)(**inputs)
+                         .last_hidden_state  # head dimension 16, Flex's least
+                         for kernel in ("chunked", "flex"))
+    real = mask.bool()
+    torch.testing.assert_close(flex[real], chunked[real], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,123 @@
+"""Sliding-window attention kernels alone, forward and forward + backward, against dense SDPA.
+
+    python scripts/benchmark_attention.py                      # CUDA: bf16, 8 heads x 64, window 512
+    python scripts/benchmark_attention.py --lengths 4096 --batch 1 --device cpu --dtype fp32
+
+Kernels: "dense" (SDPA over the whole sequence, no mask), "chunked" and "flex" (longctx's two
+exact sliding-window kernels, `longctx.attention_sliding`), plus diagnostic FlexAttention variants
+on CUDA (`flex_variant`). Median times (CUDA events via triton.testing.do_bench on CUDA; wall
+clock on CPU).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+try:
+    import longctx  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.nn.functional as F
+
+from longctx.attention_sliding import sliding_window_attention
+
+
+def flex_variant(window: int, length: int, batch: int, device, variant: str):
+    """Diagnostic FlexAttention variants, to tell the cost of longctx's masks apart from
+    FlexAttention's own: "canonical" is PyTorch's documented sliding window (create_block_mask over
+    a mask function that captures no tensors); "ours-plain-mask" is longctx's block lists with that
+    tensor-free mask function; "ours-dynamic" is longctx's kernel compiled with dynamic=True."""
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+    from longctx.attention_sliding import sliding_window_block_mask
+
+    def in_window(b, h, q, k):
+        return (q - k).abs() <= window
+
+    compiled = torch.compile(flex_attention, dynamic=variant == "ours-dynamic")
+    if variant == "canonical":
+        block_mask = create_block_mask(in_window, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device)
+    else:
+        block_mask = sliding_window_block_mask(torch.ones(batch, length, dtype=torch.bool, device=device), None,
+                                               window=window, causal=False, block_size=128)
+        if variant == "ours-plain-mask":
+            block_mask = BlockMask.from_kv_blocks(block_mask.kv_num_blocks, block_mask.kv_indices,
+                                                  block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
+                                                  BLOCK_SIZE=128, mask_mod=in_window, seq_lengths=(length, length))
+    return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+
+
+def kernels(names, window, length, batch, device):
+    table = {
+        "dense": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+        "chunked": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="chunked"),
+        "flex": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="flex"),
+    }
+    chosen = {}
+    for name in names:
+        if name.startswith("flex-") and device == "cuda":
+            chosen[name] = flex_variant(window, length, batch, device, name[len("flex-"):])
+        elif name in table:
+            chosen[name] = table[name]
+    return chosen
+
+
+def median_ms(function, device, repeats):
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(function, warmup=25, rep=100, return_mode="median")
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="4096,16384,65536")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head_dim", type=int, default=64)
+    parser.add_argument("--window", type=int, default=256, help="one-sided (Longformer attention_window 512)")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--kernels", default="dense,chunked,flex",
+                        help="also on CUDA: flex-canonical, flex-ours-plain-mask, flex-ours-dynamic (see flex_variant)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU")
+    args = parser.parse_args(argv)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    print(f"{args.device} {args.dtype}: batch {args.batch}, {args.heads} heads x {args.head_dim}, "
+          f"one-sided window {args.window}; median ms")
+    print(f"{'kernel':>15} {'length':>7} {'forward':>9} {'fwd+bwd':>9}")
+    for length in [int(n) for n in args.lengths.split(",")]:
+        q, k, v = (torch.randn(args.batch, args.heads, length, args.head_dim, device=args.device, dtype=dtype,
+                               requires_grad=True) for _ in range(3))
+        upstream = torch.randn_like(q)
+        for name, kernel in kernels(args.kernels.split(","), args.window, length, args.batch, args.device).items():
+            try:
+                def forward():
+                    with torch.no_grad():
+                        kernel(q, k, v)
+
+                def forward_backward():
+                    torch.autograd.grad(kernel(q, k, v), (q, k, v), upstream)
+
+                print(f"{name:>15} {length:>7} {median_ms(forward, args.device, args.repeats):>9.3f} "
+                      f"{median_ms(forward_backward, args.device, args.repeats):>9.3f}", flush=True)
+            except Exception as error:  # e.g. dense out of memory at long lengths: reported, not fatal
+                print(f"{name:>15} {length:>7} failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
