@@ -62,8 +62,10 @@ def main(argv=None):
     print(f"{args.model} @ {args.length} x batch {batch} on {args.device} ({args.dtype}): "
           f"{wall_ms:.1f} ms per step (forward + backward), profiled")
     if args.device == "cuda":
-        busy_ms = sum(e.self_device_time_total for e in events) / 1000 / args.steps
-        print(f"GPU busy (sum of kernel self times): {busy_ms:.1f} ms per step")
+        # Device work appears twice in the table: as the kernel's row and in the operator that
+        # launched it. Kernel (and memset/memcpy) rows are the ones with no host time of their own.
+        busy_ms = sum(e.self_device_time_total for e in events if e.cpu_time_total == 0) / 1000 / args.steps
+        print(f"GPU busy (sum of kernel times): {busy_ms:.1f} ms per step")
         print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
 
