@@ -13,6 +13,7 @@ from transformers import AutoConfig
 
 from .configuration_common import LongctxConfig
 from .configuration_longformer import LongctxLongformerConfig
+from .configuration_linformer import LongctxLinformerConfig
 from .configuration_transformer import LongctxTransformerConfig
 from .modeling_transformer import (
     LongctxTransformerForCausalLM,
@@ -27,6 +28,13 @@ from .modeling_longformer import (
     LongctxLongformerForQuestionAnswering,
     LongctxLongformerForSequenceClassification,
     LongctxLongformerModel,
+)
+from .modeling_linformer import (
+    LongctxLinformerForCausalLM,
+    LongctxLinformerForMaskedLM,
+    LongctxLinformerForQuestionAnswering,
+    LongctxLinformerForSequenceClassification,
+    LongctxLinformerModel,
 )
 from .question_answering import QuestionAnsweringPipeline, register_question_answering_pipeline
 from .tokenization_bytes import SPECIAL_TOKENS, byte_tokenizer, train_bpe_tokenizer
@@ -65,6 +73,17 @@ ARCHITECTURES = {
             "AutoModelForQuestionAnswering": LongctxLongformerForQuestionAnswering,
         },
     ),
+    "longctx-linformer": Architecture(
+        config=LongctxLinformerConfig,
+        backbone=LongctxLinformerModel,
+        heads={
+            # Bidirectional: the causal LM class only raises a ValueError saying so.
+            "AutoModelForCausalLM": LongctxLinformerForCausalLM,
+            "AutoModelForMaskedLM": LongctxLinformerForMaskedLM,
+            "AutoModelForSequenceClassification": LongctxLinformerForSequenceClassification,
+            "AutoModelForQuestionAnswering": LongctxLinformerForQuestionAnswering,
+        },
+    ),
 }
 
 
@@ -99,6 +118,11 @@ __all__ = [
     "LongctxLongformerForMaskedLM",
     "LongctxLongformerForSequenceClassification",
     "LongctxLongformerForQuestionAnswering",
+    "LongctxLinformerConfig",
+    "LongctxLinformerModel",
+    "LongctxLinformerForMaskedLM",
+    "LongctxLinformerForSequenceClassification",
+    "LongctxLinformerForQuestionAnswering",
     "LongctxTransformerConfig",
     "LongctxTransformerModel",
     "LongctxTransformerForCausalLM",
