@@ -47,9 +47,12 @@ class Architecture:
     config: type
     backbone: type
     heads: dict = field(default_factory=dict)  # Auto class name -> head class
+    # Auto class name -> a class that only raises ValueError saying why the architecture has no
+    # such model (registered, so the Auto class explains instead of "Unrecognized configuration")
+    refusals: dict = field(default_factory=dict)
 
     def auto_classes(self) -> dict:
-        return {"AutoModel": self.backbone, **self.heads}
+        return {"AutoModel": self.backbone, **self.heads, **self.refusals}
 
 
 ARCHITECTURES = {
@@ -77,12 +80,11 @@ ARCHITECTURES = {
         config=LongctxLinformerConfig,
         backbone=LongctxLinformerModel,
         heads={
-            # Bidirectional: the causal LM class only raises a ValueError saying so.
-            "AutoModelForCausalLM": LongctxLinformerForCausalLM,
             "AutoModelForMaskedLM": LongctxLinformerForMaskedLM,
             "AutoModelForSequenceClassification": LongctxLinformerForSequenceClassification,
             "AutoModelForQuestionAnswering": LongctxLinformerForQuestionAnswering,
         },
+        refusals={"AutoModelForCausalLM": LongctxLinformerForCausalLM},  # bidirectional
     ),
 }
 

@@ -48,6 +48,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 import longctx
+from .metrics import Metrics
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
 CAUSAL_LM_HEAD = "AutoModelForCausalLM"
@@ -136,57 +137,6 @@ def lm_blocks(ids: list[int], block_size: int):
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def binary_classification_metrics(predictions, references) -> dict:
-    """Accuracy, and precision / recall / F1 of label 1 -- the values of scikit-learn's (and so
-    `evaluate`'s) defaults, with 0.0 where a ratio has nothing to divide by (no positive
-    predictions: precision 0; no positive labels: recall 0; neither: F1 0)."""
-    predictions, references = [int(p) for p in predictions], [int(r) for r in references]
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    if not set(predictions) | set(references) <= {0, 1}:
-        raise ValueError("binary metrics need labels 0 and 1")
-    pairs = list(zip(predictions, references))
-    tp = sum(p == 1 and r == 1 for p, r in pairs)
-    fp = sum(p == 1 and r == 0 for p, r in pairs)
-    fn = sum(p == 0 and r == 1 for p, r in pairs)
-    correct = sum(p == r for p, r in pairs)
-    return {
-        "accuracy": correct / len(pairs) if pairs else 0.0,
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-    }
-
-
-class Metrics:
-    """Classification metrics from `evaluate` modules when they load, else the local ones."""
-
-    NAMES = ("accuracy", "precision", "recall", "f1")
-
-    def __init__(self):
-        self.unavailable_reason = None
-        self.modules, self.implementation = self._load_evaluate()
-
-    def _load_evaluate(self):
-        try:
-            import evaluate
-
-            modules = {name: evaluate.load(name) for name in self.NAMES}
-            for module in modules.values():  # e.g. precision needs scikit-learn at compute time
-                module.compute(predictions=[0, 1], references=[0, 1])
-            return modules, "evaluate (" + ", ".join(f'evaluate.load("{n}")' for n in self.NAMES) + ")"
-        except Exception as error:  # no Hub access, no cached module, or no scikit-learn
-            self.unavailable_reason = f"{type(error).__name__}: {error}"
-            return None, (f"local (longctx.study.binary_classification_metrics; evaluate.load failed: "
-                          f"{type(error).__name__})")
-
-    def __call__(self, predictions, references) -> dict:
-        if self.modules is None:
-            return binary_classification_metrics(predictions, references)
-        return {name: float(module.compute(predictions=predictions, references=references)[name])
-                for name, module in self.modules.items()}
 
 
 def lm_scores(nll_sum_nats: float, num_predicted: int) -> dict:

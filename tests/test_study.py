@@ -14,7 +14,6 @@ import pytest
 import longctx
 from longctx.study import (
     PRESETS,
-    binary_classification_metrics,
     evaluate_lm,
     format_table,
     lm_blocks,
@@ -24,47 +23,6 @@ from longctx.study import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-# --------------------------------------------------------------------------- classification metrics
-
-
-def test_metrics_hand_worked_confusion_matrix():
-    #              TP TP TP FN FN FP TN TN TN TN
-    predictions = [1, 1, 1, 0, 0, 1, 0, 0, 0, 0]
-    references = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
-    # TP=3, FN=2, FP=1, TN=4: accuracy 7/10, precision 3/4, recall 3/5, F1 = 2*3 / (2*3 + 1 + 2) = 2/3
-    metrics = binary_classification_metrics(predictions, references)
-    assert metrics == pytest.approx({"accuracy": 0.7, "precision": 0.75, "recall": 0.6, "f1": 2 / 3})
-    # F1 is the harmonic mean of precision and recall
-    assert metrics["f1"] == pytest.approx(2 * 0.75 * 0.6 / (0.75 + 0.6))
-
-
-def test_metrics_no_positive_predictions_gives_zero_precision():
-    metrics = binary_classification_metrics([0, 0, 0, 0], [1, 0, 1, 0])
-    assert metrics == {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0}
-
-
-def test_metrics_no_positive_labels_gives_zero_recall():
-    metrics = binary_classification_metrics([1, 0, 0], [0, 0, 0])
-    assert metrics == pytest.approx({"accuracy": 2 / 3, "precision": 0.0, "recall": 0.0, "f1": 0.0})
-
-
-def test_metrics_all_negative_and_perfect_cases():
-    assert binary_classification_metrics([0, 0], [0, 0]) == {"accuracy": 1.0, "precision": 0.0, "recall": 0.0,
-                                                              "f1": 0.0}
-    assert binary_classification_metrics([1, 0, 1], [1, 0, 1]) == {"accuracy": 1.0, "precision": 1.0,
-                                                                    "recall": 1.0, "f1": 1.0}
-    assert binary_classification_metrics([1, 1], [0, 0])["accuracy"] == 0.0
-
-
-def test_metrics_accept_numpy_and_reject_bad_input():
-    import numpy as np
-    assert binary_classification_metrics(np.array([1, 0]), np.array([1, 1]))["recall"] == 0.5
-    with pytest.raises(ValueError):
-        binary_classification_metrics([1, 0], [1])
-    with pytest.raises(ValueError):
-        binary_classification_metrics([2, 0], [1, 0])
 
 
 # --------------------------------------------------------------------------- LM metrics and data
