@@ -1,0 +1,177 @@
+"""What the `scripts/run_*.py` scripts share (transformers' `examples/pytorch` conventions):
+argument dataclasses for `HfArgumentParser`, building a model from a checkpoint or from a
+longctx model type with `--config_overrides`, the tokenizer (the byte tokenizer by default), and
+raw datasets from the Hub (`--dataset_name`) or local files (parquet, csv, json/jsonl).
+
+This module is a user of the models; modeling files never import it.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer
+
+import longctx
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "A longctx or transformers checkpoint (folder or Hub id) to start from."})
+    model_type: str | None = field(default=None, metadata={
+        "help": f"Train from scratch: one of {', '.join(longctx.ARCHITECTURES)}."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": 'With --model_type: config fields, e.g. "hidden_size=256,num_hidden_layers=4,attention_window=512".'})
+    tokenizer_name: str | None = field(default=None, metadata={
+        "help": "A tokenizer folder or Hub id (default: the checkpoint's, else longctx's byte tokenizer)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Load checkpoints that carry their own code."})
+
+    def __post_init__(self):
+        if (self.model_name_or_path is None) == (self.model_type is None):
+            raise ValueError("give exactly one of --model_name_or_path (a checkpoint) or --model_type (train from "
+                             f"scratch: {', '.join(longctx.ARCHITECTURES)})")
+        if self.model_type is not None and self.model_type not in longctx.ARCHITECTURES:
+            raise ValueError(f"--model_type {self.model_type!r} is not a longctx model type; use one of "
+                             f"{', '.join(longctx.ARCHITECTURES)}")
+        if self.config_overrides and self.model_type is None:
+            raise ValueError("--config_overrides only applies with --model_type (a checkpoint has its config)")
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (needs network access)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training data: parquet, csv, json or jsonl."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local evaluation data, same formats."})
+    max_seq_length: int = field(default=512, metadata={"help": "Tokens per example after truncation."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N evaluation examples."})
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_file is None and self.validation_file is None:
+            raise ValueError("give --dataset_name (Hub) or --train_file / --validation_file (local files)")
+        for name in ("train_file", "validation_file"):
+            path = getattr(self, name)
+            if path is not None and Path(path).suffix not in FILE_FORMATS:
+                raise ValueError(f"--{name} {path}: use one of {', '.join(FILE_FORMATS)}")
+        for name in ("max_seq_length", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be positive, got {value}")
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """ "a=1,b=0.5,c=true,d=[2,4],e=None,f=gelu" -> {"a": 1, "b": 0.5, "c": True, ...}: Python
+    literals where the value is one, else the string."""
+    overrides = {}
+    for piece in filter(None, (part.strip() for part in _split_top_level(text or ""))):
+        name, sep, value = piece.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--config_overrides piece {piece!r} is not name=value")
+        overrides[name.strip()] = _literal(value.strip())
+    return overrides
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside brackets, so lists stay whole ("w=[2,4],n=2")."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return parts + [current]
+
+
+def _literal(value: str):
+    lowered = value.lower()
+    if lowered in ("true", "false", "none", "null"):
+        return {"true": True, "false": False}.get(lowered)
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def build_model(model_args: ModelArguments, auto_class, **task_fields):
+    """From the checkpoint, or a fresh longctx model of `--model_type` with the overrides and the
+    task's fields (e.g. num_labels)."""
+    if model_args.model_name_or_path is not None:
+        return auto_class.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
+                                          **task_fields)
+    overrides = parse_config_overrides(model_args.config_overrides)
+    config = AutoConfig.for_model(model_args.model_type, **{**overrides, **task_fields})
+    return auto_class.from_config(config)
+
+
+def load_tokenizer(model_args: ModelArguments):
+    """--tokenizer_name, else the checkpoint's own tokenizer if it has one, else the byte tokenizer."""
+    source = model_args.tokenizer_name
+    if source is None and model_args.model_name_or_path is not None:
+        folder = Path(model_args.model_name_or_path)
+        if not folder.is_dir() or (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
+            source = model_args.model_name_or_path
+    if source is None:
+        logger.info("no tokenizer given: using longctx's byte tokenizer")
+        return longctx.byte_tokenizer()
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+
+
+def load_raw_datasets(data_args: DataArguments):
+    """A DatasetDict with "train" and/or "validation" from the Hub or the local files."""
+    import datasets
+
+    if data_args.dataset_name is not None:
+        return datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    files = {split: path for split, path in (("train", data_args.train_file),
+                                             ("validation", data_args.validation_file)) if path}
+    formats = {FILE_FORMATS[Path(path).suffix] for path in files.values()}
+    if len(formats) > 1:
+        raise ValueError(f"--train_file and --validation_file have different formats {sorted(formats)}; use one")
+    return datasets.load_dataset(formats.pop(), data_files=files)
+
+
+def evaluation_split(raw, preferred=("validation", "test")):
+    """The split to evaluate on: "validation", else "test" (IMDb on the Hub has no validation)."""
+    for name in preferred:
+        if name in raw:
+            return name
+    raise ValueError(f"no evaluation split among {list(raw)}; give --validation_file")
+
+
+def first(dataset, count: int | None):
+    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+
+
+def require_columns(dataset, columns, argument_hint: str):
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"the data has no column(s) {missing} (it has {dataset.column_names}); {argument_hint}")
+
+
+def finish(trainer, train_result=None, eval_metrics=None, push_kwargs=None):
+    """Saves metrics as the example scripts do (train_results.json, eval_results.json and
+    all_results.json in output_dir), the model and tokenizer, and pushes if asked."""
+    if train_result is not None:
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+    if eval_metrics is not None:
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**(push_kwargs or {}))

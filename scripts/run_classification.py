@@ -1,0 +1,95 @@
+"""Sequence classification (IMDb by default) with the stock Trainer, in transformers'
+`examples/pytorch` style: accuracy, precision, recall and F1 of label 1.
+
+    # with the Hub
+    python scripts/run_classification.py --model_type longctx-longformer --dataset_name imdb \
+        --max_seq_length 1024 --output_dir runs/imdb --do_train --do_eval
+    # offline, on local files (parquet, csv, json/jsonl with "text" and "label" columns)
+    python scripts/run_classification.py --model_type longctx-transformer \
+        --config_overrides "hidden_size=256,num_hidden_layers=4" \
+        --train_file ../shared/data/imdb/train.parquet --validation_file ../shared/data/imdb/test.parquet \
+        --output_dir runs/imdb --do_train --do_eval
+
+Writes train_results.json, eval_results.json and all_results.json in --output_dir; honours
+--push_to_hub; runs unchanged under `accelerate launch`. The logic lives in `longctx/run_common.py`
+and `longctx/metrics.py`.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import longctx  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from transformers import AutoModelForSequenceClassification, HfArgumentParser, Trainer, TrainingArguments
+
+from longctx.metrics import Metrics
+from longctx.run_common import (
+    DataArguments,
+    ModelArguments,
+    build_model,
+    evaluation_split,
+    finish,
+    first,
+    load_raw_datasets,
+    load_tokenizer,
+    require_columns,
+)
+
+
+@dataclass
+class ClassificationDataArguments(DataArguments):
+    text_column_name: str = field(default="text", metadata={"help": "The column holding the text."})
+    label_column_name: str = field(default="label", metadata={"help": "The column holding 0/1 labels."})
+
+
+def tokenized(dataset, tokenizer, data_args):
+    require_columns(dataset, [data_args.text_column_name, data_args.label_column_name],
+                    "name them with --text_column_name / --label_column_name")
+    labels = set(dataset.unique(data_args.label_column_name))
+    if not labels <= {0, 1}:
+        raise ValueError(f"labels {sorted(labels)[:10]} in column {data_args.label_column_name!r}: this script "
+                         f"trains binary classifiers (0/1); drop or map other labels (IMDb's unlabelled rows are -1)")
+
+    def encode(batch):
+        encoded = tokenizer(batch[data_args.text_column_name], truncation=True, max_length=data_args.max_seq_length)
+        encoded["labels"] = batch[data_args.label_column_name]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ModelArguments, ClassificationDataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    raw = load_raw_datasets(data_args)
+    tokenizer = load_tokenizer(model_args)
+    model = build_model(model_args, AutoModelForSequenceClassification, num_labels=2)
+    train = eval_set = None
+    if training_args.do_train:
+        train = tokenized(first(raw["train"], data_args.max_train_samples), tokenizer, data_args)
+    if training_args.do_eval:
+        eval_set = tokenized(first(raw[evaluation_split(raw)], data_args.max_eval_samples), tokenizer, data_args)
+    metrics = Metrics()
+
+    def compute_metrics(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return metrics(np.argmax(logits, axis=-1), prediction.label_ids)
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=eval_set,
+                      processing_class=tokenizer, compute_metrics=compute_metrics)
+    train_result = trainer.train() if training_args.do_train else None
+    eval_metrics = trainer.evaluate() if training_args.do_eval else None
+    if eval_metrics is not None:
+        eval_metrics["eval_metric_implementation"] = metrics.implementation
+        eval_metrics["eval_samples"] = len(eval_set)
+    finish(trainer, train_result, eval_metrics, push_kwargs={"finetuned_from": model_args.model_name_or_path,
+                                                             "tasks": "text-classification"})
+
+
+if __name__ == "__main__":
+    main()
