@@ -155,6 +155,41 @@ def prepare_features(tokenizer, questions, contexts, max_length: int, doc_stride
     return features
 
 
+def answer_token_positions(offsets, answer_start: int, answer_text: str) -> tuple[int, int]:
+    """Training labels of one feature: the (start, end) token positions of the answer, or (0, 0)
+    (the first token, "not in this window") when the window does not hold the whole answer.
+
+    `offsets` is the feature's row of ``prepare_features(...)["offset_mapping"]`` (None for
+    non-context tokens). Several tokens may share one character span (the bytes of one
+    character): the start is the last token starting at or before the answer's first
+    character, the end the first token ending at or after its last one."""
+    answer_end = answer_start + len(answer_text)
+    context_tokens = [i for i, offset in enumerate(offsets) if offset is not None]
+    if not context_tokens or not answer_text:
+        return 0, 0
+    first, last = context_tokens[0], context_tokens[-1]
+    if offsets[first][0] > answer_start or offsets[last][1] < answer_end:
+        return 0, 0
+    start = max(i for i in context_tokens if offsets[i][0] <= answer_start)
+    end = min(i for i in context_tokens if offsets[i][1] >= answer_end)
+    return start, end
+
+
+def training_labels(features: dict, answers: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """`start_positions`, `end_positions` for every feature of `prepare_features`, from each
+    example's first answer (`answers[i]` = {"text": [...], "answer_start": [...]}, the SQuAD
+    schema)."""
+    starts, ends = [], []
+    for example, offsets in zip(features["example_index"], features["offset_mapping"]):
+        answer = answers[example]
+        if not answer["text"]:
+            raise ValueError(f"example {example} has no answer: extractive training needs one (SQuAD v1.1 layout)")
+        start, end = answer_token_positions(offsets, answer["answer_start"][0], answer["text"][0])
+        starts.append(start)
+        ends.append(end)
+    return starts, ends
+
+
 # --------------------------------------------------------------------------- spans
 
 

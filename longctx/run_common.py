@@ -55,9 +55,13 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training examples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N evaluation examples."})
 
+    # The arguments that name data; a task's subclass may add its own (e.g. run_qa's --squad_file).
+    source_arguments = ("dataset_name", "train_file", "validation_file")
+
     def __post_init__(self):
-        if self.dataset_name is None and self.train_file is None and self.validation_file is None:
-            raise ValueError("give --dataset_name (Hub) or --train_file / --validation_file (local files)")
+        if all(getattr(self, name) is None for name in self.source_arguments):
+            raise ValueError("give " + " or ".join(f"--{name}" for name in self.source_arguments) +
+                             " (--dataset_name needs the Hub; the others are local files)")
         for name in ("train_file", "validation_file"):
             path = getattr(self, name)
             if path is not None and Path(path).suffix not in FILE_FORMATS:

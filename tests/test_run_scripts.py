@@ -75,3 +75,58 @@ def test_classification_refuses_labels_other_than_0_and_1(tmp_path, monkeypatch)
         run_script("run_classification.py", ["--model_type", "longctx-transformer", "--config_overrides", TINY,
                                              "--train_file", str(path), "--output_dir", str(tmp_path / "o"),
                                              "--do_train", "--max_steps", "1"], monkeypatch)
+
+
+def load_run_qa():
+    return runpy.run_path(str(REPO_ROOT / "scripts" / "run_qa.py"), run_name="run_qa")
+
+
+def test_qa_labels_and_span_post_processing_recover_every_answer():
+    """Oracle logits (a peak at each window's labelled start and end) must decode to the gold
+    answers: windows, labels and n-best post-processing agree with each other exactly."""
+    import datasets
+    import numpy as np
+
+    import longctx
+    from longctx.metrics import squad_v1_scores
+    from longctx.question_answering import prepare_features, training_labels
+    from longctx.squad import read_squad_file
+
+    qa = load_run_qa()
+    rows = read_squad_file(SAMPLES / "squad_sample.json")[:40]
+    examples = datasets.Dataset.from_list(rows)
+    data_args = qa["QADataArguments"](squad_file="x", max_seq_length=160, doc_stride=48)
+    tokenizer = longctx.byte_tokenizer()
+    features = qa["eval_features"](examples[:], tokenizer, data_args)
+    labelled = prepare_features(tokenizer, examples["question"], examples["context"], 160, 48)
+    starts, ends = training_labels(labelled, examples["answers"])
+    width = max(len(ids) for ids in features["input_ids"])
+    start_logits, end_logits = np.zeros((len(starts), width)), np.zeros((len(starts), width))
+    start_logits[np.arange(len(starts)), starts] = 20.0
+    end_logits[np.arange(len(ends)), ends] = 20.0
+    predictions = qa["predictions_from_logits"](examples, features, start_logits, end_logits, data_args)
+    references = [{"id": r["id"], "answers": r["answers"]} for r in rows]
+    assert squad_v1_scores(predictions, references)["exact_match"] == 100.0
+    assert sum(s > 0 for s in starts) >= len(rows)  # every answer lies whole in at least one window
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_qa_trains_and_evaluates_on_an_official_file_split_by_article(tmp_path, monkeypatch, packed):
+    import gzip
+    source = SAMPLES / "squad_sample.json"
+    if packed:
+        source = tmp_path / "dev.json.gz"
+        source.write_bytes(gzip.compress((SAMPLES / "squad_sample.json").read_bytes()))
+    out = tmp_path / "run"
+    run_script("run_qa.py", ["--model_type", "longctx-longformer", "--config_overrides", TINY + ",attention_window=32",
+                             "--squad_file", str(source), "--eval_articles", "1", "--max_seq_length", "128",
+                             "--doc_stride", "32", "--max_train_samples", "16", "--max_eval_samples", "6",
+                             "--per_device_train_batch_size", "8", "--max_steps", "2", "--output_dir", str(out),
+                             "--do_train", "--do_eval"], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0.0 <= results["eval_exact_match"] <= 100.0 and 0.0 <= results["eval_f1"] <= 100.0
+    assert results["eval_samples"] == 6 and results["eval_features"] > 6  # long contexts: several windows each
+    predictions = json.loads((out / "eval_predictions.json").read_text())
+    from longctx.squad import read_squad_file, split_by_article
+    _, held_out = split_by_article(read_squad_file(source), 1)
+    assert list(predictions) == [row["id"] for row in held_out[:6]]
