@@ -19,7 +19,7 @@ import longctx
 
 logger = logging.getLogger(__name__)
 
-FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text"}
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (needs network access)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "Local training data: parquet, csv, json or jsonl."})
+    train_file: str | None = field(default=None, metadata={"help": "Local training data: parquet, csv, json, jsonl (txt for LM)."})
     validation_file: str | None = field(default=None, metadata={"help": "Local evaluation data, same formats."})
     max_seq_length: int = field(default=512, metadata={"help": "Tokens per example after truncation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training examples."})

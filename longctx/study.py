@@ -23,7 +23,6 @@ import ctypes
 import dataclasses
 import gc
 import json
-import math
 import os
 import platform
 import threading
@@ -35,7 +34,6 @@ from pathlib import Path
 import psutil
 import torch
 import transformers
-from torch.nn import functional as F
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -48,6 +46,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 import longctx
+from .language_modeling import evaluate_lm, lm_blocks
 from .metrics import Metrics
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
@@ -127,47 +126,7 @@ def byte_ids(text: str, tokenizer) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def lm_blocks(ids: list[int], block_size: int):
-    """Non-overlapping `block_size` blocks (the remainder is dropped) with labels = inputs."""
-    import datasets
-
-    blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
-    return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * len(blocks),
-                                       "labels": blocks})
-
-
 # --------------------------------------------------------------------------- metrics
-
-
-def lm_scores(nll_sum_nats: float, num_predicted: int) -> dict:
-    """Byte-level perplexity and bits per byte from the summed negative log-likelihood."""
-    mean = nll_sum_nats / num_predicted
-    return {"loss": mean, "perplexity": math.exp(mean), "bits_per_byte": mean / math.log(2),
-            "predicted_bytes": num_predicted}
-
-
-@torch.no_grad()
-def evaluate_lm(model, ids: list[int], block_size: int, batch_size: int) -> dict:
-    """Scores every byte of `ids` but the first of each block: non-overlapping blocks, each
-    evaluated on its own (no state carried between blocks), the last one right-padded."""
-    model.eval()
-    device = next(model.parameters()).device
-    blocks = [ids[start:start + block_size] for start in range(0, len(ids), block_size)]
-    blocks = [block for block in blocks if len(block) > 1]
-    nll, count = 0.0, 0
-    for first in range(0, len(blocks), batch_size):
-        batch = blocks[first:first + batch_size]
-        input_ids = torch.zeros(len(batch), block_size, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, block in enumerate(batch):
-            input_ids[row, :len(block)] = torch.tensor(block)
-            mask[row, :len(block)] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        nll += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum").item()
-        count += int((targets != -100).sum())
-    return lm_scores(nll, count)
 
 
 # --------------------------------------------------------------------------- efficiency

@@ -130,3 +130,21 @@ def test_qa_trains_and_evaluates_on_an_official_file_split_by_article(tmp_path, 
     from longctx.squad import read_squad_file, split_by_article
     _, held_out = split_by_article(read_squad_file(source), 1)
     assert list(predictions) == [row["id"] for row in held_out[:6]]
+
+
+@pytest.mark.parametrize("model_type,mlm", [("longctx-longformer", False), ("longctx-linformer", True)])
+def test_lm_trains_and_evaluates_on_book_text(tmp_path, monkeypatch, model_type, mlm):
+    out = tmp_path / "run"
+    overrides = TINY.replace("max_position_embeddings=256", "max_position_embeddings=512")
+    overrides += ",attention_window=32" if model_type == "longctx-longformer" else ",projection_dim=16"
+    run_script("run_lm.py", ["--model_type", model_type, "--config_overrides", overrides,
+                             "--train_file", str(SAMPLES / "book_train.txt"),
+                             "--validation_file", str(SAMPLES / "book_valid.txt"), "--max_seq_length", "128",
+                             "--eval_block_size", "512", "--max_train_chars", "20000", "--max_eval_chars", "3000",
+                             "--per_device_train_batch_size", "8", "--max_steps", "2", "--output_dir", str(out),
+                             "--do_train", "--do_eval", *(["--mlm"] if mlm else [])], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_perplexity"] > 1
+    if not mlm:
+        assert results["eval_bits_per_character"] >= results["eval_bits_per_byte"] > 0
+        assert results["eval_tokens_positions_128_512"] > 0  # blocks of 512 evaluated past the training length

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 import longctx
+from longctx.language_modeling import evaluate_lm, lm_blocks, lm_scores
 from longctx.study import (
     PRESETS,
-    evaluate_lm,
     format_table,
-    lm_blocks,
-    lm_scores,
     override_steps,
     select_architectures,
 )

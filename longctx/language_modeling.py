@@ -1,0 +1,94 @@
+"""Language-modelling data and evaluation shared by the study and `scripts/run_lm.py`: text cut
+into blocks, and a causal LM scored over a long text -- perplexity, bits per byte and per
+character, and the loss by position in the block (how much a longer context helps).
+
+This module is a user of the models; modeling files never import it.
+"""
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+
+def lm_blocks(ids: list[int], block_size: int):
+    """Non-overlapping `block_size` blocks (the remainder is dropped) with labels = inputs."""
+    import datasets
+
+    if block_size < 2:
+        raise ValueError(f"block_size={block_size}: a block needs at least 2 tokens (one predicted)")
+    blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
+    return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * len(blocks),
+                                       "labels": blocks})
+
+
+def lm_scores(nll_sum_nats: float, num_predicted: int) -> dict:
+    """Perplexity and bits per token (= per byte for the byte tokenizer) from the summed negative
+    log-likelihood."""
+    mean = nll_sum_nats / num_predicted
+    return {"loss": mean, "perplexity": math.exp(mean), "bits_per_byte": mean / math.log(2),
+            "predicted_bytes": num_predicted}
+
+
+def position_buckets(block_size: int) -> list[tuple[int, int]]:
+    """[start, end) position ranges growing 4x: (1, 128), (128, 512), (512, 2048), ... up to the
+    block size. Position 0 is never predicted."""
+    edges, edge = [1], 128
+    while edge < block_size:
+        edges.append(edge)
+        edge *= 4
+    edges.append(block_size)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@torch.no_grad()
+def evaluate_lm(model, ids: list[int], block_size: int, batch_size: int, num_characters: int | None = None) -> dict:
+    """Scores every token of `ids` but the first of each block: non-overlapping blocks, each
+    evaluated on its own (no state carried between blocks), the last one right-padded.
+
+    Returns `lm_scores`, plus "bits_per_character" when `num_characters` (of the text `ids`
+    encode) is given, and "by_position": the loss and perplexity of the tokens at each range of
+    positions in their block (`position_buckets`)."""
+    model.eval()
+    device = next(model.parameters()).device
+    blocks = [block for block in (ids[s:s + block_size] for s in range(0, len(ids), block_size)) if len(block) > 1]
+    nll_by_position = torch.zeros(block_size, dtype=torch.float64)
+    count_by_position = torch.zeros(block_size, dtype=torch.long)
+    for first in range(0, len(blocks), batch_size):
+        nll, counted = _block_losses(model, blocks[first:first + batch_size], block_size, device)
+        nll_by_position += nll
+        count_by_position += counted
+    total_nll, total = float(nll_by_position.sum()), int(count_by_position.sum())
+    if total == 0:
+        raise ValueError(f"nothing to score: the text has {len(ids)} token(s); it needs at least 2")
+    scores = lm_scores(total_nll, total)
+    if num_characters:
+        scores["bits_per_character"] = total_nll / math.log(2) / (num_characters * total / len(ids))
+    scores["by_position"] = [_bucket(nll_by_position, count_by_position, start, end)
+                             for start, end in position_buckets(block_size)]
+    return scores
+
+
+def _block_losses(model, batch: list[list[int]], block_size: int, device):
+    """Summed NLL and token counts per target position (1..block_size-1) for one batch."""
+    input_ids = torch.zeros(len(batch), block_size, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, block in enumerate(batch):
+        input_ids[row, :len(block)] = torch.tensor(block)
+        mask[row, :len(block)] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask[:, 1:]
+    nll = torch.zeros(block_size, dtype=torch.float64)
+    nll[1:] = losses.double().sum(0).cpu()
+    counted = torch.zeros(block_size, dtype=torch.long)
+    counted[1:] = mask[:, 1:].sum(0).cpu()
+    return nll, counted
+
+
+def _bucket(nll, count, start: int, end: int) -> dict:
+    tokens = int(count[start:end].sum())
+    loss = float(nll[start:end].sum()) / tokens if tokens else None
+    return {"positions": [start, end], "tokens": tokens, "loss": loss,
+            "perplexity": math.exp(loss) if loss is not None else None}

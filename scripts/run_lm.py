@@ -1,0 +1,115 @@
+"""Language modelling on long documents (the Gutenberg books by default) with the stock Trainer,
+in transformers' `examples/pytorch` style: causal LM (or masked LM with --mlm) trained on blocks
+of --max_seq_length tokens, evaluated on a held-out text for perplexity, bits per byte and per
+character, and the loss by position in the evaluated block (--eval_block_size: how much longer
+context helps).
+
+    python scripts/run_lm.py --model_type longctx-longformer --config_overrides "attention_window=256" \
+        --train_file ../shared/data/books/austen-emma.txt --validation_file ../shared/data/books/austen-sense.txt \
+        --max_seq_length 1024 --output_dir runs/lm --do_train --do_eval
+    python scripts/run_lm.py --model_type longctx-linformer --mlm ...   # bidirectional: masked LM
+
+Text files (.txt) are read whole; tabular files and Hub datasets (--dataset_name) are joined row
+by row from --text_column_name. Writes train_results.json, eval_results.json and
+all_results.json; honours --push_to_hub; runs unchanged under `accelerate launch`. The logic
+lives in `longctx/language_modeling.py` and `longctx/run_common.py`.
+"""
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import longctx  # noqa: F401
+except ImportError:  # a checkout that is not pip-installed
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    DataCollatorForLanguageModeling,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+)
+
+from longctx.language_modeling import evaluate_lm, lm_blocks
+from longctx.run_common import DataArguments, ModelArguments, build_model, evaluation_split, finish, load_tokenizer
+
+
+@dataclass
+class LMDataArguments(DataArguments):
+    text_column_name: str = field(default="text", metadata={"help": "The text column of tabular or Hub data."})
+    mlm: bool = field(default=False, metadata={"help": "Masked LM (encoders; Linformer) instead of causal LM."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "With --mlm: the share of tokens masked."})
+    eval_block_size: int | None = field(default=None, metadata={
+        "help": "Causal LM: tokens per evaluated block (default --max_seq_length); the loss is reported by "
+                "position in the block."})
+    max_train_chars: int | None = field(default=None, metadata={"help": "Use the first N characters of training text."})
+    max_eval_chars: int | None = field(default=None, metadata={"help": "Use the first N characters of evaluation text."})
+
+
+def read_text(data_args, split: str) -> str:
+    """One split's text: a .txt file whole, else the rows of the text column joined."""
+    path = {"train": data_args.train_file, "validation": data_args.validation_file}.get(split)
+    if path is not None and Path(path).suffix == ".txt":
+        return Path(path).read_text(encoding="utf-8")
+    from longctx.run_common import load_raw_datasets
+    raw = load_raw_datasets(data_args)
+    name = split if split == "train" else evaluation_split(raw)
+    if data_args.text_column_name not in raw[name].column_names:
+        raise ValueError(f"the {name} data has no column {data_args.text_column_name!r} ({raw[name].column_names}); "
+                         "name it with --text_column_name")
+    return "\n\n".join(raw[name][data_args.text_column_name])
+
+
+def clipped(text: str, limit: int | None) -> str:
+    return text if limit is None else text[:limit]
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ModelArguments, LMDataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    tokenizer = load_tokenizer(model_args)
+    auto_class, task_fields = (AutoModelForMaskedLM, {}) if data_args.mlm else (AutoModelForCausalLM, {"is_decoder": True})
+    model = build_model(model_args, auto_class, **(task_fields if model_args.model_type else {}))
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    train = None
+    if training_args.do_train:
+        train = lm_blocks(encode(clipped(read_text(data_args, "train"), data_args.max_train_chars)),
+                          data_args.max_seq_length)
+        if len(train) == 0:
+            raise ValueError(f"the training text is shorter than one block of --max_seq_length "
+                             f"{data_args.max_seq_length} tokens")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=data_args.mlm_probability) \
+        if data_args.mlm else None
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
+                      processing_class=tokenizer)
+    train_result = trainer.train() if training_args.do_train else None
+    eval_metrics = None
+    if training_args.do_eval:
+        text = clipped(read_text(data_args, "validation"), data_args.max_eval_chars)
+        eval_metrics = evaluate(trainer, encode(text), len(text), data_args, training_args)
+    finish(trainer, train_result, eval_metrics, push_kwargs={"finetuned_from": model_args.model_name_or_path,
+                                                             "tasks": "fill-mask" if data_args.mlm else "text-generation"})
+
+
+def evaluate(trainer, ids, num_characters, data_args, training_args) -> dict:
+    if data_args.mlm:  # masked LM: the collator's random masks over blocks of the held-out text
+        metrics = trainer.evaluate(lm_blocks(ids, data_args.max_seq_length))
+        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+        return metrics
+    block_size = data_args.eval_block_size or data_args.max_seq_length
+    scores = evaluate_lm(trainer.model, ids, block_size, training_args.per_device_eval_batch_size, num_characters)
+    metrics = {f"eval_{name}": value for name, value in scores.items() if name != "by_position"}
+    for bucket in scores["by_position"]:  # flat keys: the metric files hold scalars
+        if bucket["tokens"]:
+            start, end = bucket["positions"]
+            metrics[f"eval_perplexity_positions_{start}_{end}"] = bucket["perplexity"]
+            metrics[f"eval_tokens_positions_{start}_{end}"] = bucket["tokens"]
+    return metrics | {"eval_block_size": block_size}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Language-modelling evaluation: position buckets, the loss by position, bits per character."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from longctx.language_modeling import evaluate_lm, position_buckets
+
+
+def test_position_buckets_grow_fourfold_and_cover_every_predicted_position():
+    assert position_buckets(1000) == [(1, 128), (128, 512), (512, 1000)]
+    assert position_buckets(100) == [(1, 100)]
+    assert position_buckets(2048) == [(1, 128), (128, 512), (512, 2048)]
+
+
+def tiny_decoder():
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-transformer", is_decoder=True, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=16, max_position_embeddings=300)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def test_loss_by_position_adds_up_to_the_total_and_counts_characters_not_bytes():
+    text = "Grüße aus Zürich, schöne Grüße! " * 12  # multi-byte characters: fewer characters than bytes
+    ids = [5 + b for b in text.encode("utf-8")]
+    scores = evaluate_lm(tiny_decoder(), ids, block_size=300, batch_size=2, num_characters=len(text))
+    buckets = scores["by_position"]
+    assert sum(b["tokens"] for b in buckets) == scores["predicted_bytes"]
+    weighted = sum(b["loss"] * b["tokens"] for b in buckets) / scores["predicted_bytes"]
+    assert weighted == pytest.approx(scores["loss"], rel=1e-9)
+    assert scores["bits_per_character"] == pytest.approx(scores["bits_per_byte"] * len(ids) / len(text))
+    assert scores["bits_per_character"] > scores["bits_per_byte"]
+    assert all(math.isclose(b["perplexity"], math.exp(b["loss"])) for b in buckets)
+
+
+def test_too_short_text_raises_value_error():
+    with pytest.raises(ValueError, match="nothing to score"):
+        evaluate_lm(tiny_decoder(), [7], block_size=8, batch_size=1)
