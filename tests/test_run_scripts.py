@@ -41,7 +41,7 @@ def test_argument_combinations_that_cannot_work_raise_value_error():
     with pytest.raises(ValueError, match="dataset_name"):
         DataArguments()
     with pytest.raises(ValueError, match="train_file"):
-        DataArguments(train_file="data.txt")
+        DataArguments(train_file="data.xml")
 
 
 @pytest.mark.parametrize("model_type", ["longctx-transformer", "longctx-longformer"])
