@@ -148,3 +148,35 @@ def test_lm_trains_and_evaluates_on_book_text(tmp_path, monkeypatch, model_type,
     if not mlm:
         assert results["eval_bits_per_character"] >= results["eval_bits_per_byte"] > 0
         assert results["eval_tokens_positions_128_512"] > 0  # blocks of 512 evaluated past the training length
+
+
+CLASSIFICATION_ARGS = ["--model_type", "longctx-longformer", "--config_overrides", TINY + ",attention_window=32",
+                       "--train_file", str(SAMPLES / "imdb_train.jsonl"),
+                       "--validation_file", str(SAMPLES / "imdb_test.jsonl"), "--max_seq_length", "160",
+                       "--max_train_samples", "32", "--max_eval_samples", "16", "--per_device_train_batch_size", "4",
+                       "--max_steps", "3", "--do_train", "--do_eval", "--report_to", "none", "--use_cpu"]
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun-2-processes"])
+def test_classification_runs_unchanged_under_launchers(tmp_path, launcher):
+    """`accelerate launch` (one CPU process; accelerate's multi-process CPU launcher needs MPI) and
+    two processes under torch.distributed.run, the launcher `accelerate launch --multi_gpu` uses:
+    DistributedDataParallel over gloo, global batch 2 x 4."""
+    import os
+    import subprocess
+    out = tmp_path / "run"
+    script = str(REPO_ROOT / "scripts" / "run_classification.py")
+    if launcher == "accelerate":
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                   script]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    completed = subprocess.run([*command, *CLASSIFICATION_ARGS, "--output_dir", str(out)], env=env, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    processes = 2 if launcher.startswith("torchrun") else 1
+    assert results["epoch"] == pytest.approx(3 * 4 * processes / 32)  # 3 steps of the global batch over 32 rows
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
