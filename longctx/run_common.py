@@ -9,7 +9,9 @@ This module is a user of the models; modeling files never import it.
 from __future__ import annotations
 
 import ast
+import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,9 +168,50 @@ def require_columns(dataset, columns, argument_hint: str):
         raise ValueError(f"the data has no column(s) {missing} (it has {dataset.column_names}); {argument_hint}")
 
 
-def finish(trainer, train_result=None, eval_metrics=None, push_kwargs=None):
+RUN_INFO = "run_info.json"
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "attention_window", "projection_dim", "sharing", "is_decoder")
+
+
+def run_info(task: str, model, data: dict, steps: dict) -> dict:
+    """What produced a result, for the report: the command, the model (type, size, parameters),
+    the data, the training budget, the device and the library versions."""
+    import platform
+    import shlex
+    import time
+
+    import torch
+    import transformers
+
+    device = next(model.parameters()).device
+    config = model.config
+    return {
+        "task": task, "command": " ".join(shlex.quote(arg) for arg in ["python", *sys.argv]),
+        "model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
+        "size": {name: getattr(config, name) for name in SIZE_FIELDS if hasattr(config, name)},
+        "data": {k: v for k, v in data.items() if v is not None}, "steps": steps,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "transformers": transformers.__version__, "longctx": longctx.__version__,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def write_run_info(output_dir, info: dict):
+    path = Path(output_dir) / RUN_INFO
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def finish(trainer, train_result=None, eval_metrics=None, push_kwargs=None, task: str = "", data_args=None):
     """Saves metrics as the example scripts do (train_results.json, eval_results.json and
-    all_results.json in output_dir), the model and tokenizer, and pushes if asked."""
+    all_results.json in output_dir) and run_info.json (what produced them), the model and
+    tokenizer, and pushes if asked."""
+    if trainer.is_world_process_zero():
+        steps = {"max_steps": trainer.args.max_steps, "epochs": trainer.args.num_train_epochs,
+                 "global_step": trainer.state.global_step,
+                 "train_batch_size": trainer.args.per_device_train_batch_size * trainer.args.world_size}
+        data = vars(data_args) if data_args is not None else {}
+        write_run_info(trainer.args.output_dir, run_info(task, trainer.model, data, steps))
     if train_result is not None:
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)

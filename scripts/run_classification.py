@@ -87,8 +87,9 @@ def main(argv=None):
     if eval_metrics is not None:
         eval_metrics["eval_metric_implementation"] = metrics.implementation
         eval_metrics["eval_samples"] = len(eval_set)
-    finish(trainer, train_result, eval_metrics, push_kwargs={"finetuned_from": model_args.model_name_or_path,
-                                                             "tasks": "text-classification"})
+    finish(trainer, train_result, eval_metrics, task="classification", data_args=data_args,
+           push_kwargs={"finetuned_from": model_args.model_name_or_path,
+                        "tasks": "text-classification"})
 
 
 if __name__ == "__main__":

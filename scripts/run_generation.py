@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser, set_seed
 
 from longctx.generation_eval import TextSimilarity, passages, reference_scores
-from longctx.run_common import ModelArguments, build_model, load_tokenizer
+from longctx.run_common import ModelArguments, build_model, load_tokenizer, run_info, write_run_info
 
 
 @dataclass
@@ -83,6 +83,8 @@ def main(argv=None):
     results = {**reference_scores(model, items), **similarity(predictions, references), "passages": len(items),
                "metric_implementation": similarity.implementation, "settings": asdict(args)}
     write_outputs(Path(args.output_dir), results, items, predictions, references, decode)
+    write_run_info(args.output_dir, run_info("generation", model, asdict(args), {"generated_tokens_per_passage":
+                                                                                 args.continuation_length}))
     print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=1))
     for passage, prediction, reference in list(zip(items, predictions, references))[:args.num_samples_shown]:
         print(f"\n--- prompt (...{decode(passage.prompt)[-200:]!r})\n    reference: {reference!r}\n"

@@ -91,8 +91,9 @@ def main(argv=None):
     if training_args.do_eval:
         text = clipped(read_text(data_args, "validation"), data_args.max_eval_chars)
         eval_metrics = evaluate(trainer, encode(text), len(text), data_args, training_args)
-    finish(trainer, train_result, eval_metrics, push_kwargs={"finetuned_from": model_args.model_name_or_path,
-                                                             "tasks": "fill-mask" if data_args.mlm else "text-generation"})
+    finish(trainer, train_result, eval_metrics, task="language_modeling", data_args=data_args,
+           push_kwargs={"finetuned_from": model_args.model_name_or_path,
+                        "tasks": "fill-mask" if data_args.mlm else "text-generation"})
 
 
 def evaluate(trainer, ids, num_characters, data_args, training_args) -> dict:

@@ -133,8 +133,9 @@ def main(argv=None):
             (Path(training_args.output_dir) / "eval_predictions.json").write_text(
                 json.dumps({p["id"]: p["prediction_text"] for p in predictions}, indent=1, ensure_ascii=False),
                 encoding="utf-8")
-    finish(trainer, train_result, eval_metrics, push_kwargs={"finetuned_from": model_args.model_name_or_path,
-                                                             "tasks": "question-answering"})
+    finish(trainer, train_result, eval_metrics, task="question_answering", data_args=data_args,
+           push_kwargs={"finetuned_from": model_args.model_name_or_path,
+                        "tasks": "question-answering"})
 
 
 if __name__ == "__main__":

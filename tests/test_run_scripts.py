@@ -180,3 +180,29 @@ def test_classification_runs_unchanged_under_launchers(tmp_path, launcher):
     processes = 2 if launcher.startswith("torchrun") else 1
     assert results["epoch"] == pytest.approx(3 * 4 * processes / 32)  # 3 steps of the global batch over 32 rows
     assert 0.0 <= results["eval_accuracy"] <= 1.0
+
+
+def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monkeypatch):
+    from longctx.report import build_report
+    runs = tmp_path / "runs"
+    run_script("run_classification.py", ["--model_type", "longctx-transformer", "--config_overrides", TINY,
+                                         "--train_file", str(SAMPLES / "imdb_train.jsonl"),
+                                         "--validation_file", str(SAMPLES / "imdb_test.jsonl"),
+                                         "--max_seq_length", "64", "--max_train_samples", "8", "--max_eval_samples",
+                                         "8", "--max_steps", "1", "--output_dir", str(runs / "imdb-dense"),
+                                         "--do_train", "--do_eval"], monkeypatch)
+    results = json.loads((runs / "imdb-dense" / "all_results.json").read_text())
+    benchmark = {"settings": {"num_layers": 2, "hidden_size": 256, "dtype": "fp32"},
+                 "environment": {"device_name": "Test CPU"}, "notes": ["a note"], "plots": [],
+                 "results": [{"model": "dense", "length": 1024, "batch_size": 4, "seconds_per_step": 0.5,
+                              "tokens_per_s": 8192.0, "peak_memory_mib": 100.0, "error": None}]}
+    (runs / "bench").mkdir()
+    (runs / "bench" / "benchmark.json").write_text(json.dumps(benchmark))
+    report = build_report([runs], tmp_path / "REPORT.md")
+    assert (tmp_path / "REPORT.md").read_text() == report
+    row = next(line for line in report.splitlines() if line.startswith("| longctx-transformer"))
+    assert f"{results['eval_accuracy']:,.4g}" in row and "imdb_train.jsonl" in row and "1×32" in row
+    assert "run_classification.py --model_type longctx-transformer" in report  # the command that made it
+    assert "| dense | 1024 | 4 | 500.0 | 8,192 | 100 |" in report and "- a note" in report
+    with pytest.raises(ValueError, match="no results"):
+        build_report([tmp_path / "empty"], tmp_path / "R.md")

@@ -1,0 +1,142 @@
+"""REPORT.md from the results the scripts wrote: every run folder holding run_info.json (the
+run_*.py scripts) and every benchmark JSON (scripts/benchmark.py), found under the given roots.
+
+Each table row names what produced it: the model (type, parameters, size), the data, the
+training steps, the device and the command. Rows are grouped by task; benchmark runs get their
+table and, where the benchmark wrote them, its plots.
+
+This module is a user of the models; modeling files never import it.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from .run_common import RUN_INFO
+
+# The metrics each task's table shows (keys of all_results.json), with their column titles.
+TASK_COLUMNS = {
+    "classification": [("eval_accuracy", "accuracy"), ("eval_precision", "precision"), ("eval_recall", "recall"),
+                       ("eval_f1", "F1")],
+    "question_answering": [("eval_exact_match", "EM"), ("eval_f1", "F1"), ("eval_samples", "questions")],
+    "language_modeling": [("eval_perplexity", "perplexity"), ("eval_bits_per_character", "bits/char"),
+                          ("eval_bits_per_byte", "bits/byte"), ("eval_block_size", "eval block")],
+    "generation": [("eval_reference_perplexity", "ref. perplexity"), ("eval_bleu", "BLEU"), ("eval_rouge1", "ROUGE-1"),
+                   ("eval_rougeL", "ROUGE-L"), ("eval_passages", "passages")],
+}
+TASK_TITLES = {"classification": "Classification", "question_answering": "Question answering (SQuAD v1.1)",
+               "language_modeling": "Language modelling", "generation": "Generation"}
+
+
+def find_runs(roots) -> list[dict]:
+    """{"info", "results", "folder"} of every folder under `roots` with run_info.json."""
+    runs = []
+    for root in roots:
+        for info_path in sorted(Path(root).rglob(RUN_INFO)):
+            results_path = info_path.parent / "all_results.json"
+            if not results_path.exists():
+                continue
+            runs.append({"info": json.loads(info_path.read_text(encoding="utf-8")),
+                         "results": json.loads(results_path.read_text(encoding="utf-8")), "folder": info_path.parent})
+    return runs
+
+
+def find_benchmarks(roots) -> list[dict]:
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(document, dict) and {"settings", "environment", "results"} <= set(document):
+                found.append({"path": path, **document})
+    return found
+
+
+def _number(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _size(info: dict) -> str:
+    size = info.get("size", {})
+    text = f"{size.get('num_hidden_layers', '?')}×{size.get('hidden_size', '?')}"
+    extras = []
+    if "attention_window" in size:
+        extras.append(f"window {size['attention_window']}")
+    if "projection_dim" in size:
+        extras.append(f"k {size['projection_dim']}")
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _data(info: dict) -> str:
+    data = info.get("data", {})
+    names = [Path(str(data[key])).name for key in ("dataset_name", "squad_file", "train_file", "validation_file")
+             if key in data]
+    limits = [f"{key.replace('max_', '').replace('_samples', '')} ≤ {data[key]}"
+              for key in ("max_train_samples", "max_eval_samples") if key in data]
+    return ", ".join(dict.fromkeys(names)) + (f" ({', '.join(limits)})" if limits else "")
+
+
+def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
+    columns = TASK_COLUMNS.get(task, [])
+    header = ["model", "parameters", "size", *[title for _, title in columns], "data", "steps", "device", "run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        info, results = run["info"], run["results"]
+        steps = info.get("steps", {}).get("global_step", "–")
+        folder = os.path.relpath(run["folder"], relative_to)
+        row = [info["model_type"], _number(info.get("parameters")), _size(info),
+               *[_number(results.get(key)) for key, _ in columns], _data(info), _number(steps), info.get("device", "?"),
+               f"[{Path(folder).name}]({folder})"]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines += [f"- `{Path(run['folder']).name}`: `{run['info'].get('command', '?')}`" for run in runs]
+    return lines
+
+
+def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
+    settings, environment = benchmark["settings"], benchmark["environment"]
+    lines = [f"### {environment.get('device_name', environment.get('device'))} — "
+             f"{settings['num_layers']}×{settings['hidden_size']}, {settings['dtype']}, "
+             f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
+             "| model | length | batch | ms/step | tokens/s | peak MiB |", "|---|---|---|---|---|---|"]
+    for cell in benchmark["results"]:
+        if cell.get("error"):
+            lines.append(f"| {cell['model']} | {cell['length']} | {cell['batch_size']} | failed: "
+                         f"{cell['error_kind']} | | |")
+            continue
+        lines.append(f"| {cell['model']} | {cell['length']} | {cell['batch_size']} | "
+                     f"{cell['seconds_per_step'] * 1000:,.1f} | {cell['tokens_per_s']:,.0f} | "
+                     f"{cell['peak_memory_mib']:,.0f} |")
+    lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
+    plots = benchmark.get("plots")
+    if isinstance(plots, list):
+        lines += [""] + [f"![{Path(p).stem}]({os.path.relpath(p, relative_to)})" for p in plots if Path(p).exists()]
+    return lines + [""]
+
+
+def build_report(roots, output: Path) -> str:
+    output = Path(output)
+    runs, benchmarks = find_runs(roots), find_benchmarks(roots)
+    if not runs and not benchmarks:
+        raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py or "
+                         f"scripts/benchmark.py with --output_dir / --output there first")
+    lines = ["# longctx report", "", "Made by `scripts/report.py` from the results it found under "
+             + ", ".join(f"`{r}`" for r in roots) + ". Every row names the run that produced it; its command is "
+             "listed under the table.", ""]
+    for task in dict.fromkeys([*TASK_COLUMNS, *(run["info"]["task"] for run in runs)]):
+        chosen = [run for run in runs if run["info"]["task"] == task]
+        if chosen:
+            lines += [f"## {TASK_TITLES.get(task, task)}", ""] + task_table(task, chosen, output.parent) + [""]
+    if benchmarks:
+        lines += ["## Efficiency (scripts/benchmark.py)", ""]
+        for benchmark in benchmarks:
+            lines += benchmark_section(benchmark, output.parent)
+    text = "\n".join(lines).rstrip() + "\n"
+    output.write_text(text, encoding="utf-8")
+    return text
