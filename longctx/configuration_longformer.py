@@ -13,6 +13,10 @@ class LongctxLongformerConfig(LongctxConfig):
     `sep_token_id` separates question and context: question answering puts global attention on
     the tokens before the first one, as transformers does.
 
+    `default_global_attention`: whether classification and QA put global attention on the first
+    token / the question when no `global_attention_mask` is passed (transformers' behaviour).
+    False is the "no global attention" ablation: only an explicit mask makes tokens global.
+
     `sliding_window_kernel`: "auto" (FlexAttention on CUDA when attention dropout is off, the
     chunked SDPA kernel otherwise), "chunked" or "flex" (CUDA; no attention dropout). Both are
     exact: the choice changes speed, not the function computed.
@@ -22,6 +26,7 @@ class LongctxLongformerConfig(LongctxConfig):
     attention_window: int | list[int] = 512
     sep_token_id: int | None = 2
     sliding_window_kernel: str = "auto"
+    default_global_attention: bool = True
 
     @property
     def sliding_window(self) -> int | None:

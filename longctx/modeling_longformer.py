@@ -90,6 +90,10 @@ class LongctxLongformerPreTrainedModel(LongctxPreTrainedModel):
     config_class = LongctxLongformerConfig
     _no_split_modules = ["ResidualBlock"]
 
+    def _default_globals(self) -> bool:
+        """Whether a head adds its default global tokens (encoders only; an ablation turns it off)."""
+        return self.config.default_global_attention and not self.config.is_decoder
+
 
 class LongctxLongformerModel(StackedBackbone, LongctxLongformerPreTrainedModel):
     attention_class = LongformerSelfAttention
@@ -159,7 +163,7 @@ class LongctxLongformerForSequenceClassification(ForSequenceClassification, Long
     backbone_class = LongctxLongformerModel
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, labels=None, **kwargs):
-        if global_attention_mask is None and not self.config.is_decoder:
+        if global_attention_mask is None and self._default_globals():
             global_attention_mask = first_token_global(input_ids, attention_mask, kwargs.get("inputs_embeds"))
         return super().forward(input_ids, attention_mask, labels=labels,
                                global_attention_mask=global_attention_mask, **kwargs)
@@ -170,7 +174,7 @@ class LongctxLongformerForQuestionAnswering(ForQuestionAnswering, LongctxLongfor
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, start_positions=None,
                 end_positions=None, **kwargs):
-        if global_attention_mask is None and not self.config.is_decoder:
+        if global_attention_mask is None and self._default_globals():
             global_attention_mask = question_global(input_ids, self.config.sep_token_id)
         return super().forward(input_ids, attention_mask, start_positions=start_positions,
                                end_positions=end_positions, global_attention_mask=global_attention_mask, **kwargs)

@@ -139,3 +139,20 @@ def test_flex_and_chunked_kernels_give_the_same_model(is_decoder):
                          for kernel in ("chunked", "flex"))
     real = mask.bool()
     torch.testing.assert_close(flex[real], chunked[real], rtol=1e-5, atol=1e-5)
+
+
+def test_no_global_attention_ablation_uses_only_explicit_global_tokens():
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+    ids = torch.randint(5, 261, (2, 40))
+    ids[:, 3] = 2  # the question's separator
+    for auto_class, output in ((AutoModelForSequenceClassification, "logits"),
+                               (AutoModelForQuestionAnswering, "start_logits")):
+        torch.manual_seed(0)
+        config = AutoConfig.for_model("longctx-longformer", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=32, attention_window=4, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0, default_global_attention=False)
+        model = auto_class.from_config(config).eval()
+        no_globals = getattr(model(ids, global_attention_mask=torch.zeros_like(ids)), output)
+        torch.testing.assert_close(getattr(model(ids), output), no_globals)
+        model.config.default_global_attention = True
+        assert not torch.allclose(getattr(model(ids), output), no_globals)  # the defaults do change it
