@@ -206,3 +206,27 @@ def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monke
     assert "| dense | 1024 | 4 | 500.0 | 8,192 | 100 |" in report and "- a note" in report
     with pytest.raises(ValueError, match="no results"):
         build_report([tmp_path / "empty"], tmp_path / "R.md")
+
+
+def test_bpe_tokenizer_trained_on_reviews_serves_the_classification_script(tmp_path, monkeypatch):
+    import runpy
+
+    from transformers import AutoTokenizer
+    tokenizer_dir = tmp_path / "bpe"
+    monkeypatch.setattr(sys, "argv", ["train_tokenizer.py", "--train_file", str(SAMPLES / "imdb_train.jsonl"),
+                                      "--vocab_size", "600", "--output_dir", str(tokenizer_dir)])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "train_tokenizer.py"), run_name="__main__")
+    assert exited.value.code == 0
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    review = "This movie was wonderful."
+    assert len(tokenizer(review)["input_ids"]) < len(review.encode()) + 1  # merges shorten byte sequences
+    out = tmp_path / "run"
+    run_script("run_classification.py", ["--model_type", "longctx-transformer",
+                                         "--config_overrides", TINY + f",vocab_size={len(tokenizer)}",
+                                         "--tokenizer_name", str(tokenizer_dir),
+                                         "--train_file", str(SAMPLES / "imdb_train.jsonl"),
+                                         "--validation_file", str(SAMPLES / "imdb_test.jsonl"), "--max_seq_length", "64",
+                                         "--max_train_samples", "8", "--max_eval_samples", "8", "--max_steps", "1",
+                                         "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
+    assert AutoTokenizer.from_pretrained(out)(review)["input_ids"] == tokenizer(review)["input_ids"]
