@@ -15,6 +15,7 @@ from .configuration_common import LongctxConfig
 from .configuration_longformer import LongctxLongformerConfig
 from .configuration_linformer import LongctxLinformerConfig
 from .configuration_transformer import LongctxTransformerConfig
+from .configuration_transfo_xl import LongctxTransfoXLConfig
 from .modeling_transformer import (
     LongctxTransformerForCausalLM,
     LongctxTransformerForMaskedLM,
@@ -35,6 +36,12 @@ from .modeling_linformer import (
     LongctxLinformerForQuestionAnswering,
     LongctxLinformerForSequenceClassification,
     LongctxLinformerModel,
+)
+from .modeling_transfo_xl import (
+    LongctxTransfoXLForCausalLM,
+    LongctxTransfoXLForQuestionAnswering,
+    LongctxTransfoXLForSequenceClassification,
+    LongctxTransfoXLModel,
 )
 from .question_answering import QuestionAnsweringPipeline, register_question_answering_pipeline
 from .tokenization_bytes import SPECIAL_TOKENS, byte_tokenizer, train_bpe_tokenizer
@@ -86,6 +93,15 @@ ARCHITECTURES = {
         },
         refusals={"AutoModelForCausalLM": LongctxLinformerForCausalLM},  # bidirectional
     ),
+    "longctx-transfo-xl": Architecture(
+        config=LongctxTransfoXLConfig,
+        backbone=LongctxTransfoXLModel,
+        heads={
+            "AutoModelForCausalLM": LongctxTransfoXLForCausalLM,
+            "AutoModelForSequenceClassification": LongctxTransfoXLForSequenceClassification,
+            "AutoModelForQuestionAnswering": LongctxTransfoXLForQuestionAnswering,
+        },
+    ),
 }
 
 
@@ -125,6 +141,11 @@ __all__ = [
     "LongctxLinformerForMaskedLM",
     "LongctxLinformerForSequenceClassification",
     "LongctxLinformerForQuestionAnswering",
+    "LongctxTransfoXLConfig",
+    "LongctxTransfoXLModel",
+    "LongctxTransfoXLForCausalLM",
+    "LongctxTransfoXLForSequenceClassification",
+    "LongctxTransfoXLForQuestionAnswering",
     "LongctxTransformerConfig",
     "LongctxTransformerModel",
     "LongctxTransformerForCausalLM",

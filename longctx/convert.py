@@ -143,7 +143,11 @@ def longformer_state_dict(source_state: dict, source_config: dict) -> tuple[dict
     return ours, origin, set(pooler) | buffers | aliases
 
 
-CONVERTERS = {  # source model_type -> Converter; Reformer and Transformer-XL go here too
+# Imported here, not at the top: convert_transfo_xl must not import this module at load time
+# (`python -m longctx.convert` would import it twice).
+from .convert_transfo_xl import TRANSFO_XL_HEADS, transfo_xl_config, transfo_xl_state_dict  # noqa: E402
+
+CONVERTERS = {  # source model_type -> Converter
     "longformer": Converter(
         config=longformer_config,
         state=longformer_state_dict,
@@ -154,6 +158,7 @@ CONVERTERS = {  # source model_type -> Converter; Reformer and Transformer-XL go
             "LongformerForQuestionAnswering": "AutoModelForQuestionAnswering",
         },
     ),
+    "transfo-xl": Converter(config=transfo_xl_config, state=transfo_xl_state_dict, heads=TRANSFO_XL_HEADS),
 }
 
 

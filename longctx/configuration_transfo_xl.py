@@ -1,0 +1,148 @@
+"""Configuration of `longctx-transfo-xl` (Dai et al. 2019, "Transformer-XL"): segment-level
+recurrence with a memory of hidden states, relative positional attention, adaptive input and
+adaptive softmax."""
+
+import logging
+
+from .configuration_common import LongctxConfig
+
+logger = logging.getLogger(__name__)
+
+# transformers' `TransfoXLConfig` name -> the common longctx field it is (an alias both ways:
+# `config.d_model` reads and writes `config.hidden_size`, and either name works as a keyword).
+TRANSFO_XL_ALIASES = {
+    "d_model": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "d_inner": "intermediate_size",
+    "dropout": "hidden_dropout_prob",
+    "dropatt": "attention_probs_dropout_prob",
+    "layer_norm_epsilon": "layer_norm_eps",
+    "pre_lnorm": "pre_norm",
+    "n_token": "vocab_size",
+}
+
+
+class LongctxTransfoXLConfig(LongctxConfig):
+    """transformers' `TransfoXLConfig` fields, one to one (their names are aliases of the common
+    ones in `TRANSFO_XL_ALIASES`: d_model, n_layer, n_head, d_inner, dropout, dropatt,
+    layer_norm_epsilon, pre_lnorm), plus:
+
+    - `d_head`: width of one attention head (None: hidden_size // n_head); n_head * d_head may
+      differ from d_model, as in transformers.
+    - `mem_len`: hidden states kept per layer as memory for the next segment (0: no memory).
+    - `same_length`: every token attends exactly its `mem_len` most recent tokens (itself
+      included), as the paper evaluates; False: every earlier token in memory and segment.
+      With mem_len=0 there is no window (transformers then masked every key).
+    - `clamp_len`: relative distances beyond it use its encoding (<= 0: no clamping).
+    - `cutoffs`, `div_val`: adaptive input and softmax. The vocabulary is split at the cutoffs
+      into a head and tail clusters; cluster i embeds in d_embed // div_val**i dimensions.
+      `cutoffs=[]` is a plain (projected) softmax.
+    - `d_embed`: embedding width of the head cluster (None: hidden_size).
+    - `tie_projs`: per cluster, whether the softmax reuses the input projection (None: from
+      `proj_share_all_but_first`, as transformers does); `tie_word_embeddings`: whether the
+      softmax reuses the embedding tables.
+    - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
+
+    Defaults follow the paper where they differ from the other longctx models: post-LN
+    (`pre_lnorm=False`), ReLU feed-forward, no final LayerNorm. Transformer-XL is causal only:
+    `is_decoder` is always True (False, which transformers' own
+    TransfoXLConfig holds, and which "an encoder of every architecture" asks for, is read as True),
+    so classification pools the last real token by default. It has no length limit:
+    relative positions are computed for any length, so `max_position_embeddings` is unused.
+    `attn_type` must be 0 (the paper's attention; transformers supported no other either),
+    `sample_softmax` must be <= 0, and `adaptive` is kept for transformers' configs (its
+    PyTorch model, and this one, always use the adaptive softmax of `cutoffs`).
+    """
+
+    model_type = "longctx-transfo-xl"
+    attribute_map = TRANSFO_XL_ALIASES
+
+    vocab_size: int = 261
+    hidden_size: int = 256
+    intermediate_size: int = 1024
+    hidden_act: str = "relu"
+    pre_norm: bool = False
+    is_decoder: bool = True
+    d_embed: int | None = None
+    d_head: int | None = None
+    mem_len: int = 512
+    clamp_len: int = -1
+    same_length: bool = False
+    cutoffs: list[int] | None = None
+    div_val: int = 1
+    proj_share_all_but_first: bool = True
+    tie_projs: list[bool] | None = None
+    untie_r: bool = True
+    adaptive: bool = True
+    attn_type: int = 0
+    sample_softmax: int = -1
+
+    def __post_init__(self, **kwargs):
+        # transformers sets unknown keywords (the aliases) only in its own __post_init__: set
+        # them first, so that the defaults derived below see e.g. d_model.
+        for alias, field in TRANSFO_XL_ALIASES.items():
+            if alias in kwargs:
+                self._set_alias(alias, field, kwargs.pop(alias))
+        if not self.is_decoder:
+            logger.info("longctx-transfo-xl is causal: is_decoder=False is read as True (transformers' "
+                        "TransfoXLConfig says False for the same causal model).")
+            self.is_decoder = True
+        if self.cutoffs is None:
+            self.cutoffs = []
+        if self.d_embed is None:
+            self.d_embed = self.hidden_size
+        if self.d_head is None:
+            self.d_head = self.hidden_size // max(1, self.num_attention_heads)
+        if self.tie_projs is None:
+            self.tie_projs = [False] + [bool(self.proj_share_all_but_first)] * len(self.cutoffs)
+        super().__post_init__(**kwargs)
+
+    def _set_alias(self, alias: str, field: str, value):
+        default = type(self).__dataclass_fields__[field].default
+        current = getattr(self, field)
+        if current != default and current != value:
+            raise ValueError(f"{type(self).__name__}: {field}={current!r} and its alias {alias}={value!r} "
+                             f"disagree; pass only one of them.")
+        setattr(self, field, value)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head
+
+    def cluster_bounds(self) -> list[tuple[int, int]]:
+        """[(first id, end id)] of the head and each tail cluster."""
+        ends = [0, *self.cutoffs, self.vocab_size]
+        return list(zip(ends[:-1], ends[1:]))
+
+    def cluster_width(self, cluster: int) -> int:
+        return self.d_embed // (self.div_val ** cluster)
+
+    def _check_fields(self):
+        super()._check_fields()
+        for name in ("d_embed", "d_head"):
+            self._require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name,
+                          "must be a positive integer (or None for the default)")
+        self._require(self.hidden_size % 2 == 0, "hidden_size",
+                      "must be even: the relative position encodings are sin and cos pairs of d_model / 2 "
+                      "frequencies")
+        self._require(isinstance(self.mem_len, int) and self.mem_len >= 0, "mem_len",
+                      "must be a non-negative integer: hidden states kept per layer (0: no memory)")
+        self._require(isinstance(self.clamp_len, int), "clamp_len", "must be an integer (<= 0: no clamping)")
+        cutoffs = list(self.cutoffs)
+        self._require(all(isinstance(c, int) for c in cutoffs) and cutoffs == sorted(set(cutoffs))
+                      and all(0 < c < self.vocab_size for c in cutoffs), "cutoffs",
+                      f"must be increasing token ids in (0, vocab_size={self.vocab_size}), e.g. [20000, 40000, "
+                      f"200000] for a 267735-token vocabulary, or [] for a plain softmax")
+        self._require(isinstance(self.div_val, int) and self.div_val >= 1, "div_val",
+                      "must be an integer >= 1 (1: every cluster embeds in d_embed dimensions)")
+        if self.div_val > 1:
+            self._require(self.cluster_width(len(cutoffs)) >= 1, "div_val",
+                          f"leaves the last cluster d_embed // div_val**{len(cutoffs)} = 0 dimensions; use a "
+                          f"smaller div_val, fewer cutoffs or a larger d_embed")
+        self._require(len(self.tie_projs) == len(cutoffs) + 1, "tie_projs",
+                      f"must hold one bool per cluster ({len(cutoffs) + 1}), or be None")
+        self._require(self.attn_type == 0, "attn_type",
+                      "must be 0 (relative positional attention of the paper, the only one transformers kept)")
+        self._require(self.sample_softmax <= 0, "sample_softmax", "must be <= 0 (no sampled softmax)")
+        self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Transformer-XL has no token types")

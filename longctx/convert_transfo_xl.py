@@ -1,0 +1,124 @@
+"""transformers' TransfoXL (4.35.2 and earlier; v5 deleted it) -> `longctx-transfo-xl`.
+
+`TRANSFO_XL_CONVERTER` is the `Converter` that `longctx.convert.CONVERTERS["transfo-xl"]` names (built
+from `transfo_xl_config`, `transfo_xl_state_dict` and `TRANSFO_XL_HEADS`),
+so `python -m longctx.convert SRC DST` converts `TransfoXLLMHeadModel` (e.g. the transfo-xl-wt103
+format) and `TransfoXLModel` folders. Weights come from model.safetensors, or pytorch_model.bin
+read with `torch.load(weights_only=True)` only. The longctx model reproduces transformers'
+per-token losses (tests/test_convert_transfo_xl.py, against a 4.35.2 recording); see
+longctx/modeling_transfo_xl.py for the two by-design differences (empty first memory, losses in
+token order). `TransfoXLForSequenceClassification` (a bias-free linear layer on the last token)
+has no longctx equivalent and is not converted.
+"""
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "transformer."
+CONFIG_NAMES = {  # transformers' TransfoXLConfig -> longctx field
+    "vocab_size": "vocab_size", "cutoffs": "cutoffs", "d_model": "hidden_size", "d_embed": "d_embed",
+    "n_head": "num_attention_heads", "d_head": "d_head", "d_inner": "intermediate_size", "div_val": "div_val",
+    "pre_lnorm": "pre_norm", "n_layer": "num_hidden_layers", "mem_len": "mem_len", "clamp_len": "clamp_len",
+    "same_length": "same_length", "proj_share_all_but_first": "proj_share_all_but_first",
+    "tie_projs": "tie_projs", "attn_type": "attn_type", "sample_softmax": "sample_softmax", "adaptive": "adaptive",
+    "dropout": "hidden_dropout_prob", "dropatt": "attention_probs_dropout_prob", "untie_r": "untie_r",
+    "layer_norm_epsilon": "layer_norm_eps", "init_std": "initializer_range",
+    "tie_word_embeddings": "tie_word_embeddings", "id2label": "id2label", "label2id": "label2id",
+    "problem_type": "problem_type",
+}
+LAYER_NAMES = {  # theirs (under transformer.layers.{i}.) -> ours (under model.layers.{i}.)
+    "dec_attn.r_net.weight": "attention.position.weight",
+    "dec_attn.o_net.weight": "attention.output.weight",
+    "dec_attn.r_w_bias": "attention.content_bias",  # u: the content bias
+    "dec_attn.r_r_bias": "attention.position_bias",  # v: the position bias
+    "dec_attn.layer_norm.weight": "attention_norm.weight",
+    "dec_attn.layer_norm.bias": "attention_norm.bias",
+    "pos_ff.CoreNet.0.weight": "feed_forward.dense_in.weight",
+    "pos_ff.CoreNet.0.bias": "feed_forward.dense_in.bias",
+    "pos_ff.CoreNet.3.weight": "feed_forward.dense_out.weight",
+    "pos_ff.CoreNet.3.bias": "feed_forward.dense_out.bias",
+    "pos_ff.layer_norm.weight": "feed_forward_norm.weight",
+    "pos_ff.layer_norm.bias": "feed_forward_norm.bias",
+}
+
+
+def transfo_xl_config(source: dict) -> dict:
+    config = {ours: source[theirs] for theirs, ours in CONFIG_NAMES.items() if source.get(theirs) is not None}
+    if "id2label" in config:  # JSON keys are strings; transformers wants ints
+        config["id2label"] = {int(key): value for key, value in config["id2label"].items()}
+    config.update(model_type="longctx-transfo-xl", is_decoder=True, hidden_act="relu", type_vocab_size=0,
+                  pad_token_id=source.get("pad_token_id"), bos_token_id=source.get("bos_token_id"),
+                  eos_token_id=source.get("eos_token_id"))
+    return config
+
+
+def transfo_xl_state_dict(source_state: dict, source_config: dict) -> tuple[dict, dict, set]:
+    """Maps a transformers TransfoXL state dict (backbone keys with or without `transformer.`)."""
+    short = {key.removeprefix(PREFIX): key for key in source_state}
+    ours, origin, dropped = {}, {}, set()
+
+    def take(theirs: str, name: str, transform=None):
+        if theirs in short:
+            tensor = source_state[short[theirs]]
+            ours[name] = tensor if transform is None else transform(tensor)
+            origin[name] = short[theirs]
+
+    inner = source_config["n_head"] * source_config["d_head"]
+    for layer in range(source_config["n_layer"]):
+        prefix = f"layers.{layer}."
+        for theirs, name in LAYER_NAMES.items():
+            take(prefix + theirs, f"model.layers.{layer}.{name}")
+        # qkv_net: rows [queries; keys; values] -> our query and key_value projections
+        take(prefix + "dec_attn.qkv_net.weight", f"model.layers.{layer}.attention.query.weight", lambda t: t[:inner])
+        take(prefix + "dec_attn.qkv_net.weight", f"model.layers.{layer}.attention.key_value.weight",
+             lambda t: t[inner:])
+    take("r_w_bias", "model.content_bias")  # untie_r=False: one pair for every layer
+    take("r_r_bias", "model.position_bias")
+    if not source_config.get("untie_r", True):  # the layers' copies of the shared pair
+        dropped |= {key for s, key in short.items() if s.endswith(("dec_attn.r_w_bias", "dec_attn.r_r_bias"))}
+    for i in range(len(source_config.get("cutoffs", [])) + 1):
+        take(f"word_emb.emb_layers.{i}.weight", f"model.embeddings.tables.{i}.weight")
+        take(f"word_emb.emb_projs.{i}", f"model.embeddings.projections.{i}")
+    dropped |= {key for s, key in short.items() if s == "pos_emb.inv_freq"}  # recomputed
+    _softmax(take, short, source_config, dropped)
+    return ours, origin, dropped
+
+
+def _softmax(take, short: dict, source_config: dict, dropped: set):
+    """The adaptive softmax (`crit.`): biases and cluster logits always; weights and projections
+    only where untied (a tied copy, which pytorch_model.bin files hold, is dropped)."""
+    take("crit.cluster_weight", "lm_head.cluster_weight")
+    take("crit.cluster_bias", "lm_head.cluster_bias")
+    clusters = len(source_config.get("cutoffs", [])) + 1
+    tie_projs = source_config.get("tie_projs") or [False] * clusters
+    tied_weights = source_config.get("tie_word_embeddings", True)
+    for i in range(clusters):
+        take(f"crit.out_layers.{i}.bias", f"lm_head.biases.{i}")
+        weight, projection = f"crit.out_layers.{i}.weight", f"crit.out_projs.{i}"
+        if tied_weights:
+            dropped.update(short[weight] for _ in [0] if weight in short)
+        else:
+            take(weight, f"lm_head.weights.{i}")
+        if tie_projs[i]:
+            dropped.update(short[projection] for _ in [0] if projection in short)
+        else:
+            take(projection, f"lm_head.projections.{i}")
+
+
+TRANSFO_XL_HEADS = {  # transformers class -> longctx Auto class
+    "TransfoXLModel": "AutoModel",
+    "TransfoXLLMHeadModel": "AutoModelForCausalLM",
+}
+
+
+def __getattr__(name: str):
+    """`TRANSFO_XL_CONVERTER`, built on first use: importing `.convert` at the top would be an
+    import cycle once convert.py imports this module (under `python -m longctx.convert` the module
+    runs twice, as __main__ and as longctx.convert). convert.py itself can build it from the three
+    names above without any cycle:
+    `Converter(config=transfo_xl_config, state=transfo_xl_state_dict, heads=TRANSFO_XL_HEADS)`."""
+    if name == "TRANSFO_XL_CONVERTER":
+        from .convert import Converter
+        return Converter(config=transfo_xl_config, state=transfo_xl_state_dict, heads=TRANSFO_XL_HEADS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

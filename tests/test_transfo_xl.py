@@ -1,0 +1,256 @@
+"""`longctx-transfo-xl`: the shared harness with its parameter table, plus Transformer-XL's own
+behaviour: the relative attention kernel against explicit distances, segment recurrence equal to
+one forward over the concatenation, generation carrying memory, the adaptive softmax."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from longctx.modeling_transfo_xl import (
+    relative_attention,
+    relative_attention_reference,
+    relative_shift,
+    visible_keys,
+)
+from model_harness import ModelHarness, pad
+
+
+def redrawn(model):
+    """The initial weights make attention and the softmax almost uniform (differences would hide
+    under tolerances): redraw them larger, deterministically."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=gen)
+            parameter.copy_(1 + 0.1 * noise if "norm.weight" in name else 0.2 * noise)
+    return model.eval()
+
+
+class TransfoXLHarness(ModelHarness):
+    model_type = "longctx-transfo-xl"
+    encoder_heads = ()  # causal only: memory of earlier segments
+    bad_configs = ModelHarness.bad_configs + [
+        (dict(cutoffs=[300]), "cutoffs"), (dict(cutoffs=[50, 20]), "cutoffs"), (dict(div_val=0), "div_val"),
+        (dict(mem_len=-1), "mem_len"), (dict(attn_type=2), "attn_type"), (dict(type_vocab_size=2), "type_vocab_size"),
+        (dict(cutoffs=[20], div_val=64, d_embed=32), "div_val"), (dict(tie_projs=[True] * 5), "tie_projs"),
+        (dict(hidden_size=33, num_attention_heads=3), "hidden_size"),
+    ]
+
+    def model(self, head, is_decoder, seed=0, **overrides):
+        """Weights are redrawn larger: at their initial scale the adaptive softmax is so close to
+        uniform that a change of the future moves the log-probs by less than allclose sees."""
+        return redrawn(super().model(head, is_decoder, seed, **overrides))
+
+    def test_too_long_input_raises_value_error(self):
+        """Overridden: Transformer-XL has no length limit (relative positions are computed for
+        any distance), so an input past max_position_embeddings runs."""
+        model = self.model("causal-lm", True, max_position_embeddings=32)
+        logits = model(self.ids(1, 70)).logits
+        assert logits.shape == (1, 70, model.config.vocab_size) and torch.isfinite(logits).all()
+
+    def test_bad_inputs_raise_value_error(self):
+        """The harness's checks, but its last one (a causal LM refuses an is_decoder=False config)
+        does not apply: Transformer-XL reads is_decoder=False as True, as transformers' own
+        TransfoXLConfig (is_decoder=False) describes the same causal model."""
+        self.decoder_heads = ()  # instance attribute: turns off only that last check
+        super().test_bad_inputs_raise_value_error()
+        del self.decoder_heads
+        config = self.config(False)
+        assert config.is_decoder and config.pooling == "last"
+        assert AutoModelForCausalLM.from_config(config)(self.ids(1, 4)).logits.shape[:2] == (1, 4)
+
+
+class TestTransfoXLPostNorm(TransfoXLHarness):
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         mem_len=16)
+
+
+class TestTransfoXLPreNormAdaptive(TransfoXLHarness):
+    """transformers' names (aliases), adaptive input and softmax, shared u and v, clamping, a
+    sliding window of the same length for every token."""
+    config_kwargs = dict(d_model=32, n_layer=2, n_head=4, d_head=6, d_inner=48, pre_lnorm=True, cutoffs=[100, 200],
+                         div_val=2, untie_r=False, clamp_len=4, mem_len=16, same_length=True)
+
+
+class TestTransfoXLUntiedProjectedSoftmax(TransfoXLHarness):
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                         d_embed=16, cutoffs=[120], tie_word_embeddings=False, proj_share_all_but_first=False,
+                         mem_len=16)
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, cutoffs=[60, 150], div_val=2)
+    return redrawn(AutoModelForCausalLM.from_config(AutoConfig.for_model("longctx-transfo-xl",
+                                                                         **{**fields, **overrides})))
+
+
+# ------------------------------------------------------------------------------------ kernel
+@pytest.mark.parametrize("q_len, memory", [(5, 0), (4, 7), (1, 9)])
+def test_relative_shift_scores_each_key_at_its_distance(q_len, memory):
+    k_len = q_len + memory
+    scores = torch.randn(2, 3, q_len, k_len)  # column c: distance k_len - 1 - c
+    shifted = relative_shift(scores)
+    for i in range(q_len):
+        for j in range(memory + i + 1):  # keys up to the query (later ones are masked)
+            distance = memory + i - j
+            assert shifted[:, :, i, j].equal(scores[:, :, i, k_len - 1 - distance]), (i, j)
+
+
+def test_fast_kernel_equals_reference_outputs_and_gradients():
+    gen = torch.Generator().manual_seed(0)
+    batch, heads, q_len, memory, dim = 3, 2, 6, 4, 8
+    k_len = q_len + memory
+    tensors = [torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True) for shape in
+               [(batch, heads, q_len, dim), (batch, heads, k_len, dim), (batch, heads, k_len, dim),
+                (heads, k_len, dim), (heads, dim), (heads, dim)]]
+    padding = torch.ones(batch, k_len, dtype=torch.bool)
+    padding[1, :6] = False  # row 1: its first query (key 4) sees only padding, so outputs zeros
+    padding[2, -2:] = False
+    allowed = visible_keys(q_len, memory, 5, padding, "cpu")
+    assert not allowed[1, 0, 0].any()
+    fast = relative_attention(*tensors, allowed)
+    reference, weights = relative_attention_reference(*tensors, allowed)
+    torch.testing.assert_close(fast, reference)
+    assert fast[1, :, 0].abs().max() == 0
+    assert (weights * ~allowed).abs().max() == 0
+    upstream = torch.randn_like(fast)
+    grads_fast = torch.autograd.grad(fast, tensors, upstream)
+    grads_reference = torch.autograd.grad(reference, tensors, upstream)
+    for got, want in zip(grads_fast, grads_reference):
+        torch.testing.assert_close(got, want)
+
+
+# ----------------------------------------------------------------------------------- memory
+def run_in_segments(model, ids, segment_length):
+    memory, pieces = None, []
+    with torch.no_grad():
+        for start in range(0, ids.shape[1], segment_length):
+            out = model(ids[:, start:start + segment_length], mems=memory)
+            pieces.append(out.logits)
+            memory = out.mems
+    return torch.cat(pieces, dim=1), memory
+
+
+def test_segments_with_memory_equal_one_forward_when_the_memory_covers_the_span():
+    model = tiny(mem_len=24)
+    ids = torch.randint(5, 261, (2, 24))
+    segmented, memory = run_in_segments(model, ids, 8)
+    with torch.no_grad():
+        whole = model(ids).logits
+    torch.testing.assert_close(segmented, whole, rtol=1e-5, atol=1e-5)
+    assert memory.length == 24 and memory.seen == 24 and not memory[0].requires_grad
+
+
+def test_same_length_segments_equal_one_forward_with_the_sliding_window():
+    """With same_length every token attends its mem_len most recent tokens: the memory always
+    holds them, so segments of any number equal one forward over the concatenation, whose
+    attention mask is that sliding window (not full causal: changing a token mem_len back does
+    not change the output)."""
+    model = tiny(mem_len=6, same_length=True, clamp_len=4)
+    ids = torch.randint(5, 261, (2, 30))
+    segmented, memory = run_in_segments(model, ids, 5)
+    with torch.no_grad():
+        whole = model(ids).logits
+        far = ids.clone()
+        far[:, 0] = (ids[:, 0] - 4) % 256 + 5
+        changed = model(far).logits
+    torch.testing.assert_close(segmented, whole, rtol=1e-5, atol=1e-5)
+    assert memory.length == 6  # constant memory
+    window, layers = 6, 2
+    reach = layers * (window - 1)  # how far back a token's output can look
+    torch.testing.assert_close(changed[:, reach + 1:], whole[:, reach + 1:], rtol=0, atol=0)
+    assert not torch.allclose(changed[:, reach], whole[:, reach])
+
+
+def test_memory_carries_no_gradient_and_segments_train():
+    model = tiny(mem_len=8).train()
+    ids = torch.randint(5, 261, (2, 16))
+    first = model(ids[:, :8], labels=ids[:, :8])
+    second = model(ids[:, 8:], labels=ids[:, 8:], mems=first.mems)
+    assert all(not h.requires_grad for h in second.mems)
+    second.loss.backward()
+    assert model.model.layers[0].attention.query.weight.grad is not None
+
+
+def test_padded_segments_with_memory_equal_samples_alone():
+    """The memory remembers which of its tokens are padding: a left-padded batch carried over
+    two segments gives each sample's own outputs."""
+    model = tiny(mem_len=20)
+    samples = [torch.randint(5, 261, (1, n)) for n in (14, 9)]
+    ids, mask = pad(samples, "left")
+    first = model(ids[:, :7], attention_mask=mask[:, :7])
+    second = model(ids[:, 7:], attention_mask=mask[:, 7:], mems=first.mems)
+    batched = torch.cat([first.logits, second.logits], dim=1)
+    for i, sample in enumerate(samples):
+        alone = model(sample).logits[0]
+        torch.testing.assert_close(batched[i][mask[i].bool()], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_mems_given_as_tensors_and_bad_memory_raise():
+    model = tiny(mem_len=4)
+    ids = torch.randint(5, 261, (2, 5))
+    zeros = [torch.zeros(2, 4, 32)] * 2
+    out = model(ids, mems=zeros)
+    assert out.mems.length == 4 and out.mems.seen == 9
+    with pytest.raises(ValueError, match="n_layer"):
+        model(ids, mems=zeros[:1])
+    with pytest.raises(ValueError, match="mems"):
+        model(ids, mems="nope")
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 7), mems=out.mems)
+    with pytest.raises(ValueError, match="transpose"):  # transformers' (length, batch, d_model) layout
+        model(ids, mems=[torch.zeros(4, 2, 32)] * 2)
+
+
+# ------------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("mem_len, same_length", [(40, False), (6, True)])
+def test_generate_with_memory_equals_greedy_decoding_without(mem_len, same_length):
+    """Memory covering everything, or the sliding window of same_length (which memory always
+    covers): decoding token by token with memory equals recomputing the whole prefix."""
+    model = tiny(mem_len=mem_len, same_length=same_length)
+    prompts, mask = pad([torch.randint(5, 261, (1, n)) for n in (7, 4)], "left")
+    options = dict(attention_mask=mask, max_new_tokens=25, do_sample=False, eos_token_id=None, pad_token_id=0)
+    cached = model.generate(prompts, **options, return_dict_in_generate=True)
+    uncached = model.generate(prompts, **options, use_cache=False)
+    assert torch.equal(cached.sequences, uncached)
+    assert cached.past_key_values.length == min(mem_len, 7 + 24)
+
+
+# ---------------------------------------------------------------------------- adaptive softmax
+def test_losses_are_the_log_probs_of_the_labels_in_token_order():
+    model = tiny()
+    ids = torch.randint(5, 261, (2, 12))
+    ids[0, 1:4] = torch.tensor([10, 100, 200])  # every cluster
+    labels = ids.clone()
+    labels[1, 5] = -100
+    with torch.no_grad():
+        log_probs = model(ids).logits
+        out = model(ids, labels=labels)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 12))
+    expected = -log_probs[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)
+    expected[1, 4] = 0.0
+    torch.testing.assert_close(out.losses, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, expected.sum() / 21)
+    assert out.logits is None  # with labels the full vocabulary is skipped
+
+
+def test_transformers_names_are_aliases_of_the_common_ones(tmp_path):
+    config = AutoConfig.for_model("longctx-transfo-xl", d_model=64, n_head=4, d_inner=96, n_layer=3, dropout=0.2,
+                                  dropatt=0.05, pre_lnorm=True, layer_norm_epsilon=1e-6)
+    assert (config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers) \
+        == (64, 4, 96, 3)
+    assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.pre_norm, config.layer_norm_eps) \
+        == (0.2, 0.05, True, 1e-6)
+    assert config.d_head == 16 and config.d_embed == 64  # defaults follow d_model
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.d_model == 64 and loaded.n_layer == 3 and loaded.pre_lnorm
+
+
+def test_token_types_are_refused():
+    model = tiny()
+    ids = torch.randint(5, 261, (1, 4))
+    with pytest.raises(ValueError, match="type_vocab_size"):
+        model(ids, token_type_ids=torch.ones_like(ids))
