@@ -6,6 +6,7 @@ This module is a user of the models; modeling files never import it.
 """
 
 import math
+import time
 
 import torch
 from torch.nn import functional as F
@@ -92,3 +93,62 @@ def _bucket(nll, count, start: int, end: int) -> dict:
     loss = float(nll[start:end].sum()) / tokens if tokens else None
     return {"positions": [start, end], "tokens": tokens, "loss": loss,
             "perplexity": math.exp(loss) if loss is not None else None}
+
+
+# --------------------------------------------------------------------------- long documents
+
+
+@torch.no_grad()
+def evaluate_with_memory(model, ids: list[int], segment_length: int) -> dict:
+    """Transformer-XL's evaluation: consecutive segments of `segment_length` tokens, each model
+    call carrying the memory (`mems`) the previous one returned. Scores every token but the
+    first of each segment (the same tokens as `evaluate_fixed_context` with `segment_starts`)."""
+    model.eval()
+    device = next(model.parameters()).device
+    memory, nll, count = None, 0.0, 0
+    started = time.perf_counter()
+    for start in range(0, len(ids) - 1, segment_length):
+        segment = torch.tensor([ids[start:start + segment_length]], device=device)
+        if segment.shape[1] < 2:
+            break
+        output = model(input_ids=segment, labels=segment, mems=memory)
+        memory = output.mems
+        nll += float(output.losses.double().sum())
+        count += segment.shape[1] - 1
+    return _timed_scores(nll, count, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def evaluate_fixed_context(model, ids: list[int], context_length: int, segment_length: int) -> dict:
+    """The vanilla Transformer's evaluation (Al-Rfou et al., as Dai et al. compare): every scored
+    token is predicted from a fresh forward over the `context_length` tokens before it -- one
+    model call per token. Scores the tokens `evaluate_with_memory` scores."""
+    model.eval()
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    started = time.perf_counter()
+    for position in range(1, len(ids)):
+        if position % segment_length == 0:  # a segment's first token: not scored there either
+            continue
+        window = torch.tensor([ids[max(0, position - context_length):position + 1]], device=device)
+        logits = model(input_ids=window[:, :-1]).logits[0, -1].float()
+        nll += float(F.cross_entropy(logits, window[0, -1], reduction="sum"))
+        count += 1
+    return _timed_scores(nll, count, time.perf_counter() - started)
+
+
+def memory_versus_recompute(model, ids: list[int], segment_length: int, context_length: int) -> dict:
+    """Both evaluations on the same tokens: their perplexities and how many times slower per
+    token the fixed-context recomputation is."""
+    with_memory = evaluate_with_memory(model, ids, segment_length)
+    recomputed = evaluate_fixed_context(model, ids, context_length, segment_length)
+    return {"with_memory": with_memory, "fixed_context": recomputed,
+            "slowdown": recomputed["seconds_per_token"] / with_memory["seconds_per_token"],
+            "segment_length": segment_length, "context_length": context_length}
+
+
+def _timed_scores(nll: float, count: int, seconds: float) -> dict:
+    if count == 0:
+        raise ValueError("nothing to score: the text needs at least 2 tokens per segment")
+    return {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens": count, "seconds": seconds,
+            "seconds_per_token": seconds / count}

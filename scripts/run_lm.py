@@ -34,7 +34,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from longctx.language_modeling import evaluate_lm, lm_blocks
+from longctx.language_modeling import evaluate_lm, evaluate_with_memory, lm_blocks, memory_versus_recompute
 from longctx.run_common import DataArguments, ModelArguments, build_model, evaluation_split, finish, load_tokenizer
 
 
@@ -46,6 +46,9 @@ class LMDataArguments(DataArguments):
     eval_block_size: int | None = field(default=None, metadata={
         "help": "Causal LM: tokens per evaluated block (default --max_seq_length); the loss is reported by "
                 "position in the block."})
+    recompute_comparison_tokens: int = field(default=0, metadata={
+        "help": "Transformer-XL: also score the first N tokens the vanilla way (a fresh forward over mem_len + "
+                "max_seq_length tokens per token) and report both perplexities and the slowdown."})
     max_train_chars: int | None = field(default=None, metadata={"help": "Use the first N characters of training text."})
     max_eval_chars: int | None = field(default=None, metadata={"help": "Use the first N characters of evaluation text."})
 
@@ -101,6 +104,8 @@ def evaluate(trainer, ids, num_characters, data_args, training_args) -> dict:
         metrics = trainer.evaluate(lm_blocks(ids, data_args.max_seq_length))
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
         return metrics
+    if getattr(trainer.model.config, "mem_len", None) is not None:  # Transformer-XL: segments carrying memory
+        return evaluate_with_memory_metrics(trainer.model, ids, num_characters, data_args)
     block_size = data_args.eval_block_size or data_args.max_seq_length
     scores = evaluate_lm(trainer.model, ids, block_size, training_args.per_device_eval_batch_size, num_characters)
     metrics = {f"eval_{name}": value for name, value in scores.items() if name != "by_position"}
@@ -110,6 +115,23 @@ def evaluate(trainer, ids, num_characters, data_args, training_args) -> dict:
             metrics[f"eval_perplexity_positions_{start}_{end}"] = bucket["perplexity"]
             metrics[f"eval_tokens_positions_{start}_{end}"] = bucket["tokens"]
     return metrics | {"eval_block_size": block_size}
+
+
+def evaluate_with_memory_metrics(model, ids, num_characters, data_args) -> dict:
+    segment = data_args.eval_block_size or data_args.max_seq_length
+    scores = evaluate_with_memory(model, ids, segment)
+    metrics = {"eval_loss": scores["loss"], "eval_perplexity": scores["perplexity"],
+               "eval_bits_per_byte": scores["loss"] / math.log(2),
+               "eval_bits_per_character": scores["loss"] / math.log(2) * len(ids) / num_characters,
+               "eval_segment_length": segment, "eval_mem_len": model.config.mem_len}
+    if data_args.recompute_comparison_tokens:
+        context = model.config.mem_len + segment
+        comparison = memory_versus_recompute(model, ids[:data_args.recompute_comparison_tokens], segment, context)
+        metrics.update(eval_comparison_tokens=comparison["with_memory"]["tokens"],
+                       eval_comparison_perplexity_with_memory=comparison["with_memory"]["perplexity"],
+                       eval_comparison_perplexity_fixed_context=comparison["fixed_context"]["perplexity"],
+                       eval_comparison_context_length=context, eval_recompute_slowdown=comparison["slowdown"])
+    return metrics
 
 
 if __name__ == "__main__":

@@ -38,3 +38,32 @@ def test_loss_by_position_adds_up_to_the_total_and_counts_characters_not_bytes()
 def test_too_short_text_raises_value_error():
     with pytest.raises(ValueError, match="nothing to score"):
         evaluate_lm(tiny_decoder(), [7], block_size=8, batch_size=1)
+
+
+def tiny_transfo_xl(mem_len: int):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, mem_len=mem_len, vocab_size=261, cutoffs=[])
+    model = AutoModelForCausalLM.from_config(config)
+    for parameter in model.parameters():  # larger weights: sharper predictions, so differences show
+        parameter.data.normal_(0, 0.3)
+    return model
+
+
+def test_memory_covering_the_text_scores_like_recomputing_the_whole_prefix():
+    """With a memory holding everything seen, each segment's tokens attend exactly the keys a
+    fresh forward over the whole prefix would: the two evaluations give the same losses."""
+    from longctx.language_modeling import memory_versus_recompute
+    ids = torch.randint(5, 261, (100,), generator=torch.Generator().manual_seed(1)).tolist()
+    result = memory_versus_recompute(tiny_transfo_xl(mem_len=128), ids, segment_length=25, context_length=128)
+    assert result["with_memory"]["tokens"] == result["fixed_context"]["tokens"] == 96  # 4 segment starts unscored
+    assert result["with_memory"]["loss"] == pytest.approx(result["fixed_context"]["loss"], rel=1e-5)
+    assert result["slowdown"] > 0
+
+
+def test_a_short_memory_changes_the_scores():
+    from longctx.language_modeling import memory_versus_recompute
+    ids = torch.randint(5, 261, (100,), generator=torch.Generator().manual_seed(1)).tolist()
+    result = memory_versus_recompute(tiny_transfo_xl(mem_len=5), ids, segment_length=25, context_length=128)
+    assert result["with_memory"]["loss"] != pytest.approx(result["fixed_context"]["loss"], rel=1e-5)

@@ -230,3 +230,18 @@ def test_bpe_tokenizer_trained_on_reviews_serves_the_classification_script(tmp_p
                                          "--max_train_samples", "8", "--max_eval_samples", "8", "--max_steps", "1",
                                          "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
     assert AutoTokenizer.from_pretrained(out)(review)["input_ids"] == tokenizer(review)["input_ids"]
+
+
+def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_path, monkeypatch):
+    out = tmp_path / "xl"
+    run_script("run_lm.py", ["--model_type", "longctx-transfo-xl", "--config_overrides",
+                             "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,mem_len=64,"
+                             "vocab_size=261,cutoffs=[]", "--train_file", str(SAMPLES / "book_train.txt"),
+                             "--validation_file", str(SAMPLES / "book_valid.txt"), "--max_seq_length", "64",
+                             "--max_train_chars", "8000", "--max_eval_chars", "2000",
+                             "--recompute_comparison_tokens", "200", "--per_device_train_batch_size", "4",
+                             "--max_steps", "2", "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_mem_len"] == 64 and results["eval_segment_length"] == 64
+    assert results["eval_comparison_tokens"] == 200 - 4  # the first token of each 64-token segment is unscored
+    assert results["eval_recompute_slowdown"] > 0 and results["eval_perplexity"] > 1
