@@ -3,7 +3,7 @@ reference continuation's perplexity, BLEU and ROUGE of the generated text agains
 sample outputs.
 
     python scripts/run_generation.py --model_name_or_path runs/lm \
-        --validation_file ../shared/data/books/austen-persuasion.txt --num_passages 50 \
+        --validation_file ../shared/data/books/austen-sense.txt --num_passages 50 \
         --prompt_length 512 --continuation_length 128 --output_dir runs/generation
 
 Decoding follows transformers' generate() arguments (--do_sample, --temperature, --top_k,
