@@ -34,7 +34,13 @@ from transformers import (
     TrainingArguments,
 )
 
-from longctx.language_modeling import evaluate_lm, evaluate_with_memory, lm_blocks, memory_versus_recompute
+from longctx.language_modeling import (
+    evaluate_lm,
+    evaluate_with_memory,
+    lm_blocks,
+    lm_scores,
+    memory_versus_recompute,
+)
 from longctx.run_common import DataArguments, ModelArguments, build_model, evaluation_split, finish, load_tokenizer
 
 
@@ -120,10 +126,10 @@ def evaluate(trainer, ids, num_characters, data_args, training_args) -> dict:
 def evaluate_with_memory_metrics(model, ids, num_characters, data_args) -> dict:
     segment = data_args.eval_block_size or data_args.max_seq_length
     scores = evaluate_with_memory(model, ids, segment)
-    metrics = {"eval_loss": scores["loss"], "eval_perplexity": scores["perplexity"],
-               "eval_bits_per_byte": scores["loss"] / math.log(2),
-               "eval_bits_per_character": scores["loss"] / math.log(2) * len(ids) / num_characters,
-               "eval_segment_length": segment, "eval_mem_len": model.config.mem_len}
+    summary = lm_scores(scores["loss"] * scores["tokens"], scores["tokens"])  # the figures evaluate_lm reports
+    metrics = {f"eval_{name}": value for name, value in summary.items()}
+    metrics.update(eval_bits_per_character=summary["bits_per_byte"] * len(ids) / num_characters,
+                   eval_segment_length=segment, eval_mem_len=model.config.mem_len)
     if data_args.recompute_comparison_tokens:
         context = model.config.mem_len + segment
         comparison = memory_versus_recompute(model, ids[:data_args.recompute_comparison_tokens], segment, context)
