@@ -16,6 +16,7 @@ from .configuration_longformer import LongctxLongformerConfig
 from .configuration_linformer import LongctxLinformerConfig
 from .configuration_transformer import LongctxTransformerConfig
 from .configuration_transfo_xl import LongctxTransfoXLConfig
+from .configuration_reformer import LongctxReformerConfig
 from .modeling_transformer import (
     LongctxTransformerForCausalLM,
     LongctxTransformerForMaskedLM,
@@ -36,6 +37,13 @@ from .modeling_linformer import (
     LongctxLinformerForQuestionAnswering,
     LongctxLinformerForSequenceClassification,
     LongctxLinformerModel,
+)
+from .modeling_reformer import (
+    LongctxReformerForCausalLM,
+    LongctxReformerForMaskedLM,
+    LongctxReformerForQuestionAnswering,
+    LongctxReformerForSequenceClassification,
+    LongctxReformerModel,
 )
 from .modeling_transfo_xl import (
     LongctxTransfoXLForCausalLM,
@@ -93,6 +101,16 @@ ARCHITECTURES = {
         },
         refusals={"AutoModelForCausalLM": LongctxLinformerForCausalLM},  # bidirectional
     ),
+    "longctx-reformer": Architecture(
+        config=LongctxReformerConfig,
+        backbone=LongctxReformerModel,
+        heads={
+            "AutoModelForCausalLM": LongctxReformerForCausalLM,
+            "AutoModelForMaskedLM": LongctxReformerForMaskedLM,
+            "AutoModelForSequenceClassification": LongctxReformerForSequenceClassification,
+            "AutoModelForQuestionAnswering": LongctxReformerForQuestionAnswering,
+        },
+    ),
     "longctx-transfo-xl": Architecture(
         config=LongctxTransfoXLConfig,
         backbone=LongctxTransfoXLModel,
@@ -146,6 +164,12 @@ __all__ = [
     "LongctxTransfoXLForCausalLM",
     "LongctxTransfoXLForSequenceClassification",
     "LongctxTransfoXLForQuestionAnswering",
+    "LongctxReformerConfig",
+    "LongctxReformerModel",
+    "LongctxReformerForCausalLM",
+    "LongctxReformerForMaskedLM",
+    "LongctxReformerForSequenceClassification",
+    "LongctxReformerForQuestionAnswering",
     "LongctxTransformerConfig",
     "LongctxTransformerModel",
     "LongctxTransformerForCausalLM",

@@ -1,5 +1,6 @@
 """LSH self-attention (Reformer, Kitaev et al. 2020): the chunked kernel and its dense reference,
-numerically as transformers' `ReformerModel` (`LSHSelfAttention`) computes it.
+numerically as transformers' `ReformerModel` (`LSHSelfAttention`) computes it; at the end, the
+Reformer's other layer type, local chunked attention (`local_attention`, and its reference).
 
 Shapes: qk, v (batch, heads, length, head_dim). Queries and keys are shared: the queries are
 `qk` itself, the keys are `qk` length-normalised (x / sqrt(mean(x^2) + 1e-6)) and divided by
@@ -122,6 +123,12 @@ def _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_
                          "key_padding_mask), as ReformerModel does.")
 
 
+def _check_buckets(buckets, batch: int, heads: int, entries: int):
+    if tuple(buckets.shape) != (batch, heads, entries):
+        raise ValueError(f"buckets have shape {tuple(buckets.shape)}, expected (batch, heads, num_hashes * length) = "
+                         f"{(batch, heads, entries)}: pass the ids lsh_hash returned for these vectors.")
+
+
 def _mask_values(dtype):
     return MASK_VALUE.get(dtype, DEFAULT_MASK_VALUE), SELF_MASK_VALUE.get(dtype, DEFAULT_SELF_MASK_VALUE)
 
@@ -137,9 +144,9 @@ def _masked_scores(dots, q_pos, k_pos, key_ok, causal):
         not_future = q_pos[..., :, None] >= k_pos[..., None, :]
         allowed = not_future if allowed is None else allowed & not_future
     if allowed is not None:
-        dots = torch.where(allowed, dots, torch.tensor(mask_value, dtype=dots.dtype, device=dots.device))
+        dots = dots.masked_fill(~allowed, mask_value)
     is_self = q_pos[..., :, None] == k_pos[..., None, :]
-    return torch.where(is_self, torch.tensor(self_value, dtype=dots.dtype, device=dots.device), dots)
+    return dots.masked_fill(is_self, self_value)
 
 
 def _full_attention(qk, v, causal, key_padding_mask, dropout_p):
@@ -155,6 +162,13 @@ def _full_attention(qk, v, causal, key_padding_mask, dropout_p):
     return probs @ v
 
 
+def _unsort(x, order):
+    """x (batch, heads, entries, width) in sorted order -> the original order: the entry that came
+    from `order[s]` was at sorted place s. A scatter, whose backward is a gather."""
+    index = order[..., None].expand(-1, -1, -1, x.shape[-1])
+    return torch.empty_like(x).scatter(2, index, x)
+
+
 def _look_adjacent(x, before: int, after: int):
     """x (batch, heads, chunks, chunk, ...) -> the chunk and its neighbours, circularly, concatenated
     along dim 3 in the order -before ... +after (transformers' `_look_adjacent`)."""
@@ -165,14 +179,19 @@ def _look_adjacent(x, before: int, after: int):
 
 def lsh_attention(qk, v, *, num_hashes: int, num_buckets, chunk_length: int, num_chunks_before: int = 1,
                   num_chunks_after: int = 0, causal: bool = False, key_padding_mask=None, rotations=None,
-                  seed=None, dropout_p: float = 0.0):
-    """Chunked LSH attention in O(num_hashes * length * chunk_length); see the module doc."""
+                  seed=None, dropout_p: float = 0.0, buckets=None):
+    """Chunked LSH attention in O(num_hashes * length * chunk_length); see the module doc.
+
+    `buckets`: the ids `lsh_hash` gave these vectors, when already known (a reversible layer
+    recomputing its forward must reuse the forward's hash, not draw a new one)."""
     _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p)
     batch, heads, length, dim = qk.shape
     if length <= chunk_length:
         return _full_attention(qk, v, causal, key_padding_mask, dropout_p)
-    buckets = lsh_hash(qk, num_buckets, num_hashes, seed=seed, rotations=rotations,
-                       key_padding_mask=key_padding_mask)
+    if buckets is None:
+        buckets = lsh_hash(qk, num_buckets, num_hashes, seed=seed, rotations=rotations,
+                           key_padding_mask=key_padding_mask)
+    _check_buckets(buckets, batch, heads, num_hashes * length)
     # Sort by (bucket, position): a stable sort of the ids laid end to end (round offsets keep rounds apart).
     order = torch.sort(buckets, dim=-1, stable=True).indices  # (batch, heads, num_hashes * length)
     positions = order % length
@@ -183,7 +202,8 @@ def lsh_attention(qk, v, *, num_hashes: int, num_buckets, chunk_length: int, num
         return gathered.view(batch, heads, chunks, chunk_length, dim)
 
     q_sorted = sorted_chunks(qk)
-    k_near = _look_adjacent(sorted_chunks(length_normalised_keys(qk)), num_chunks_before, num_chunks_after)
+    # The key normalisation is per vector: normalising after the sort saves a gather.
+    k_near = _look_adjacent(length_normalised_keys(q_sorted), num_chunks_before, num_chunks_after)
     v_near = _look_adjacent(sorted_chunks(v), num_chunks_before, num_chunks_after)
     q_pos = positions.view(batch, heads, chunks, chunk_length)
     k_pos = _look_adjacent(q_pos, num_chunks_before, num_chunks_after)
@@ -192,18 +212,18 @@ def lsh_attention(qk, v, *, num_hashes: int, num_buckets, chunk_length: int, num
         key_ok = key_padding_mask.bool()[:, None, None, :].expand(-1, heads, chunks, -1)
         key_ok = key_ok.gather(3, k_pos)
     scores = _masked_scores(q_sorted @ k_near.transpose(-1, -2), q_pos, k_pos, key_ok, causal)
+    if num_hashes == 1:  # no rounds to combine: the logsumexp is not needed
+        probs = torch.softmax(scores, dim=-1)
+        out = ((F.dropout(probs, dropout_p) if dropout_p else probs) @ v_near).view(batch, heads, length, dim)
+        return _unsort(out, order)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - lse)
     if dropout_p:
         probs = F.dropout(probs, dropout_p)
-    out = (probs @ v_near).view(batch, heads, num_hashes * length, dim)
-    lse = lse.view(batch, heads, num_hashes * length)
-    # Undo the sort: entry `order[s]` of the rounds laid end to end came out at sorted place s.
-    undo = torch.argsort(order, dim=-1)
-    out = out.gather(2, undo[..., None].expand(-1, -1, -1, dim)).view(batch, heads, num_hashes, length, dim)
-    lse = lse.gather(2, undo).view(batch, heads, num_hashes, length)
-    if num_hashes == 1:
-        return out[:, :, 0]
+    out = _unsort((probs @ v_near).view(batch, heads, num_hashes * length, dim), order)
+    lse = _unsort(lse.view(batch, heads, num_hashes * length, 1), order)
+    out = out.view(batch, heads, num_hashes, length, dim)
+    lse = lse.view(batch, heads, num_hashes, length)
     # exp(lse - logsumexp(lse)) rather than softmax: the same rounding as transformers in float32,
     # which matters where a round only sees the query itself (lse near -1e5, float32 ulp ~0.008).
     weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))[..., None]
@@ -212,11 +232,14 @@ def lsh_attention(qk, v, *, num_hashes: int, num_buckets, chunk_length: int, num
 
 def lsh_attention_reference(qk, v, *, num_hashes: int, num_buckets, chunk_length: int,
                             num_chunks_before: int = 1, num_chunks_after: int = 0, causal: bool = False,
-                            key_padding_mask=None, rotations=None, seed=None, dropout_p: float = 0.0):
+                            key_padding_mask=None, rotations=None, seed=None, dropout_p: float = 0.0, buckets=None,
+                            combine_rounds: bool = False):
     """Dense O(length^2) version: per round, how many times each key lies in each query's chunk
     neighbourhood (from the positions' ranks in the sort), a softmax over the full length with
     those multiplicities and transformers' mask values, and the logsumexp-weighted rounds.
-    Returns (output, per-round attention weights (batch, heads, rounds, length, length))."""
+    Returns (output, per-round attention weights (batch, heads, rounds, length, length)), or with
+    `combine_rounds` the weights the output actually used: the rounds' weighted sum (batch, heads,
+    length, length)."""
     _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p)
     batch, heads, length, dim = qk.shape
     positions = torch.arange(length, device=qk.device)
@@ -225,8 +248,11 @@ def lsh_attention_reference(qk, v, *, num_hashes: int, num_buckets, chunk_length
         counts = torch.ones(batch, heads, 1, length, length, dtype=qk.dtype, device=qk.device)
     else:
         rounds = num_hashes
-        buckets = lsh_hash(qk, num_buckets, num_hashes, seed=seed, rotations=rotations,
-                           key_padding_mask=key_padding_mask).view(batch, heads, rounds, length)
+        if buckets is None:
+            buckets = lsh_hash(qk, num_buckets, num_hashes, seed=seed, rotations=rotations,
+                               key_padding_mask=key_padding_mask)
+        _check_buckets(buckets, batch, heads, num_hashes * length)
+        buckets = buckets.view(batch, heads, rounds, length)
         # rank[r, i]: place of (round r, position i) in the sequence of all rounds sorted by (bucket, position).
         before = (buckets[..., None, :] < buckets[..., :, None]) | (
             (buckets[..., None, :] == buckets[..., :, None]) & (positions[None, :] < positions[:, None]))
@@ -247,4 +273,98 @@ def lsh_attention_reference(qk, v, *, num_hashes: int, num_buckets, chunk_length
     dropped = F.dropout(weights, dropout_p) if dropout_p else weights
     per_round = dropped @ v[:, :, None]  # (batch, heads, rounds, length, dim)
     combine = torch.softmax(lse, dim=2)[..., None]
+    if combine_rounds:
+        weights = (weights * combine).sum(dim=2)
     return (per_round * combine).sum(dim=2), weights
+
+
+# ----------------------------------------------------------------------------------- local attention
+# Reformer's other layer type (transformers' `LocalSelfAttention`): separate queries and keys, keys
+# divided by sqrt(head_dim); positions cut into chunks of `chunk_length`, each query seeing its chunk
+# and `num_chunks_before` / `num_chunks_after` around it, circularly as in the LSH kernel (so
+# without a causal mask the first chunk also sees the last one); padded or (causal) later keys get
+# -1e9, and the query's own key is not masked. A sequence no longer than a chunk is plain attention.
+
+
+def _check_local(q, k, v, chunk_length, num_chunks_before, num_chunks_after, dropout_p):
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k and v must all be (batch, heads, length, head_dim); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}.")
+    if chunk_length < 1 or num_chunks_before < 0 or num_chunks_after < 0:
+        raise ValueError(f"chunk_length={chunk_length} must be >= 1 and num_chunks_before={num_chunks_before}, "
+                         f"num_chunks_after={num_chunks_after} >= 0.")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p} must be in [0, 1).")
+    length = q.shape[2]
+    if length > chunk_length and length % chunk_length:
+        raise ValueError(f"length={length} is not a multiple of chunk_length={chunk_length}: pad the sequence "
+                         f"to {-(-length // chunk_length) * chunk_length} (and mark the padding in "
+                         "key_padding_mask), as ReformerModel does.")
+
+
+def _local_scores(q, k_scaled, q_pos, k_pos, key_ok, causal):
+    """Dot products with keys already divided by sqrt(head_dim), padded / future keys at the mask
+    value (no self mask)."""
+    dots = q @ k_scaled.transpose(-1, -2)
+    allowed = None if key_ok is None else key_ok[..., None, :]
+    if causal:
+        not_future = q_pos[..., :, None] >= k_pos[..., None, :]
+        allowed = not_future if allowed is None else allowed & not_future
+    if allowed is None:
+        return dots
+    mask_value, _ = _mask_values(dots.dtype)
+    return dots.masked_fill(~allowed, mask_value)
+
+
+def local_attention(q, k, v, *, chunk_length: int, num_chunks_before: int = 1, num_chunks_after: int = 0,
+                    causal: bool = False, key_padding_mask=None, dropout_p: float = 0.0):
+    """Chunked local attention in O(length * chunk_length); see the section comment."""
+    _check_local(q, k, v, chunk_length, num_chunks_before, num_chunks_after, dropout_p)
+    batch, heads, length, dim = q.shape
+    positions = torch.arange(length, device=q.device)
+    key_ok = None if key_padding_mask is None else key_padding_mask.bool()[:, None, :]
+    k = k / math.sqrt(dim)  # before the neighbourhoods are gathered: half the work
+    if length <= chunk_length:
+        scores = _local_scores(q, k, positions, positions, key_ok, causal)
+        probs = torch.softmax(scores, dim=-1)
+        return (F.dropout(probs, dropout_p) if dropout_p else probs) @ v
+    chunks = length // chunk_length
+
+    def near(x):  # (batch, heads, length, ...) -> (batch, heads, chunks, neighbourhood, ...)
+        x = x.reshape(x.shape[:2] + (chunks, chunk_length) + x.shape[3:])
+        return _look_adjacent(x, num_chunks_before, num_chunks_after)
+
+    q_pos = positions.view(1, 1, chunks, chunk_length)
+    k_pos = near(positions.view(1, 1, length))
+    if key_ok is not None:
+        key_ok = near(key_ok)  # (batch, 1, chunks, neighbourhood)
+    scores = _local_scores(q.reshape(batch, heads, chunks, chunk_length, dim), near(k), q_pos, k_pos, key_ok,
+                           causal)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    return (probs @ near(v)).reshape(batch, heads, length, dim)
+
+
+def local_attention_reference(q, k, v, *, chunk_length: int, num_chunks_before: int = 1,
+                              num_chunks_after: int = 0, causal: bool = False, key_padding_mask=None,
+                              dropout_p: float = 0.0):
+    """Dense O(length^2) version: how many times each key lies in each query's chunk neighbourhood
+    (circularly; more than once when there are fewer chunks than the neighbourhood), added as a
+    log-multiplicity to the masked scores. Returns (output, weights (batch, heads, length, length))."""
+    _check_local(q, k, v, chunk_length, num_chunks_before, num_chunks_after, dropout_p)
+    length = q.shape[2]
+    positions = torch.arange(length, device=q.device)
+    key_ok = None if key_padding_mask is None else key_padding_mask.bool()[:, None, :]
+    scores = _local_scores(q, k / math.sqrt(q.shape[-1]), positions, positions, key_ok, causal)
+    if length > chunk_length:
+        chunks = length // chunk_length
+        chunk_of = positions // chunk_length
+        counts = torch.zeros(length, length, dtype=q.dtype, device=q.device)
+        for offset in range(-num_chunks_before, num_chunks_after + 1):
+            wanted = (chunk_of + offset) % chunks
+            counts += (chunk_of[None, :] == wanted[:, None]).to(q.dtype)
+        scores = scores + counts.log()
+    weights = torch.softmax(scores, dim=-1)
+    dropped = F.dropout(weights, dropout_p) if dropout_p else weights
+    return dropped @ v, weights

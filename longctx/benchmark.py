@@ -216,20 +216,25 @@ def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
     return Built(transformers.LongformerModel(config, add_pooling_layer=False))
 
 
-def build_longctx_longformer(settings: BenchmarkSettings, length: int) -> Built:
-    """From hf-longformer's weights (same seed, so the same weights as that model's cells): the
-    performance bars compare the two Longformers on the same weights."""
+def converted_from(build_reference, reference_name: str, settings: BenchmarkSettings, length: int) -> Built:
+    """The longctx model converted from a transformers model (same seed, so the same weights as the
+    reference's cells): the performance bars compare the two implementations on the same weights."""
     from .convert import convert_transformers_model
 
-    hf_model = build_hf_longformer(settings, length).model
-    model = convert_transformers_model(hf_model)
-    del hf_model
+    reference = build_reference(settings, length)
+    model = convert_transformers_model(reference.model)
+    del reference
     config = model.config
-    dropout = {name: getattr(config, name, None) for name in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
-    if any(value for value in dropout.values()):
+    dropout = {name: value for name, value in config.to_dict().items()
+               if name.endswith("dropout_prob") and value}
+    if dropout:
         raise ValueError(f"the converted model has dropout {dropout}; the benchmark needs 0")
-    return Built(model, weights="converted from hf-longformer (same weights)",
+    return Built(model, weights=f"converted from {reference_name} (same weights)",
                  notes={"converted_class": type(model).__name__})
+
+
+def build_longctx_longformer(settings: BenchmarkSettings, length: int) -> Built:
+    return converted_from(build_hf_longformer, "hf-longformer", settings, length)
 
 
 def reformer_axial_shape(length: int) -> tuple[int, int]:
@@ -264,8 +269,12 @@ def build_hf_reformer(settings: BenchmarkSettings, length: int) -> Built:
                         "num_buckets": config.num_buckets})
 
 
-# One entry per benchmarked model; a future longctx architecture adds one line here, e.g.
-# "longctx-reformer": longctx_spec("longctx-reformer") (or is simply named: see `resolve_spec`).
+def build_longctx_reformer(settings: BenchmarkSettings, length: int) -> Built:
+    return converted_from(build_hf_reformer, "hf-reformer", settings, length)
+
+
+# One entry per benchmarked model; a longctx architecture without an entry is benchmarked from its
+# own config at the shared size (see `resolve_spec`).
 MODELS: dict[str, ModelSpec] = {
     "dense": ModelSpec(build_dense, "longctx-transformer encoder, SDPA dense attention"),
     "hf-longformer": ModelSpec(build_hf_longformer, "transformers.LongformerModel, random weights",
@@ -274,6 +283,8 @@ MODELS: dict[str, ModelSpec] = {
                                     "sliding window", global_attention=True),
     "hf-reformer": ModelSpec(build_hf_reformer, "transformers.ReformerModel, local/LSH alternating, 1 hash, "
                              f"chunk {REFORMER_CHUNK_LENGTH}"),
+    "longctx-reformer": ModelSpec(build_longctx_reformer, "longctx-reformer converted from hf-reformer (same "
+                                  "weights, reversible layers)"),
 }
 
 

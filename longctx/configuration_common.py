@@ -75,6 +75,22 @@ class LongctxConfig(PreTrainedConfig):
             self._require(value is None or (isinstance(value, int) and 0 <= value < self.vocab_size),
                           name, f"must be None or a token id in [0, vocab_size={self.vocab_size})")
 
+    def _apply_aliases(self, aliases: dict[str, str], kwargs: dict):
+        """Moves transformers' alternative names (alias -> field) from `kwargs` onto the fields.
+        transformers sets unknown keywords only in its own __post_init__: architectures call this
+        first, so that the defaults they derive see the aliased values."""
+        for alias, field in aliases.items():
+            if alias in kwargs:
+                self._set_alias(alias, field, kwargs.pop(alias))
+
+    def _set_alias(self, alias: str, field: str, value):
+        default = type(self).__dataclass_fields__[field].default
+        current = getattr(self, field)
+        if current != default and current != value:
+            raise ValueError(f"{type(self).__name__}: {field}={current!r} and its alias {alias}={value!r} "
+                             f"disagree; pass only one of them.")
+        setattr(self, field, value)
+
     def _require(self, condition: bool, field: str, requirement: str):
         if not condition:
             raise ValueError(

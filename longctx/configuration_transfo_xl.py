@@ -79,11 +79,7 @@ class LongctxTransfoXLConfig(LongctxConfig):
     sample_softmax: int = -1
 
     def __post_init__(self, **kwargs):
-        # transformers sets unknown keywords (the aliases) only in its own __post_init__: set
-        # them first, so that the defaults derived below see e.g. d_model.
-        for alias, field in TRANSFO_XL_ALIASES.items():
-            if alias in kwargs:
-                self._set_alias(alias, field, kwargs.pop(alias))
+        self._apply_aliases(TRANSFO_XL_ALIASES, kwargs)
         if not self.is_decoder:
             logger.info("longctx-transfo-xl is causal: is_decoder=False is read as True (transformers' "
                         "TransfoXLConfig says False for the same causal model).")
@@ -97,14 +93,6 @@ class LongctxTransfoXLConfig(LongctxConfig):
         if self.tie_projs is None:
             self.tie_projs = [False] + [bool(self.proj_share_all_but_first)] * len(self.cutoffs)
         super().__post_init__(**kwargs)
-
-    def _set_alias(self, alias: str, field: str, value):
-        default = type(self).__dataclass_fields__[field].default
-        current = getattr(self, field)
-        if current != default and current != value:
-            raise ValueError(f"{type(self).__name__}: {field}={current!r} and its alias {alias}={value!r} "
-                             f"disagree; pass only one of them.")
-        setattr(self, field, value)
 
     @property
     def head_dim(self) -> int:

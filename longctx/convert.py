@@ -15,6 +15,11 @@ Longformer: outputs match transformers' within float error when an attention_mas
 Without one, transformers (RoBERTa) still gives pad ids in input_ids their own position while
 longctx counts positions from attention_mask: pass the mask the tokenizer returns. Explicit
 `position_ids` differ too: transformers' start at pad_token_id + 1, ours at 0.
+
+Reformer: outputs match transformers' within float error for right-padded (or unpadded) batches
+with a fixed `hash_seed` (without one, both draw new random rotations every forward). The LM
+heads add `lm_head.bias`, as transformers 4 and the original model did; transformers 5 keeps the
+parameter but no longer adds it.
 """
 
 import argparse
@@ -143,6 +148,77 @@ def longformer_state_dict(source_state: dict, source_config: dict) -> tuple[dict
     return ours, origin, set(pooler) | buffers | aliases
 
 
+# -------------------------------------------------------------------------------------- Reformer
+REFORMER_PREFIX = "reformer."
+REFORMER_COPIED = (
+    "vocab_size", "hidden_size", "num_attention_heads", "attention_head_size", "attn_layers", "feed_forward_size",
+    "hidden_act", "hidden_dropout_prob", "lsh_attention_probs_dropout_prob", "local_attention_probs_dropout_prob",
+    "layer_norm_eps", "initializer_range", "max_position_embeddings", "num_hashes", "num_buckets", "hash_seed",
+    "lsh_attn_chunk_length", "lsh_num_chunks_before", "lsh_num_chunks_after", "local_attn_chunk_length",
+    "local_num_chunks_before", "local_num_chunks_after", "axial_pos_embds", "axial_pos_shape", "axial_pos_embds_dim",
+    "axial_norm_std", "chunk_size_feed_forward", "chunk_size_lm_head", "is_decoder", "use_cache", "pad_token_id",
+    "bos_token_id", "eos_token_id", "classifier_dropout", "id2label", "label2id", "problem_type")
+# theirs (after `reformer.encoder.layers.{i}.`) -> ours (after `model.layers.{i}.`)
+REFORMER_LAYER = {
+    "attention.layer_norm.": "attention.layer_norm.",
+    "attention.self_attention.": "attention.",
+    "attention.output.dense.": "attention.output.",
+    "feed_forward.layer_norm.": "feed_forward.layer_norm.",
+    "feed_forward.dense.dense.": "feed_forward.dense_in.",
+    "feed_forward.output.dense.": "feed_forward.dense_out.",
+}
+REFORMER_TOP = {  # theirs (prefix removed) -> ours
+    "embeddings.": "model.embeddings.",
+    "encoder.layer_norm.": "model.final_norm.",
+    "lm_head.decoder.weight": "lm_head.decoder.weight",
+    "lm_head.bias": "lm_head.decoder.bias",
+    "lm_head.decoder.bias": "lm_head.decoder.bias",
+    "classifier.": "classifier.",
+    "qa_outputs.": "qa_outputs.",
+}
+
+
+def reformer_config(source: dict) -> dict:
+    """transformers' ReformerConfig names are longctx-reformer's; classification pools the first
+    token, as transformers' Reformer head does."""
+    config = {name: source[name] for name in REFORMER_COPIED if source.get(name) is not None}
+    if "id2label" in config:  # JSON keys are strings; transformers wants ints
+        config["id2label"] = {int(key): value for key, value in config["id2label"].items()}
+    config.update(model_type="longctx-reformer", classifier_pooling="first", tie_word_embeddings=False,
+                  hash_seed=source.get("hash_seed"), num_buckets=source.get("num_buckets"))
+    return config
+
+
+def reformer_key(short: str) -> str | None:
+    """Our name for a transformers Reformer key (without `reformer.`), None if it has none."""
+    if short.startswith("encoder.layers."):
+        layer, rest = short.removeprefix("encoder.layers.").split(".", 1)
+        for theirs, ours in REFORMER_LAYER.items():
+            if rest.startswith(theirs):
+                return f"model.layers.{layer}.{ours}{rest.removeprefix(theirs)}"
+        return None
+    for theirs, ours in REFORMER_TOP.items():
+        if short == theirs or (theirs.endswith(".") and short.startswith(theirs)):
+            return ours + short.removeprefix(theirs)
+    return None
+
+
+def reformer_state_dict(source_state: dict, source_config: dict) -> tuple[dict, dict, set]:
+    """Maps a transformers Reformer state dict. transformers 4 saved the LM head bias twice
+    (`lm_head.bias` and the tied `lm_head.decoder.bias`) and older versions the mask constants
+    (`*mask_value_float16/32`): the copy and the constants are dropped."""
+    ours, origin, dropped = {}, {}, set()
+    for key, tensor in source_state.items():
+        short = key.removeprefix(REFORMER_PREFIX)
+        if (short == "lm_head.decoder.bias" and "lm_head.bias" in source_state) or "mask_value_float" in short:
+            dropped.add(key)
+            continue
+        name = reformer_key(short)
+        if name is not None:
+            ours[name], origin[name] = tensor, key
+    return ours, origin, dropped
+
+
 # Imported here, not at the top: convert_transfo_xl must not import this module at load time
 # (`python -m longctx.convert` would import it twice).
 from .convert_transfo_xl import TRANSFO_XL_HEADS, transfo_xl_config, transfo_xl_state_dict  # noqa: E402
@@ -159,6 +235,17 @@ CONVERTERS = {  # source model_type -> Converter
         },
     ),
     "transfo-xl": Converter(config=transfo_xl_config, state=transfo_xl_state_dict, heads=TRANSFO_XL_HEADS),
+    "reformer": Converter(
+        config=reformer_config,
+        state=reformer_state_dict,
+        heads={
+            "ReformerModel": "AutoModel",
+            "ReformerModelWithLMHead": "AutoModelForCausalLM",
+            "ReformerForMaskedLM": "AutoModelForMaskedLM",
+            "ReformerForSequenceClassification": "AutoModelForSequenceClassification",
+            "ReformerForQuestionAnswering": "AutoModelForQuestionAnswering",
+        },
+    ),
 }
 
 

@@ -176,7 +176,34 @@ def key_padding_mask(attention_mask) -> torch.Tensor | None:
     return attention_mask.bool()
 
 
-class StackedBackbone:
+def backbone_output(config, return_dict, last_hidden_state, past_key_values, hidden_states, attentions):
+    """The backbone's output, as an object or (return_dict False) a tuple."""
+    output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, past_key_values=past_key_values,
+                                     hidden_states=hidden_states, attentions=attentions)
+    return_dict = config.return_dict if return_dict is None else return_dict
+    return output if return_dict else output.to_tuple()
+
+
+def is_encoder_without_cache(config, past_key_values) -> bool:
+    """True for encoders, which have nothing to cache (and refuse a cache given to them)."""
+    if config.is_decoder:
+        return False
+    if past_key_values is not None:
+        raise ValueError("past_key_values is only for decoders; this model has is_decoder=False.")
+    return True
+
+
+class WordEmbeddingsAccess:
+    """The input embeddings of a backbone whose `embeddings` module holds `word_embeddings`."""
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+
+class StackedBackbone(WordEmbeddingsAccess):
     """Embeddings -> `num_hidden_layers` residual blocks around `attention_class` -> final norm.
 
     Mixed in before an architecture's pretrained base: `class XModel(StackedBackbone, XPreTrainedModel)`
@@ -197,12 +224,6 @@ class StackedBackbone:
         self.final_norm = final_norm(config)
         self.output_size = config.hidden_size
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embeddings.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.embeddings.word_embeddings = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,
@@ -228,18 +249,13 @@ class StackedBackbone:
                                     output_attentions=output_attentions, **(layer_inputs or {}))
             all_weights += (weights,)
         hidden = self.final_norm(hidden)
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden, past_key_values=cache,
-            hidden_states=all_hidden + (hidden,) if output_hidden_states else None,
-            attentions=all_weights if output_attentions else None)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
+        return backbone_output(self.config, return_dict, hidden, cache,
+                              all_hidden + (hidden,) if output_hidden_states else None,
+                              all_weights if output_attentions else None)
 
     def _cache(self, past_key_values, use_cache):
         """Decoders keep keys and values for `generate()`; encoders have nothing to cache."""
-        if not self.config.is_decoder:
-            if past_key_values is not None:
-                raise ValueError("past_key_values is only for decoders; this model has is_decoder=False.")
+        if is_encoder_without_cache(self.config, past_key_values):
             return None
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if past_key_values is None and use_cache:

@@ -53,6 +53,23 @@ class HeadBase:
         return output.to_tuple() if as_tuple else output
 
 
+class GeneratesWithOwnCache:
+    """For decoders whose generation state is their own object (not a transformers Cache), built by
+    the first forward and holding `seen`, the number of tokens it has taken: `generate()` feeds only
+    the tokens it has not seen (all of them at the first step)."""
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
+                                      **kwargs):
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.seen:]
+        return {"input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask,
+                "use_cache": use_cache, "logits_to_keep": 1}
+
+
 class ForCausalLM(HeadBase):
     """Next-token prediction with the output projection tied to the input embeddings."""
 

@@ -42,12 +42,18 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import ModelOutput
 
 from .configuration_transfo_xl import LongctxTransfoXLConfig
-from .modeling_blocks import LongctxPreTrainedModel, check_ids_below, input_shape, merge_heads, split_heads
-from .modeling_heads import ForQuestionAnswering, ForSequenceClassification, HeadBase
+from .modeling_blocks import (
+    LongctxPreTrainedModel,
+    backbone_output,
+    check_ids_below,
+    input_shape,
+    merge_heads,
+    split_heads,
+)
+from .modeling_heads import ForQuestionAnswering, ForSequenceClassification, GeneratesWithOwnCache, HeadBase
 
 
 # ------------------------------------------------------------------------------ attention kernel
@@ -492,12 +498,9 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         new_memory = memory.extended(layer_inputs, new_padding, self.config.mem_len) \
             if use_cache and self.config.mem_len > 0 else None
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden, past_key_values=new_memory,
-            hidden_states=tuple(layer_inputs) + (hidden,) if output_hidden_states else None,
-            attentions=all_weights if output_attentions else None)
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        return output if return_dict else output.to_tuple()
+        return backbone_output(self.config, return_dict, hidden, new_memory,
+                               tuple(layer_inputs) + (hidden,) if output_hidden_states else None,
+                               all_weights if output_attentions else None)
 
     def _encodings(self, k_len: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoids of the distances k_len - 1, ..., 0, clamped at clamp_len (if > 0)."""
@@ -548,7 +551,9 @@ class TransfoXLLMOutput(ModelOutput):
         return self.past_key_values
 
 
-class LongctxTransfoXLForCausalLM(HeadBase, LongctxTransfoXLPreTrainedModel, GenerationMixin):
+class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransfoXLPreTrainedModel, GenerationMixin):
+    """The memory (TransfoXLMemory) is the generation cache."""
+
     backbone_class = LongctxTransfoXLModel
 
     def __init__(self, config):
@@ -578,18 +583,6 @@ class LongctxTransfoXLForCausalLM(HeadBase, LongctxTransfoXLPreTrainedModel, Gen
         return self._finish(TransfoXLLMOutput(
             loss=loss, logits=logits, losses=losses, past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the memory is ours (TransfoXLMemory), built by the first forward
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
-                                      **kwargs):
-        """Feeds only the tokens the memory has not seen (all of them at the first step)."""
-        if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.seen:]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask,
-                "use_cache": use_cache, "logits_to_keep": 1}
 
 
 class LongctxTransfoXLForSequenceClassification(ForSequenceClassification, LongctxTransfoXLPreTrainedModel):

@@ -162,8 +162,10 @@ class ModelHarness:
                 if grad is not None or grads_ckpt[name] is not None:
                     torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
-    def _loss_grads_calls(self, head, is_decoder, ids, mask, checkpointing):
-        model = self.model(head, is_decoder).train()
+    def _loss_grads_calls(self, head, is_decoder, ids, mask, checkpointing=False, **overrides):
+        """(loss, parameter gradients, how many times the layers' attention ran) of one training
+        step; `overrides` are config fields."""
+        model = self.model(head, is_decoder, **overrides).train()
         calls = []
         for layer in model.model.layers:
             layer.attention.register_forward_hook(lambda *_: calls.append(1))

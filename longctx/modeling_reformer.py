@@ -1,0 +1,542 @@
+"""`longctx-reformer` (Kitaev et al. 2020): LSH and local chunked self-attention, axial position
+embeddings, chunked feed-forward and reversible residual layers, numerically transformers'
+ReformerModel (checkpoints convert with `python -m longctx.convert`).
+
+The stack: embeddings X -> two streams X1 = X2 = X -> per layer Y1 = X1 + Attention(X2),
+Y2 = X2 + FeedForward(Y1) -> LayerNorm(concat(Y1, Y2)), so the hidden states are
+2 x hidden_size wide (`output_size`), and the heads read both streams, as transformers' do.
+In training the backward pass recomputes each layer from the stack's output (`reversible.py`),
+reusing the forward's LSH buckets and dropout masks; only the last layer keeps its activations
+from the forward pass (see `_layers`).
+
+Inputs the chunked kernels cannot take as they are, the model arranges itself:
+- a length above the shortest chunk that is not a multiple of every chunk length is padded on the
+  right (masked), as transformers does in evaluation (it refuses in training; here both work);
+- left padding (what `generate()` and the harness use for decoders) is moved to the right, per
+  row, and moved back on output: chunks are aligned to the first real token, so a left-padded
+  row gives what it gives alone (transformers only handles right padding).
+Positions count real tokens (`position_ids_from_mask`), like the other longctx models;
+transformers counts from the first column, which is the same for right-padded batches.
+
+Generation cache: the decoder keeps the embeddings of every token seen (`ReformerRecomputeCache`)
+and recomputes the whole sequence for each new token. It is exact (the result equals a full
+forward) but costs a full forward per step; transformers' cache of buckets and states is cheaper
+but gives outputs that differ from a full forward whenever a new token would change the hash
+sort, which is why it is not reproduced here.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.generation import GenerationMixin
+
+from .attention_lsh import (
+    local_attention,
+    local_attention_reference,
+    lsh_attention,
+    lsh_attention_reference,
+    lsh_hash,
+    random_rotations,
+)
+from .configuration_reformer import LongctxReformerConfig
+from .modeling_blocks import (
+    backbone_output,
+    is_encoder_without_cache,
+    LongctxPreTrainedModel,
+    check_attention_mask,
+    check_ids_below,
+    check_positions,
+    input_shape,
+    merge_heads,
+    position_ids_from_mask,
+    split_heads,
+    WordEmbeddingsAccess,
+)
+from .modeling_heads import (
+    ForCausalLM,
+    ForMaskedLM,
+    ForQuestionAnswering,
+    ForSequenceClassification,
+    GeneratesWithOwnCache,
+)
+from .reversible import RandomReplay, ReversibleBlock, reversible_stack
+
+
+# ------------------------------------------------------------------------------------- embeddings
+class AxialPositionEmbeddings(nn.Module):
+    """Position p = (row p // cols, column p % cols) of `axial_pos_shape` (rows, cols) is the
+    concatenation of a row vector and a column vector: rows * cols positions from rows + cols
+    vectors. Weights (rows, 1, d_rows) and (1, cols, d_cols), transformers' layout.
+
+    Training with dropout drops whole columns (every position p with the same p % cols, per row
+    of the batch), as transformers' dropout2d does."""
+
+    def __init__(self, config):
+        super().__init__()
+        (rows, cols), (row_dim, col_dim) = config.axial_pos_shape, config.axial_pos_embds_dim
+        self.shape = (rows, cols)
+        self.dropout = config.hidden_dropout_prob
+        self.weights = nn.ParameterList([nn.Parameter(torch.ones(rows, 1, row_dim)),
+                                         nn.Parameter(torch.ones(1, cols, col_dim))])
+
+    def forward(self, position_ids):  # (batch, length) -> (batch, length, hidden)
+        rows, cols = self.shape
+        largest = int(position_ids.max()) if position_ids.numel() else -1
+        if largest >= rows * cols:
+            needed_cols = math.isqrt(largest) + 1
+            raise ValueError(
+                f"Input needs position {largest} but axial_pos_shape={list(self.shape)} holds {rows * cols} "
+                f"positions; build the model with an axial_pos_shape whose product is at least {largest + 1} "
+                f"(e.g. [{-(-(largest + 1) // needed_cols)}, {needed_cols}]), or truncate the input.")
+        row_vectors = self.weights[0][:, 0][position_ids // cols]
+        col_vectors = self.weights[1][0][position_ids % cols]
+        encodings = torch.cat([row_vectors, col_vectors], dim=-1)
+        if self.training and self.dropout:
+            keep = torch.rand(position_ids.shape[0], cols, device=encodings.device) >= self.dropout
+            kept = keep.gather(1, (position_ids % cols).expand(position_ids.shape[0], -1))
+            encodings = encodings * kept[..., None].to(encodings.dtype) / (1 - self.dropout)
+        return encodings
+
+
+class LearnedPositionEmbeddings(nn.Module):
+    """`axial_pos_embds=False`: one learned vector per position, with dropout (transformers')."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, position_ids):
+        return self.dropout(self.embedding(position_ids))
+
+
+class ReformerEmbeddings(nn.Module):
+    """dropout(token embeddings) + position embeddings (transformers' order)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = (AxialPositionEmbeddings(config) if config.axial_pos_embds
+                                    else LearnedPositionEmbeddings(config))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def tokens(self, input_ids):
+        check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids", "vocab_size")
+        return self.word_embeddings(input_ids)
+
+    def forward(self, token_embeddings, position_ids):
+        return self.dropout(token_embeddings) + self.position_embeddings(position_ids)
+
+
+# ------------------------------------------------------------------------------------- attention
+class LayerReplay:
+    """What one layer's forward drew at random and its recomputation must reuse: the LSH rotations
+    (drawn before the layer runs, so that the dropout draws inside it come in the same order when
+    it runs again), the buckets they gave, and the dropout RNG states."""
+
+    def __init__(self, random: RandomReplay, rotations=None):
+        self.random = random
+        self.rotations = rotations
+        self.buckets = None
+
+
+class ReformerAttention(nn.Module):
+    """LayerNorm -> LSH or local self-attention -> output projection -> dropout: the branch f of a
+    reversible layer. No projection has a bias (transformers' layout)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config  # num_buckets=None is settled (and stored) at the first long input
+        self.kind = config.attn_layers[layer_idx]
+        self.num_heads = config.num_attention_heads
+        width = config.num_attention_heads * config.attention_head_size
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        names = ("query_key", "value") if self.kind == "lsh" else ("query", "key", "value")
+        for name in names:
+            setattr(self, name, nn.Linear(config.hidden_size, width, bias=False))
+        self.output = nn.Linear(width, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden, key_padding_mask=None, replay: LayerReplay | None = None, output_attentions=False,
+                num_hashes=None):
+        normed = self.layer_norm(hidden)
+        if self.kind == "lsh":
+            out, weights = self._lsh(normed, key_padding_mask, replay, output_attentions, num_hashes)
+        else:
+            out, weights = self._local(normed, key_padding_mask, output_attentions)
+        return self.dropout(self.output(merge_heads(out))), weights
+
+    def _lsh(self, normed, key_padding_mask, replay, output_attentions, num_hashes):
+        config = self.config
+        qk, v = (split_heads(proj(normed), self.num_heads) for proj in (self.query_key, self.value))
+        num_hashes = num_hashes or config.num_hashes
+        options = dict(num_hashes=num_hashes, num_buckets=self._num_buckets(qk.shape[2]),
+                       chunk_length=config.lsh_attn_chunk_length, num_chunks_before=config.lsh_num_chunks_before,
+                       num_chunks_after=config.lsh_num_chunks_after, causal=config.is_decoder,
+                       key_padding_mask=key_padding_mask,
+                       dropout_p=config.lsh_attention_probs_dropout_prob if self.training else 0.0,
+                       buckets=self._buckets(qk, num_hashes, key_padding_mask, replay))
+        out = lsh_attention(qk, v, **options)
+        # Weights (batch, heads, length, length) for inspection come from the dense reference; the
+        # output stays the kernel's (in float32 the two round differently where a hash round sees
+        # only the query itself, and decoders' first tokens do).
+        return out, lsh_attention_reference(qk, v, combine_rounds=True, **options)[1] if output_attentions else None
+
+    def _num_buckets(self, length: int):
+        """config.num_buckets, or transformers' choice for the first long input: 2 * length / chunk
+        rounded down to a power of 2, factorised in two when above its limit; stored in the config."""
+        config = self.config
+        if config.num_buckets is not None or length <= config.lsh_attn_chunk_length:
+            return config.num_buckets or 2
+        power = (2 * (length // config.lsh_attn_chunk_length)).bit_length() - 1
+        limit = 2 * max(int((config.max_position_embeddings // config.lsh_attn_chunk_length) ** 0.5),
+                        config.lsh_attn_chunk_length)
+        config.num_buckets = 2 ** power if 2 ** power <= limit else [2 ** (power // 2), 2 ** (power - power // 2)]
+        return config.num_buckets
+
+    def _buckets(self, qk, num_hashes, key_padding_mask, replay):
+        """The hash of this forward, drawn once and reused by the reversible recomputation."""
+        if qk.shape[2] <= self.config.lsh_attn_chunk_length:
+            return None  # no hashing: plain attention over the sequence
+        if replay is not None and replay.buckets is not None:
+            return replay.buckets
+        rotations = replay.rotations if replay is not None else None
+        buckets = lsh_hash(qk, self._num_buckets(qk.shape[2]), num_hashes, key_padding_mask=key_padding_mask,
+                           **({"rotations": rotations} if rotations is not None else {"seed": self.config.hash_seed}))
+        if replay is not None:
+            replay.buckets = buckets
+        return buckets
+
+    def draw_rotations(self, length: int, num_hashes, like: torch.Tensor):
+        """Random rotations for this forward when they come from the global RNG (no hash_seed, a
+        sequence long enough to hash); None otherwise."""
+        config = self.config
+        if self.kind != "lsh" or config.hash_seed is not None or length <= config.lsh_attn_chunk_length:
+            return None
+        return random_rotations(self.num_heads, config.attention_head_size, self._num_buckets(length),
+                                num_hashes or config.num_hashes, dtype=like.dtype, device=like.device)
+
+    def _local(self, normed, key_padding_mask, output_attentions):
+        config = self.config
+        q, k, v = (split_heads(proj(normed), self.num_heads) for proj in (self.query, self.key, self.value))
+        options = dict(chunk_length=config.local_attn_chunk_length, num_chunks_before=config.local_num_chunks_before,
+                       num_chunks_after=config.local_num_chunks_after, causal=config.is_decoder,
+                       key_padding_mask=key_padding_mask,
+                       dropout_p=config.local_attention_probs_dropout_prob if self.training else 0.0)
+        out = local_attention(q, k, v, **options)
+        return out, local_attention_reference(q, k, v, **options)[1] if output_attentions else None
+
+
+class ChunkedFeedForward(nn.Module):
+    """LayerNorm -> dense -> dropout -> activation -> dense -> dropout (transformers' order): the
+    branch g of a reversible layer, run on `chunk_size_feed_forward` positions at a time (0: all)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.chunk_size = config.chunk_size_feed_forward
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dense_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.dense_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden):
+        if not self.chunk_size or hidden.shape[1] <= self.chunk_size:
+            return self._chunk(hidden)
+        return torch.cat([self._chunk(part) for part in hidden.split(self.chunk_size, dim=1)], dim=1)
+
+    def _chunk(self, hidden):
+        inner = self.activation(self.dropout(self.dense_in(self.layer_norm(hidden))))
+        return self.dropout(self.dense_out(inner))
+
+
+class ReformerLayer(nn.Module):
+    """One reversible layer: Y1 = X1 + attention(X2), Y2 = X2 + feed_forward(Y1)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.attention = ReformerAttention(config, layer_idx)
+        self.feed_forward = ChunkedFeedForward(config)
+
+    def forward(self, x1, x2, replay: LayerReplay, **attention_kwargs):
+        attended, weights = self.attention(x2, replay=replay, **attention_kwargs)
+        y1 = x1 + attended
+        return y1, x2 + self.feed_forward(y1), weights
+
+    def block(self, replay: LayerReplay, **attention_kwargs) -> ReversibleBlock:
+        """f and g for `reversible_stack`, replaying this forward's buckets and dropout masks."""
+        def f(x2):
+            with replay.random.scope("attention"):
+                return self.attention(x2, replay=replay, **attention_kwargs)[0]
+
+        def g(y1):
+            with replay.random.scope("feed_forward"):
+                return self.feed_forward(y1)
+
+        return ReversibleBlock(f, g, list(self.attention.parameters()), list(self.feed_forward.parameters()))
+
+
+# ------------------------------------------------------------------------------------------ cache
+class ReformerRecomputeCache:
+    """A decoder's generation state: the token embeddings (batch, seen, hidden) and positions of
+    every token so far; each call recomputes the whole sequence (exact; see the module doc)."""
+
+    def __init__(self, embeddings: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+        self.embeddings = embeddings
+        self.position_ids = position_ids
+
+    @property
+    def seen(self) -> int:
+        return 0 if self.embeddings is None else self.embeddings.shape[1]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def __len__(self):
+        return self.seen
+
+    def extended(self, embeddings, position_ids) -> "ReformerRecomputeCache":
+        embeddings = embeddings.detach()
+        if self.embeddings is None:
+            return ReformerRecomputeCache(embeddings, position_ids)
+        if self.embeddings.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"past_key_values holds {self.embeddings.shape[0]} rows but the input has "
+                             f"{embeddings.shape[0]}; pass the cache this model returned for this batch.")
+        positions = None
+        if self.position_ids is not None and position_ids is not None:
+            positions = torch.cat([self.position_ids, position_ids], dim=1)
+        return ReformerRecomputeCache(torch.cat([self.embeddings, embeddings], dim=1), positions)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        self.embeddings = self.embeddings.index_select(0, beam_idx.to(self.embeddings.device))
+        if self.position_ids is not None:
+            self.position_ids = self.position_ids.index_select(0, beam_idx.to(self.position_ids.device))
+
+
+# ------------------------------------------------------------------------------------- the models
+class LongctxReformerPreTrainedModel(LongctxPreTrainedModel):
+    config_class = LongctxReformerConfig
+    _no_split_modules = ["ReformerLayer"]
+    # The reversible layers already recompute their activations in the backward pass.
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module):
+        if isinstance(module, AxialPositionEmbeddings):
+            for weight in module.weights:
+                init.normal_(weight, 0.0, self.config.axial_norm_std)
+        else:
+            super()._init_weights(module)
+
+
+class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel):
+    """Embeddings -> reversible LSH / local layers -> LayerNorm over both streams -> dropout.
+    `last_hidden_state` is (batch, length, 2 * hidden_size); `hidden_states`, when asked for,
+    are the second stream before each layer and after the last (hidden_size wide), as transformers.
+    Asking for them (or for attention weights) runs the layers with plain autograd, without the
+    reversible backward, so that they carry gradients."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = ReformerEmbeddings(config)
+        self.layers = nn.ModuleList(ReformerLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.output_size = 2 * config.hidden_size
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
+                past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, num_hashes=None):
+        """`num_hashes` overrides config.num_hashes for this call (transformers' argument)."""
+        batch, length = input_shape(input_ids, inputs_embeds)
+        if token_type_ids is not None:
+            check_ids_below(token_type_ids, 1, "token_type_ids", "type_vocab_size")
+        cache = self._cache(past_key_values, use_cache)
+        past = cache.seen if cache is not None else 0
+        check_attention_mask(attention_mask, batch, past + length)
+        tokens = self.embeddings.tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if cache is not None:  # the cache keeps detached copies; this forward keeps the gradient
+            past_tokens, cache = cache.embeddings, cache.extended(tokens, position_ids)
+            tokens = tokens if past_tokens is None else torch.cat([past_tokens, tokens], dim=1)
+            position_ids = cache.position_ids
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask, 0, past + length, tokens.device)
+        check_positions(position_ids, self.config.max_position_embeddings)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids, output_attentions,
+                                                       output_hidden_states, num_hashes)
+        return backbone_output(self.config, return_dict, hidden[:, -length:], cache,
+                               all_hidden if output_hidden_states else None,
+                               all_weights if output_attentions else None)
+
+    def _cache(self, past_key_values, use_cache):
+        if is_encoder_without_cache(self.config, past_key_values):
+            return None
+        if past_key_values is not None and not isinstance(past_key_values, ReformerRecomputeCache):
+            raise ValueError(f"past_key_values is a {type(past_key_values).__name__}; longctx-reformer takes the "
+                             f"ReformerRecomputeCache a previous call returned (or None to start).")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if past_key_values is None and use_cache:
+            return ReformerRecomputeCache()
+        return past_key_values
+
+    def _encode(self, tokens, attention_mask, position_ids, output_attentions, output_hidden_states, num_hashes):
+        """The stack over whole rows: right-aligns, pads to the chunk multiple, runs, undoes both."""
+        total = tokens.shape[1]
+        order = right_aligning_order(attention_mask)
+        if order is not None:
+            tokens, attention_mask = take_rows(tokens, order), take_rows(attention_mask, order)
+            position_ids = take_rows(position_ids.expand(tokens.shape[0], -1), order)
+        tokens, attention_mask, position_ids = self._pad_to_chunks(tokens, attention_mask, position_ids)
+        padding = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        hidden = self.embeddings(tokens, position_ids)
+        streams, all_hidden, all_weights = self._layers(hidden, padding, output_attentions, output_hidden_states,
+                                                        num_hashes)
+        hidden = self.dropout(self.final_norm(torch.cat(streams, dim=-1)))
+
+        def restore(x, both_axes=False):  # drop the chunk padding, undo the right-alignment
+            x = x[:, :, :total, :total] if both_axes else x[:, :total]
+            if order is None:
+                return x
+            return take_rows(take_rows(x, inverse(order), dim=2), inverse(order), dim=3) if both_axes \
+                else take_rows(x, inverse(order))
+
+        return (restore(hidden), tuple(restore(h) for h in all_hidden),
+                tuple(restore(w, both_axes=True) for w in all_weights if w is not None))
+
+    def _pad_to_chunks(self, tokens, attention_mask, position_ids):
+        """Lengths above the shortest chunk become a multiple of every chunk length (masked padding,
+        position 0: padding is never attended, so what it holds does not matter)."""
+        batch, length = tokens.shape[:2]
+        multiple = self.config.padding_multiple
+        if length <= min(self.config.chunk_lengths()) or length % multiple == 0:
+            return tokens, attention_mask, position_ids
+        extra = multiple - length % multiple
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=tokens.device)
+        return (F.pad(tokens, (0, 0, 0, extra)), F.pad(attention_mask, (0, extra)),
+                F.pad(position_ids.expand(batch, -1), (0, extra)))
+
+    def _layers(self, hidden, padding, output_attentions, output_hidden_states, num_hashes):
+        """((Y1, Y2), X2 before each layer and after the last, attention weights per layer)."""
+        kwargs = dict(key_padding_mask=padding, num_hashes=num_hashes)
+        random = self.training and self._draws_dropout()
+        replays = [LayerReplay(RandomReplay(random, hidden.device),
+                               layer.attention.draw_rotations(hidden.shape[1], num_hashes, hidden))
+                   for layer in self.layers]
+        needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
+            p.requires_grad for p in self.layers.parameters()))
+        if self.config.reversible and needs_grad and not (output_attentions or output_hidden_states):
+            # The last layer keeps its activations: the backward would recompute it first thing, and
+            # recomputing a layer holds as much memory, so the peak is unchanged with one layer
+            # fewer recomputed.
+            *inner, (last, last_replay) = list(zip(self.layers, replays))
+            blocks = [layer.block(replay, **kwargs) for layer, replay in inner]
+            x1, x2 = reversible_stack(hidden, hidden, blocks) if blocks else (hidden, hidden)
+            x1, x2, _ = last(x1, x2, last_replay, **kwargs)
+            return (x1, x2), (), ()
+        x1, x2, all_hidden, all_weights = hidden, hidden, (), ()
+        for layer, replay in zip(self.layers, replays):
+            all_hidden += (x2,)
+            x1, x2, weights = layer(x1, x2, replay, output_attentions=output_attentions, **kwargs)
+            all_weights += (weights,)
+        return (x1, x2), all_hidden + (x2,), all_weights
+
+    def _draws_dropout(self) -> bool:
+        config = self.config
+        return any(p > 0 for p in (config.hidden_dropout_prob, config.lsh_attention_probs_dropout_prob,
+                                   config.local_attention_probs_dropout_prob))
+
+
+def right_aligning_order(attention_mask):
+    """Per row, the column order that puts real tokens first and padding last (None when every
+    row already is so: no padding, or right padding)."""
+    if attention_mask is None:
+        return None
+    real = attention_mask.bool()
+    if bool((real[:, 1:] <= real[:, :-1]).all()):
+        return None
+    return torch.sort((~real).to(torch.int8), dim=1, stable=True).indices
+
+
+def inverse(order):
+    return torch.argsort(order, dim=1)
+
+
+def take_rows(x, order, dim: int = 1):
+    """x with its positions along `dim` reordered per batch row by `order` (batch, length)."""
+    shape = [order.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = order.shape[1]
+    index = order.view(shape).expand(*x.shape[:dim], order.shape[1], *x.shape[dim + 1:])
+    return x.gather(dim, index)
+
+
+# ------------------------------------------------------------------------------------------ heads
+class ReformerLMHead(nn.Module):
+    """transformers' `ReformerOnlyLMHead`: one projection of both streams to the vocabulary, with a
+    bias, on `chunk_size_lm_head` positions at a time (0: all). Not tied to the embeddings (they
+    are hidden_size wide, the streams twice that)."""
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        self.chunk_size = config.chunk_size_lm_head
+        self.decoder = nn.Linear(input_size, config.vocab_size)
+
+    def forward(self, hidden):
+        if not self.chunk_size or hidden.shape[1] <= self.chunk_size:
+            return self.decoder(hidden)
+        return torch.cat([self.decoder(part) for part in hidden.split(self.chunk_size, dim=1)], dim=1)
+
+
+class ReformerHeadMixin:
+    """The LM heads' projection is transformers' Reformer head, not the shared one (built by the
+    shared head, then replaced: the shared one assumes hidden_size-wide, tied outputs)."""
+
+    _tied_weights_keys = {}
+
+    def _use_reformer_lm_head(self, config):
+        self.lm_head = ReformerLMHead(config, self.model.output_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+
+class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCausalLM, LongctxReformerPreTrainedModel,
+                                 GenerationMixin):
+    """The generation cache is ReformerRecomputeCache."""
+
+    backbone_class = LongctxReformerModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._use_reformer_lm_head(config)
+
+
+class LongctxReformerForMaskedLM(ReformerHeadMixin, ForMaskedLM, LongctxReformerPreTrainedModel):
+    backbone_class = LongctxReformerModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._use_reformer_lm_head(config)
+
+
+class LongctxReformerForSequenceClassification(ForSequenceClassification, LongctxReformerPreTrainedModel):
+    backbone_class = LongctxReformerModel
+
+
+class LongctxReformerForQuestionAnswering(ForQuestionAnswering, LongctxReformerPreTrainedModel):
+    backbone_class = LongctxReformerModel
+
+
+__all__ = ["LongctxReformerModel", "LongctxReformerForCausalLM", "LongctxReformerForMaskedLM",
+           "LongctxReformerForSequenceClassification", "LongctxReformerForQuestionAnswering"]
