@@ -89,6 +89,10 @@ class BenchmarkSettings:
     warmup_steps: int = 1
     steps: int = 5
     optimizer_step: bool = True
+    inference: bool = False  # time a forward pass under torch.inference_mode() instead of a training step
+    # Config fields for the longctx models built from their own config (e.g. {"projection_dim": 128});
+    # a field a model's config does not have is left out for that model, and the notes say which.
+    model_config: dict = field(default_factory=dict)
     baseline: str | None = "hf-longformer"
     seed: int = 0
     vocab_size: int = VOCAB_SIZE
@@ -197,8 +201,15 @@ def build_longctx(model_type: str, settings: BenchmarkSettings, **extra) -> Buil
     fields = common_fields(settings)
     if hasattr(config_class, "attention_window"):
         fields["attention_window"] = settings.window
+    fields.update(config_overrides_for(model_type, settings))
     config = AutoConfig.for_model(model_type, **{**fields, **extra})
     return Built(AutoModel.from_config(config))
+
+
+def config_overrides_for(model_type: str, settings: BenchmarkSettings) -> dict:
+    """The `model_config` fields this model type's config has."""
+    known = longctx.ARCHITECTURES[model_type].config.__dataclass_fields__
+    return {name: value for name, value in settings.model_config.items() if name in known}
 
 
 def build_dense(settings: BenchmarkSettings, length: int) -> Built:
@@ -354,6 +365,16 @@ def training_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -
     return loss.detach()
 
 
+def inference_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -> float:
+    """A forward pass under torch.inference_mode(); returns the same scalar as a training step's loss."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.dtype == "bf16"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        output = model(**inputs)
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        return hidden.float().square().mean()
+
+
 def cpu_ticks() -> tuple[int, int] | None:
     """(steal, total) jiffies of all CPUs from /proc/stat; None where there is none. Steal is time
     the hypervisor gave this machine's CPUs to someone else: a sign of a disturbed timing."""
@@ -386,19 +407,21 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
     try:
         torch.manual_seed(settings.seed)
         built = spec.build(settings, length)
-        model = built.model.to(settings.device).train()
+        model = built.model.to(settings.device).train(not settings.inference)
         cell.update(weights=built.weights, parameters=sum(p.numel() for p in model.parameters()), **built.notes)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if settings.optimizer_step else None
+        training = settings.optimizer_step and not settings.inference
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if training else None
+        step = inference_step if settings.inference else training_step
         inputs = make_inputs(spec, settings, batch, length)
         for _ in range(settings.warmup_steps):
-            training_step(model, inputs, optimizer, settings)
+            step(model, inputs, optimizer, settings)
         synchronize(settings.device)
         if settings.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         ticks, cpu_seconds = cpu_ticks(), []
         for _ in range(settings.steps):
             started, cpu_started = time.perf_counter(), time.process_time()
-            loss = training_step(model, inputs, optimizer, settings)
+            loss = step(model, inputs, optimizer, settings)
             synchronize(settings.device)
             cell["step_seconds"].append(time.perf_counter() - started)
             cpu_seconds.append(time.process_time() - cpu_started)
@@ -411,7 +434,7 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
             from .study import PeakRSS
 
             with PeakRSS() as memory:
-                loss = training_step(model, inputs, optimizer, settings)
+                loss = step(model, inputs, optimizer, settings)
             cell["peak_memory_mib"] = memory.growth_mib
         loss = float(loss)
         if not math.isfinite(loss):
@@ -498,8 +521,10 @@ def memory_measurement(device: str) -> str:
 
 def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
     step = "forward + backward" + (" + AdamW step" if settings.optimizer_step else " (no optimizer step)")
+    if settings.inference:
+        step = "inference: a forward pass under torch.inference_mode(), eval mode"
     lines = [
-        f"training step = {step}; {LOSS_NOTE}",
+        f"step = {step}; {LOSS_NOTE}",
         f"ms/step: median of {settings.steps} timed step(s) after {settings.warmup_steps} warm-up step(s)"
         + ("; torch.cuda.synchronize() around each" if settings.device == "cuda" else ""),
         "tokens/s = batch x length / step time; "
@@ -523,6 +548,12 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
     if padded and "hf-longformer" in settings.models:
         lines.append(f"hf-longformer pads each row to a multiple of the window ({settings.window}) at length(s) "
                      f"{', '.join(map(str, padded))}; the padding is part of its step time")
+    if settings.model_config:
+        for name in settings.models:
+            if name in longctx.ARCHITECTURES and name not in MODELS:
+                taken = config_overrides_for(name, settings)
+                lines.append(f"{name} config: {taken or 'none of'} "
+                             + ("" if taken else f"{settings.model_config} (not fields of its config)"))
     weights = {cell["model"]: cell["weights"] for cell in cells if cell.get("weights")}
     if "longctx-longformer" in weights:
         lines.append(f"longctx-longformer weights: {weights['longctx-longformer']}")

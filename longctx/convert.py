@@ -180,8 +180,13 @@ REFORMER_TOP = {  # theirs (prefix removed) -> ours
 
 def reformer_config(source: dict) -> dict:
     """transformers' ReformerConfig names are longctx-reformer's; classification pools the first
-    token, as transformers' Reformer head does."""
+    token, as transformers' Reformer head does. Fields a config.json leaves out take transformers'
+    defaults (not ours: e.g. its dropouts differ). The common `attention_probs_dropout_prob`, which
+    Reformer layers do not read (each kind has its own), is set to the LSH layers' value so that
+    the config states no dropout the model does not have."""
+    source = {**transformers.ReformerConfig().to_dict(), **source}
     config = {name: source[name] for name in REFORMER_COPIED if source.get(name) is not None}
+    config["attention_probs_dropout_prob"] = source["lsh_attention_probs_dropout_prob"]
     if "id2label" in config:  # JSON keys are strings; transformers wants ints
         config["id2label"] = {int(key): value for key, value in config["id2label"].items()}
     config.update(model_type="longctx-reformer", classifier_pooling="first", tie_word_embeddings=False,

@@ -23,6 +23,7 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 
 from longctx import benchmark
+from longctx.run_common import parse_config_overrides
 
 DEFAULT_MODELS = "dense,hf-longformer,longctx-longformer"
 
@@ -54,6 +55,11 @@ def parse_args(argv=None):
     parser.add_argument("--warmup_steps", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported (default 5)")
     parser.add_argument("--no_optimizer_step", action="store_true", help="time forward + backward only")
+    parser.add_argument("--inference", action="store_true",
+                        help="time a forward pass under torch.inference_mode() (eval mode) instead of a training step")
+    parser.add_argument("--model_config", default=None,
+                        help="config fields for the longctx models built from their own config, e.g. "
+                             "projection_dim=128; each model takes the fields its config has")
     parser.add_argument("--baseline", default="hf-longformer",
                         help="model the ratios divide by (default hf-longformer; 'none' for no ratios)")
     parser.add_argument("--seed", type=int, default=0)
@@ -85,7 +91,8 @@ def settings_from_args(args) -> benchmark.BenchmarkSettings:
         window=args.window, global_tokens=args.global_tokens,
         tokens_per_step=None if args.batch_size is not None else pick(args.tokens_per_step, "tokens_per_step"),
         batch_size=args.batch_size, warmup_steps=args.warmup_steps, steps=args.steps,
-        optimizer_step=not args.no_optimizer_step, baseline=baseline, seed=args.seed)
+        optimizer_step=not args.no_optimizer_step, baseline=baseline, seed=args.seed, inference=args.inference,
+        model_config=parse_config_overrides(args.model_config))
 
 
 def main(argv=None) -> int:

@@ -150,6 +150,36 @@ def test_longctx_longformer_has_hf_longformers_weights():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("reference,ours", [("hf-reformer", "longctx-reformer")])
+def test_converted_longctx_models_have_the_references_weights(reference, ours):
+    settings = BenchmarkSettings(models=[reference, ours], lengths=[128], baseline=None,
+                                 **{**TINY, "num_layers": 2})  # local and LSH layers
+    torch.manual_seed(0)
+    theirs = resolve_spec(reference).build(settings, 128).model.eval()
+    torch.manual_seed(0)
+    built = resolve_spec(ours).build(settings, 128)
+    assert built.weights == f"converted from {reference} (same weights)"
+    torch.manual_seed(1)  # the LSH rotations are drawn per forward: the same draws for both
+    ids = torch.randint(5, settings.vocab_size, (2, 128))
+    with torch.no_grad():
+        want = theirs(ids).last_hidden_state
+        torch.manual_seed(1)
+        got = built.model.eval()(ids).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_mode_times_a_forward_and_model_config_reaches_only_models_that_have_the_field():
+    settings = BenchmarkSettings(models=["longctx-linformer", "dense"], lengths=[64], baseline=None, inference=True,
+                                 model_config={"projection_dim": 16}, **TINY)
+    linformer = resolve_spec("longctx-linformer").build(settings, 64).model
+    assert linformer.config.projection_dim == 16
+    assert resolve_spec("dense").build(settings, 64).model.config.to_dict().get("projection_dim") is None
+    cell = benchmark.measure("longctx-linformer", settings, 64)
+    assert cell["error"] is None and cell["seconds_per_step"] > 0
+    assert any("inference" in line for line in benchmark.notes(settings, [cell]))
+    assert any("projection_dim" in line for line in benchmark.notes(settings, [cell]))
+
+
 # --------------------------------------------------------------------------- end to end
 
 

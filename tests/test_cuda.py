@@ -1,5 +1,6 @@
 """CUDA-only checks: the FlexAttention path (compiled) against the dense reference, outputs and
-gradients, and the Longformer model on it. They need a GPU, so on a machine without one (CI)
+gradients, and the Longformer model on it; the Reformer against transformers' and its reversible
+backward against plain autograd. They need a GPU, so on a machine without one (CI)
 pytest reports them as skipped; on a GPU machine run
 
     python -m pytest -q tests/test_cuda.py
@@ -15,6 +16,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import longctx  # noqa: F401  (registers the model types)
 from longctx.attention_sliding import sliding_window_attention, sliding_window_attention_reference
+from longctx.convert import convert_transformers_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (FlexAttention's compiled kernels)")
 
@@ -176,3 +178,61 @@ def test_recompile_limit_falls_back_to_chunked_with_a_warning_never_to_eager_fle
         with pytest.raises(sliding.FlexRecompileLimit, match="recompile_limit"):
             sliding_window_attention(q, k, v, window=30, kernel="flex")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- Reformer
+# The CPU suite checks the Reformer against transformers and its reversible backward against plain
+# autograd; these repeat both on CUDA, where the hash rotations come from the CUDA generator and the
+# dropout replay must restore the CUDA RNG state.
+
+
+def test_reformer_on_cuda_equals_transformers_logits():
+    from test_convert_reformer import batch, reference
+
+    hf_model = reference("ReformerModelWithLMHead", is_decoder=True, attn_layers=["local", "lsh", "lsh"],
+                         num_buckets=4, num_hashes=2).cuda()
+    model = convert_transformers_model(hf_model).eval()
+    ids, mask = (t.cuda() for t in batch())
+    with torch.no_grad():
+        want = hf_model(ids, attention_mask=mask).logits
+        got = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_reformer_reversible_backward_equals_plain_autograd_on_cuda_with_dropout(is_decoder):
+    from test_reformer import gradients, tiny
+
+    config = tiny(is_decoder, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3, hash_seed=None,
+                  num_hashes=2, attn_layers=["lsh", "local", "lsh", "local"], chunk_size_feed_forward=4)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config).double().cuda().train()
+    ids = torch.randint(5, 261, (2, 16), device="cuda")
+    results = []
+    for reversible in (True, False):
+        model.config.reversible = reversible
+        torch.cuda.manual_seed(3)
+        results.append(gradients(model, ids, seed=3))
+    (out_reversible, grads_reversible), (out_plain, grads_plain) = results
+    torch.testing.assert_close(out_reversible, out_plain, rtol=0, atol=0)
+    assert set(grads_reversible) == set(grads_plain) == {n for n, p in model.named_parameters()}
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_reversible[name], grad, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_reformer_bf16_autocast_training_step_is_finite_and_close_to_fp32():
+    from test_reformer import tiny
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(tiny(max_position_embeddings=256, num_buckets=8)).cuda().train()
+    ids = torch.randint(5, 261, (2, 256), device="cuda")
+    losses = []
+    for autocast in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            hidden = model(ids).last_hidden_state
+        losses.append(hidden.float().square().mean())
+    assert torch.isfinite(losses[1])
+    assert abs(float(losses[1] - losses[0])) < 5e-2 * abs(float(losses[0]))
+    losses[1].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
