@@ -51,7 +51,8 @@ MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
 FIRST_TOKEN_ID = 5  # after the special tokens: no padding, no separators in the inputs
 REFORMER_CHUNK_LENGTH = 64
-STEAL_WARNING = 0.05  # flag cells whose timed steps lost more CPU time than this to the hypervisor
+STEAL_WARNING = 0.05
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # flag cells whose timed steps lost more CPU time than this to the hypervisor
 
 # Per-device defaults of the settings that differ between a 2-core CPU and a GPU.
 DEVICE_DEFAULTS = {
@@ -89,6 +90,9 @@ class BenchmarkSettings:
     warmup_steps: int = 1
     steps: int = 5
     optimizer_step: bool = True
+    # torch.compile every model with this mode ("default", "reduce-overhead": CUDA graphs, ...); None:
+    # eager. Compiling happens in the warm-up steps.
+    compile: str | None = None
     inference: bool = False  # time a forward pass under torch.inference_mode() instead of a training step
     # Config fields for the longctx models built from their own config (e.g. {"projection_dim": 128});
     # a field a model's config does not have is left out for that model, and the notes say which.
@@ -125,6 +129,11 @@ class BenchmarkSettings:
             raise ValueError(f"window={self.window} must be even (half of it on each side of a token)")
         if self.warmup_steps < 0 or self.global_tokens < 0:
             raise ValueError("warmup_steps and global_tokens must be >= 0")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile={self.compile!r}: use one of {COMPILE_MODES} (or None for eager)")
+        if self.compile and self.warmup_steps < 2:
+            raise ValueError(f"compile=True with warmup_steps={self.warmup_steps}: compiling (and a recompile after "
+                             "the first step) would be timed; use at least 2 warm-up steps")
         if self.global_tokens > min(self.lengths):
             raise ValueError(f"global_tokens={self.global_tokens} is more than the shortest length {min(self.lengths)}")
         if self.batch_size is None and not (self.tokens_per_step and self.tokens_per_step > 0):
@@ -412,11 +421,15 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
         training = settings.optimizer_step and not settings.inference
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if training else None
         step = inference_step if settings.inference else training_step
+        if settings.compile:
+            model = torch.compile(model, mode=settings.compile)
         inputs = make_inputs(spec, settings, batch, length)
+        if settings.device == "cuda" and settings.compile:  # see memory_measurement
+            torch.cuda.reset_peak_memory_stats()
         for _ in range(settings.warmup_steps):
             step(model, inputs, optimizer, settings)
         synchronize(settings.device)
-        if settings.device == "cuda":
+        if settings.device == "cuda" and not settings.compile:
             torch.cuda.reset_peak_memory_stats()
         ticks, cpu_seconds = cpu_ticks(), []
         for _ in range(settings.steps):
@@ -510,12 +523,14 @@ def format_table(cells: list[dict], baseline: str | None) -> str:
     return "\n".join([render(lines[0]), "-+-".join("-" * w for w in widths), *map(render, lines[1:])])
 
 
-def memory_measurement(device: str) -> str:
+def memory_measurement(device: str, compiled: bool = False) -> str:
     if device == "cuda":
-        return ("torch.cuda.max_memory_allocated over the timed steps, after reset_peak_memory_stats: "
+        # CUDA graphs allocate their memory pool while warming up; replays allocate nothing more.
+        span = "the warm-up and timed steps" if compiled else "the timed steps"
+        return (f"torch.cuda.max_memory_allocated over {span}, after reset_peak_memory_stats: "
                 "weights, gradients, optimizer state and activations")
     return ("peak growth of the process resident set size (longctx.study.PeakRSS: psutil, sampled every 5 ms) "
-            "over one extra training step after the timed ones, over the RSS just before it: activations, "
+            "over one extra step after the timed ones, over the RSS just before it: activations, "
             "gradients and allocator overhead; weights and optimizer state exist before it and are not counted")
 
 
@@ -523,6 +538,8 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
     step = "forward + backward" + (" + AdamW step" if settings.optimizer_step else " (no optimizer step)")
     if settings.inference:
         step = "inference: a forward pass under torch.inference_mode(), eval mode"
+    if settings.compile:
+        step += f"; every model under torch.compile(mode={settings.compile!r}), compiled during the warm-up steps"
     lines = [
         f"step = {step}; {LOSS_NOTE}",
         f"ms/step: median of {settings.steps} timed step(s) after {settings.warmup_steps} warm-up step(s)"
@@ -530,7 +547,7 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
         "tokens/s = batch x length / step time; "
         + (f"batch = {settings.batch_size} (fixed)" if settings.batch_size is not None
            else f"batch = max(1, {settings.tokens_per_step} tokens per step // length)"),
-        "peak MiB: " + memory_measurement(settings.device),
+        "peak MiB: " + memory_measurement(settings.device, settings.compile is not None),
         DROPOUT_NOTE,
         f"size of every model: hidden {settings.hidden_size}, {settings.num_layers} layers, {settings.num_heads} heads, "
         f"intermediate {settings.intermediate_size}; "
@@ -669,7 +686,7 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
     plots = write_plots(cells, output.parent)
     results = {
         "settings": dataclasses.asdict(settings), "environment": environment(settings.device),
-        "memory_measurement": memory_measurement(settings.device), "loss": LOSS_NOTE, "notes": table_notes,
+        "memory_measurement": memory_measurement(settings.device, settings.compile is not None), "loss": LOSS_NOTE, "notes": table_notes,
         "plots": plots, "wall_seconds": time.perf_counter() - started, "results": cells,
     }
     output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -55,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--warmup_steps", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps; the median is reported (default 5)")
     parser.add_argument("--no_optimizer_step", action="store_true", help="time forward + backward only")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=benchmark.COMPILE_MODES,
+                        help="torch.compile every model, with this mode (default: 'default'; 'reduce-overhead' "
+                             "adds CUDA graphs); needs --warmup_steps 2 or more")
     parser.add_argument("--inference", action="store_true",
                         help="time a forward pass under torch.inference_mode() (eval mode) instead of a training step")
     parser.add_argument("--model_config", default=None,
@@ -92,6 +95,7 @@ def settings_from_args(args) -> benchmark.BenchmarkSettings:
         tokens_per_step=None if args.batch_size is not None else pick(args.tokens_per_step, "tokens_per_step"),
         batch_size=args.batch_size, warmup_steps=args.warmup_steps, steps=args.steps,
         optimizer_step=not args.no_optimizer_step, baseline=baseline, seed=args.seed, inference=args.inference,
+        compile=args.compile,
         model_config=parse_config_overrides(args.model_config))
 
 
