@@ -114,7 +114,8 @@ def test_settings_check_names_the_problem():
     BenchmarkSettings(**good).check()
     for bad, match in ((dict(dtype="bf16"), "bf16"), (dict(lengths=[10**6]), "limit"),
                        (dict(window=33), "even"), (dict(baseline="hf-longformer"), "baseline"),
-                       (dict(hidden_size=30, num_heads=4), "divisible")):
+                       (dict(hidden_size=30, num_heads=4), "divisible"),
+                       (dict(compile="fast"), "compile='fast'"), (dict(compile="default", warmup_steps=1), "warm-up")):
         with pytest.raises(ValueError, match=match):
             BenchmarkSettings(**{**good, **bad}).check()
 
@@ -210,3 +211,14 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert cells[("hf-longformer", 64)]["time_vs_baseline"] == 1.0
     assert "dropout 0" in completed.stdout and "plots" in completed.stdout
     assert "time/hf-longformer" in completed.stdout
+
+
+def test_compile_setting_compiles_the_model_and_says_so():
+    torch._dynamo.reset()
+    settings = BenchmarkSettings(models=["dense"], lengths=[32], baseline=None, compile="default", warmup_steps=2,
+                                 steps=1, **TINY)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    cell = benchmark.measure("dense", settings, 32)
+    assert cell["error"] is None and cell["seconds_per_step"] > 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before
+    assert any("torch.compile(mode='default')" in line for line in benchmark.notes(settings, [cell]))
