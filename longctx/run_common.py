@@ -112,15 +112,31 @@ def _literal(value: str):
         return value
 
 
-def build_model(model_args: ModelArguments, auto_class, **task_fields):
-    """From the checkpoint, or a fresh longctx model of `--model_type` with the overrides and the
-    task's fields (e.g. num_labels)."""
+def build_model(model_args: ModelArguments, auto_class, tokenizer=None, **task_fields):
+    """From the checkpoint, or a fresh longctx model of `--model_type` with the task's fields (e.g.
+    num_labels), the overrides and, where the overrides do not set them, the tokenizer's vocabulary
+    size and special token ids."""
     if model_args.model_name_or_path is not None:
         return auto_class.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
                                           **task_fields)
     overrides = parse_config_overrides(model_args.config_overrides)
-    config = AutoConfig.for_model(model_args.model_type, **{**overrides, **task_fields})
+    from_tokenizer = tokenizer_fields(tokenizer, overrides) if tokenizer is not None else {}
+    config = AutoConfig.for_model(model_args.model_type, **{**from_tokenizer, **overrides, **task_fields})
     return auto_class.from_config(config)
+
+
+def tokenizer_fields(tokenizer, overrides: dict) -> dict:
+    """vocab_size = len(tokenizer) and the tokenizer's pad/bos/eos ids, for a model built from scratch;
+    an overridden vocab_size below len(tokenizer) could not embed its ids and raises."""
+    size = len(tokenizer)
+    if "vocab_size" in overrides and overrides["vocab_size"] < size:
+        raise ValueError(f"--config_overrides vocab_size={overrides['vocab_size']} is below the tokenizer's {size} "
+                         f"tokens; drop vocab_size (it defaults to the tokenizer's size) or raise it to {size}")
+    fields = {"vocab_size": size}
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            fields[name] = getattr(tokenizer, name)
+    return fields
 
 
 def load_tokenizer(model_args: ModelArguments):

@@ -68,7 +68,7 @@ def main(argv=None):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     raw = load_raw_datasets(data_args)
     tokenizer = load_tokenizer(model_args)
-    model = build_model(model_args, AutoModelForSequenceClassification, num_labels=2)
+    model = build_model(model_args, AutoModelForSequenceClassification, tokenizer, num_labels=2)
     train = eval_set = None
     if training_args.do_train:
         train = tokenized(first(raw["train"], data_args.max_train_samples), tokenizer, data_args)

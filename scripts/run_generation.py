@@ -70,7 +70,7 @@ def main(argv=None):
     model_args, args = parser.parse_args_into_dataclasses(argv)
     set_seed(args.seed)
     tokenizer = load_tokenizer(model_args)
-    model = build_model(model_args, AutoModelForCausalLM, **({"is_decoder": True} if model_args.model_type else {}))
+    model = build_model(model_args, AutoModelForCausalLM, tokenizer, **({"is_decoder": True} if model_args.model_type else {}))
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model.to(device).eval()
     text = Path(args.validation_file).read_text(encoding="utf-8")

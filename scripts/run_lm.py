@@ -82,7 +82,7 @@ def main(argv=None):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     tokenizer = load_tokenizer(model_args)
     auto_class, task_fields = (AutoModelForMaskedLM, {}) if data_args.mlm else (AutoModelForCausalLM, {"is_decoder": True})
-    model = build_model(model_args, auto_class, **(task_fields if model_args.model_type else {}))
+    model = build_model(model_args, auto_class, tokenizer, **(task_fields if model_args.model_type else {}))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     train = None
     if training_args.do_train:

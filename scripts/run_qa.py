@@ -114,7 +114,7 @@ def main(argv=None):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     raw = raw_splits(data_args)
     tokenizer = load_tokenizer(model_args)
-    model = build_model(model_args, AutoModelForQuestionAnswering)
+    model = build_model(model_args, AutoModelForQuestionAnswering, tokenizer)
     kwargs = dict(fn_kwargs=dict(tokenizer=tokenizer, data_args=data_args), batched=True)
     train = None
     if training_args.do_train:

@@ -223,13 +223,25 @@ def test_bpe_tokenizer_trained_on_reviews_serves_the_classification_script(tmp_p
     assert len(tokenizer(review)["input_ids"]) < len(review.encode()) + 1  # merges shorten byte sequences
     out = tmp_path / "run"
     run_script("run_classification.py", ["--model_type", "longctx-transformer",
-                                         "--config_overrides", TINY + f",vocab_size={len(tokenizer)}",
+                                         "--config_overrides", TINY,  # vocab_size: the tokenizer's
                                          "--tokenizer_name", str(tokenizer_dir),
                                          "--train_file", str(SAMPLES / "imdb_train.jsonl"),
                                          "--validation_file", str(SAMPLES / "imdb_test.jsonl"), "--max_seq_length", "64",
                                          "--max_train_samples", "8", "--max_eval_samples", "8", "--max_steps", "1",
                                          "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
     assert AutoTokenizer.from_pretrained(out)(review)["input_ids"] == tokenizer(review)["input_ids"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == len(tokenizer) and config["pad_token_id"] == tokenizer.pad_token_id
+
+
+def test_a_vocab_size_override_below_the_tokenizer_raises():
+    from longctx import byte_tokenizer
+    from longctx.run_common import build_model
+    from transformers import AutoModel
+
+    model_args = ModelArguments(model_type="longctx-transformer", config_overrides=TINY + ",vocab_size=100")
+    with pytest.raises(ValueError, match="vocab_size=100 is below the tokenizer's 261"):
+        build_model(model_args, AutoModel, byte_tokenizer())
 
 
 def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_path, monkeypatch):
