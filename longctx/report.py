@@ -79,6 +79,8 @@ def _data(info: dict) -> str:
              if key in data]
     limits = [f"{key.replace('max_', '').replace('_samples', '')} ≤ {data[key]}"
               for key in ("max_train_samples", "max_eval_samples") if key in data]
+    if "max_seq_length" in data:
+        limits.insert(0, f"{data['max_seq_length']} tokens")
     return ", ".join(dict.fromkeys(names)) + (f" ({', '.join(limits)})" if limits else "")
 
 

@@ -202,6 +202,7 @@ def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monke
     assert (tmp_path / "REPORT.md").read_text() == report
     row = next(line for line in report.splitlines() if line.startswith("| longctx-transformer"))
     assert f"{results['eval_accuracy']:,.4g}" in row and "imdb_train.jsonl" in row and "1×32" in row
+    assert "64 tokens" in row  # --max_seq_length of the run
     assert "run_classification.py --model_type longctx-transformer" in report  # the command that made it
     assert "| dense | 1024 | 4 | 500.0 | 8,192 | 100 |" in report and "- a note" in report
     with pytest.raises(ValueError, match="no results"):
