@@ -103,24 +103,29 @@ def length_normalised_keys(qk):
     return normed / math.sqrt(qk.shape[-1])
 
 
-def _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p):
-    if qk.dim() != 4 or v.shape != qk.shape:
-        raise ValueError(f"qk and v must both be (batch, heads, length, head_dim); got {tuple(qk.shape)} "
-                         f"and {tuple(v.shape)}.")
+def _check_chunking(length: int, chunk_length: int, num_chunks_before: int, num_chunks_after: int, dropout_p):
+    """The checks both chunked kernels (LSH and local) share."""
     if chunk_length < 1:
         raise ValueError(f"chunk_length={chunk_length} must be >= 1.")
     if num_chunks_before < 0 or num_chunks_after < 0:
-        raise ValueError("num_chunks_before and num_chunks_after must be >= 0.")
-    if num_hashes < 1:
-        raise ValueError(f"num_hashes={num_hashes} must be >= 1.")
+        raise ValueError(f"num_chunks_before={num_chunks_before} and num_chunks_after={num_chunks_after} "
+                         "must be >= 0.")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1).")
-    _bucket_factors(num_buckets)
-    length = qk.shape[2]
     if length > chunk_length and length % chunk_length:
         raise ValueError(f"length={length} is not a multiple of chunk_length={chunk_length}: pad the sequence "
                          f"to {-(-length // chunk_length) * chunk_length} (and mark the padding in "
                          "key_padding_mask), as ReformerModel does.")
+
+
+def _check(qk, v, num_hashes, num_buckets, chunk_length, num_chunks_before, num_chunks_after, dropout_p):
+    if qk.dim() != 4 or v.shape != qk.shape:
+        raise ValueError(f"qk and v must both be (batch, heads, length, head_dim); got {tuple(qk.shape)} "
+                         f"and {tuple(v.shape)}.")
+    if num_hashes < 1:
+        raise ValueError(f"num_hashes={num_hashes} must be >= 1.")
+    _bucket_factors(num_buckets)
+    _check_chunking(qk.shape[2], chunk_length, num_chunks_before, num_chunks_after, dropout_p)
 
 
 def _check_buckets(buckets, batch: int, heads: int, entries: int):
@@ -133,20 +138,23 @@ def _mask_values(dtype):
     return MASK_VALUE.get(dtype, DEFAULT_MASK_VALUE), SELF_MASK_VALUE.get(dtype, DEFAULT_SELF_MASK_VALUE)
 
 
-def _masked_scores(dots, q_pos, k_pos, key_ok, causal):
-    """transformers' masking: -1e9 for padded / future keys, then -1e5 for the query itself.
-    q_pos (..., n), k_pos (..., m), key_ok (..., m) bool or None; dots (..., n, m)."""
-    mask_value, self_value = _mask_values(dots.dtype)
-    allowed = None
-    if key_ok is not None:
-        allowed = key_ok[..., None, :]
+def _without_hidden_keys(dots, q_pos, k_pos, key_ok, causal):
+    """dots (..., n, m) with padded keys (key_ok (..., m) False) and, when causal, keys after the
+    query at the mask value (-1e9 in float32, transformers'). q_pos (..., n), k_pos (..., m)."""
+    allowed = None if key_ok is None else key_ok[..., None, :]
     if causal:
         not_future = q_pos[..., :, None] >= k_pos[..., None, :]
         allowed = not_future if allowed is None else allowed & not_future
-    if allowed is not None:
-        dots = dots.masked_fill(~allowed, mask_value)
+    if allowed is None:
+        return dots
+    return dots.masked_fill(~allowed, _mask_values(dots.dtype)[0])
+
+
+def _masked_scores(dots, q_pos, k_pos, key_ok, causal):
+    """transformers' LSH masking: hidden keys as above, then -1e5 for the query itself."""
+    dots = _without_hidden_keys(dots, q_pos, k_pos, key_ok, causal)
     is_self = q_pos[..., :, None] == k_pos[..., None, :]
-    return dots.masked_fill(is_self, self_value)
+    return dots.masked_fill(is_self, _mask_values(dots.dtype)[1])
 
 
 def _full_attention(qk, v, causal, key_padding_mask, dropout_p):
@@ -290,30 +298,12 @@ def _check_local(q, k, v, chunk_length, num_chunks_before, num_chunks_after, dro
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k and v must all be (batch, heads, length, head_dim); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)} and {tuple(v.shape)}.")
-    if chunk_length < 1 or num_chunks_before < 0 or num_chunks_after < 0:
-        raise ValueError(f"chunk_length={chunk_length} must be >= 1 and num_chunks_before={num_chunks_before}, "
-                         f"num_chunks_after={num_chunks_after} >= 0.")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p={dropout_p} must be in [0, 1).")
-    length = q.shape[2]
-    if length > chunk_length and length % chunk_length:
-        raise ValueError(f"length={length} is not a multiple of chunk_length={chunk_length}: pad the sequence "
-                         f"to {-(-length // chunk_length) * chunk_length} (and mark the padding in "
-                         "key_padding_mask), as ReformerModel does.")
+    _check_chunking(q.shape[2], chunk_length, num_chunks_before, num_chunks_after, dropout_p)
 
 
 def _local_scores(q, k_scaled, q_pos, k_pos, key_ok, causal):
-    """Dot products with keys already divided by sqrt(head_dim), padded / future keys at the mask
-    value (no self mask)."""
-    dots = q @ k_scaled.transpose(-1, -2)
-    allowed = None if key_ok is None else key_ok[..., None, :]
-    if causal:
-        not_future = q_pos[..., :, None] >= k_pos[..., None, :]
-        allowed = not_future if allowed is None else allowed & not_future
-    if allowed is None:
-        return dots
-    mask_value, _ = _mask_values(dots.dtype)
-    return dots.masked_fill(~allowed, mask_value)
+    """Dot products with keys already divided by sqrt(head_dim), hidden keys masked (no self mask)."""
+    return _without_hidden_keys(q @ k_scaled.transpose(-1, -2), q_pos, k_pos, key_ok, causal)
 
 
 def local_attention(q, k, v, *, chunk_length: int, num_chunks_before: int = 1, num_chunks_after: int = 0,

@@ -51,8 +51,8 @@ MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
 FIRST_TOKEN_ID = 5  # after the special tokens: no padding, no separators in the inputs
 REFORMER_CHUNK_LENGTH = 64
-STEAL_WARNING = 0.05
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # flag cells whose timed steps lost more CPU time than this to the hypervisor
+STEAL_WARNING = 0.05  # flag cells whose timed steps lost more CPU time than this to the hypervisor
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Per-device defaults of the settings that differ between a 2-core CPU and a GPU.
 DEVICE_DEFAULTS = {
@@ -132,7 +132,7 @@ class BenchmarkSettings:
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"compile={self.compile!r}: use one of {COMPILE_MODES} (or None for eager)")
         if self.compile and self.warmup_steps < 2:
-            raise ValueError(f"compile=True with warmup_steps={self.warmup_steps}: compiling (and a recompile after "
+            raise ValueError(f"compile={self.compile!r} with warmup_steps={self.warmup_steps}: compiling (and a recompile after "
                              "the first step) would be timed; use at least 2 warm-up steps")
         if self.global_tokens > min(self.lengths):
             raise ValueError(f"global_tokens={self.global_tokens} is more than the shortest length {min(self.lengths)}")
@@ -359,14 +359,22 @@ def make_inputs(spec: ModelSpec, settings: BenchmarkSettings, batch: int, length
     return inputs
 
 
+def autocast_for(settings: BenchmarkSettings):
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if settings.dtype == "bf16"
+            else contextlib.nullcontext())
+
+
+def backbone_loss(output) -> torch.Tensor:
+    """LOSS_NOTE's loss: the mean square of the backbone's last hidden state."""
+    hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+    return hidden.float().square().mean()
+
+
 def training_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -> float:
     """Forward, backward and (optionally) an optimizer step; returns the loss."""
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.dtype == "bf16"
-                else contextlib.nullcontext())
-    with autocast:
+    with autocast_for(settings):
         output = model(**inputs)
-    hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-    loss = hidden.float().square().mean()
+    loss = backbone_loss(output)
     loss.backward()
     if optimizer is not None:
         optimizer.step()
@@ -376,12 +384,8 @@ def training_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -
 
 def inference_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -> float:
     """A forward pass under torch.inference_mode(); returns the same scalar as a training step's loss."""
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.dtype == "bf16"
-                else contextlib.nullcontext())
-    with torch.inference_mode(), autocast:
-        output = model(**inputs)
-        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        return hidden.float().square().mean()
+    with torch.inference_mode(), autocast_for(settings):
+        return backbone_loss(model(**inputs))
 
 
 def cpu_ticks() -> tuple[int, int] | None:
@@ -523,10 +527,10 @@ def format_table(cells: list[dict], baseline: str | None) -> str:
     return "\n".join([render(lines[0]), "-+-".join("-" * w for w in widths), *map(render, lines[1:])])
 
 
-def memory_measurement(device: str, compiled: bool = False) -> str:
-    if device == "cuda":
+def memory_measurement(settings: BenchmarkSettings) -> str:
+    if settings.device == "cuda":
         # CUDA graphs allocate their memory pool while warming up; replays allocate nothing more.
-        span = "the warm-up and timed steps" if compiled else "the timed steps"
+        span = "the warm-up and timed steps" if settings.compile else "the timed steps"
         return (f"torch.cuda.max_memory_allocated over {span}, after reset_peak_memory_stats: "
                 "weights, gradients, optimizer state and activations")
     return ("peak growth of the process resident set size (longctx.study.PeakRSS: psutil, sampled every 5 ms) "
@@ -547,7 +551,7 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
         "tokens/s = batch x length / step time; "
         + (f"batch = {settings.batch_size} (fixed)" if settings.batch_size is not None
            else f"batch = max(1, {settings.tokens_per_step} tokens per step // length)"),
-        "peak MiB: " + memory_measurement(settings.device, settings.compile is not None),
+        "peak MiB: " + memory_measurement(settings),
         DROPOUT_NOTE,
         f"size of every model: hidden {settings.hidden_size}, {settings.num_layers} layers, {settings.num_heads} heads, "
         f"intermediate {settings.intermediate_size}; "
@@ -686,7 +690,7 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
     plots = write_plots(cells, output.parent)
     results = {
         "settings": dataclasses.asdict(settings), "environment": environment(settings.device),
-        "memory_measurement": memory_measurement(settings.device, settings.compile is not None), "loss": LOSS_NOTE, "notes": table_notes,
+        "memory_measurement": memory_measurement(settings), "loss": LOSS_NOTE, "notes": table_notes,
         "plots": plots, "wall_seconds": time.perf_counter() - started, "results": cells,
     }
     output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
