@@ -22,6 +22,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .attention_band_cpu import band_block_size, block_band_attention, can_run_block_band
 from .attention_dense import dense_attention, masked_attention_reference, masked_sdpa
 
 
@@ -63,7 +64,10 @@ def sliding_window_attention(q, k, v, *, window: int, key_padding_mask=None, glo
 
     kernel: "chunked" (batched SDPA over overlapping slabs; any device, dropout), "flex"
     (FlexAttention's block-sparse kernel; CUDA, no dropout, head dimension >= 16) or "auto": flex
-    where it can run on CUDA, chunked otherwise. Both compute the same function (tested against the reference).
+    where it can run on CUDA, chunked otherwise. All compute the same function (tested against the
+    reference). On CPU without dropout, "chunked" runs as mask-free flash calls over key blocks
+    (`attention_band_cpu`: faster) when the window has a divisor in [16, 256] and no chunk_size
+    is given; chunk_size (queries per slab) forces the slab form.
 
     block_masks: a dict shared by the calls of one forward pass with the same masks (the layers
     of a model), where the Flex kernel keeps its block masks instead of rebuilding them per layer."""
@@ -88,7 +92,20 @@ def sliding_window_attention(q, k, v, *, window: int, key_padding_mask=None, glo
             if kernel == "flex":
                 raise
             _warn_once(f"{error} Using the chunked kernel (the same attention, exact) for new shapes.")
+    if chunk_size is None and can_run_block_band(q, dropout_p):
+        block = band_block_size(window)
+        if block is not None:
+            return _cpu_block_band(q, k, v, window, key_padding_mask, global_key_mask, causal, block)
     return _chunked_attention(q, k, v, window, key_padding_mask, global_key_mask, causal, dropout_p, chunk_size)
+
+
+def _cpu_block_band(q, k, v, window, key_padding_mask, global_key_mask, causal, block):
+    key_ok = None if key_padding_mask is None else key_padding_mask.bool()
+    index = valid = None
+    if global_key_mask is not None:
+        index, valid = global_indices(global_key_mask.bool() if key_ok is None else global_key_mask.bool() & key_ok)
+    return block_band_attention(q, k, v, window=window, block=block, key_ok=key_ok, global_index=index,
+                                global_valid=valid, causal=causal)
 
 
 @functools.cache

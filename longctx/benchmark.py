@@ -586,7 +586,22 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
                      f"{settings.baseline}'s at the same length, in this run only (< 1: faster / smaller)")
     if settings.device == "cpu":
         lines.append(f"{CPU_NOISE_NOTE}; {torch.get_num_threads()} threads")
+        lines.append(allocator_note())
     return lines
+
+
+def allocator_note(environ=os.environ) -> str:
+    """CPU step times depend on the allocator: glibc's malloc hands large freed buffers back to
+    the OS and page-faults them in again on the next step, which costs most to models with large
+    temporaries (transformers' Longformer: about half its CPU step time, measured with the
+    settings below). The note says which regime a run measured."""
+    tuned = {name: environ[name] for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if name in environ}
+    preloaded = environ.get("LD_PRELOAD", "")
+    if tuned or "malloc" in preloaded:
+        chosen = ", ".join(f"{k}={v}" for k, v in tuned.items()) or f"LD_PRELOAD={preloaded}"
+        return f"allocator: {chosen} (large buffers kept between steps)"
+    return ("allocator: glibc malloc defaults (large freed buffers return to the OS and are page-faulted in again "
+            "each step; MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 keep them)")
 
 
 def device_name(device: str) -> str:

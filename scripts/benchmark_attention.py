@@ -4,8 +4,10 @@
     python scripts/benchmark_attention.py --lengths 4096 --batch 1 --device cpu --dtype fp32
 
 Kernels: "dense" (SDPA over the whole sequence, no mask), "chunked" and "flex" (longctx's two
-exact sliding-window kernels, `longctx.attention_sliding`), plus diagnostic FlexAttention variants
-on CUDA (`flex_variant`). Median times (CUDA events via triton.testing.do_bench on CUDA; wall
+exact sliding-window kernels, `longctx.attention_sliding`; on CPU without dropout "chunked" runs
+the block-band decomposition of `longctx.attention_band_cpu`), "chunked-slabs" (the chunked
+kernel's one-SDPA-over-key-slabs form, which CUDA and dropout use), plus diagnostic FlexAttention
+variants on CUDA (`flex_variant`). Median times (CUDA events via triton.testing.do_bench on CUDA; wall
 clock on CPU).
 """
 
@@ -23,7 +25,7 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 import torch.nn.functional as F
 
-from longctx.attention_sliding import sliding_window_attention
+from longctx.attention_sliding import default_chunk_size, sliding_window_attention
 
 
 def flex_variant(window: int, length: int, batch: int, device, variant: str):
@@ -55,6 +57,8 @@ def kernels(names, window, length, batch, device):
     table = {
         "dense": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
         "chunked": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="chunked"),
+        "chunked-slabs": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="chunked",
+                                                                  chunk_size=default_chunk_size(window)),
         "flex": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="flex"),
     }
     chosen = {}
@@ -90,7 +94,7 @@ def main(argv=None):
     parser.add_argument("--window", type=int, default=256, help="one-sided (Longformer attention_window 512)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--kernels", default="dense,chunked,flex",
+    parser.add_argument("--kernels", default="dense,chunked,chunked-slabs,flex",
                         help="also on CUDA: flex-canonical, flex-ours-plain-mask, flex-ours-dynamic (see flex_variant)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU")
     args = parser.parse_args(argv)

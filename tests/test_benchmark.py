@@ -222,3 +222,13 @@ def test_compile_setting_compiles_the_model_and_says_so():
     assert cell["error"] is None and cell["seconds_per_step"] > 0
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before
     assert any("torch.compile(mode='default')" in line for line in benchmark.notes(settings, [cell]))
+
+
+def test_cpu_notes_say_which_allocator_regime_was_measured():
+    """glibc's defaults page-fault large buffers in again every step; tuned settings or a
+    preloaded allocator keep them: the note tells the two apart."""
+    from longctx.benchmark import allocator_note
+    assert "glibc malloc defaults" in allocator_note({})
+    tuned = allocator_note({"MALLOC_MMAP_THRESHOLD_": "4294967296"})
+    assert "MALLOC_MMAP_THRESHOLD_=4294967296" in tuned and "defaults" not in tuned
+    assert "jemalloc" in allocator_note({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})

@@ -97,6 +97,26 @@ def test_in_memory_conversion_matches_transformers(class_name, window):
     assert_same(outputs(hf, class_name, **default), outputs(ours, class_name, **default), class_name, mask)
 
 
+def test_cpu_block_band_path_matches_transformers(monkeypatch):
+    """A window large enough for the CPU block-band kernel (one-sided 32: blocks of 32), 150
+    tokens with right padding and global tokens: still transformers' numbers."""
+    calls = []
+    original = longctx.attention_sliding.block_band_attention
+    monkeypatch.setattr(longctx.attention_sliding, "block_band_attention",
+                        lambda *a, **k: calls.append(k["block"]) or original(*a, **k))
+    hf = reference("LongformerModel", window=64, seed=3, max_position_embeddings=160 + PAD + 1)
+    ours = convert_transformers_model(hf)
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, VOCAB, (2, 150), generator=gen)
+    mask = (torch.arange(150)[None, :] < torch.tensor([[150], [97]])).long()
+    global_mask = torch.zeros_like(ids)
+    global_mask[0, [0, 140]] = global_mask[1, 5] = 1
+    inputs = dict(input_ids=ids, attention_mask=mask, global_attention_mask=global_mask)
+    assert_same(outputs(hf, "LongformerModel", **inputs), outputs(ours, "LongformerModel", **inputs),
+                "LongformerModel", mask)
+    assert calls == [32, 32]  # both layers went through it
+
+
 def test_backbone_from_inputs_embeds_matches_transformers():
     hf = reference("LongformerModel", seed=5)
     ours = convert_transformers_model(hf)
