@@ -12,20 +12,22 @@ call the merged output and log-sum-exp (as ring attention does), which yields th
 of the one softmax over all visible keys.
 
 Against the chunked kernel of `attention_sliding` (one SDPA over overlapping key slabs with a
-mask) this does the same multiply-adds without the slab copies, their scatter-back in the
-backward pass, the masks, or the large fresh gradient buffers whose page faults cost ~10% of a
-Longformer step on 2 cores (scripts/benchmark.py). Dropout is not supported (the flash kernel's
-CPU backward has none): the chunked kernel serves that case.
+mask) this skips the slab copies, their scatter-back in the backward pass, the masks, and the
+large slab-shaped gradient buffers, which glibc's malloc returns to the OS and page-faults in
+again on every step. Dropout is not supported (the flash kernel's CPU backward has none): the
+slab form serves that case.
 """
 
 import torch
 import torch.nn.functional as F
 
-
 _flash_forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 _flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
-MIN_BLOCK, MAX_BLOCK = 16, 256  # measured (2 cores, 4,096 tokens): below 16 the calls are too small to pay
+# At window 16 blocks of 16 still beat the slab form (23 vs 27 ms fwd+bwd, 4,096 tokens, 2 cores;
+# results/cpu-2026-11-23/benchmark_attention_4096_window16.log); smaller ones were not measured, so
+# windows without a divisor in [16, 256] keep the slab form.
+MIN_BLOCK, MAX_BLOCK = 16, 256
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -33,9 +35,10 @@ def band_block_size(window: int) -> int | None:
     """The block for a window: its largest divisor of at most MAX_BLOCK tokens; None when that
     is below MIN_BLOCK. Larger blocks compute more masked-out pairs (the kernel computes the two
     triangular blocks in full: 3 x 256 keys per query for window 256, against the 513 it needs)
-    but run the flash kernel at a better rate: fwd+bwd of one 4-head layer at 4,096 tokens took
-    98 ms with blocks of 256, 112 ms with 128, 145 ms with 64, and 162 ms in the chunked kernel
-    (scripts/benchmark_attention.py --device cpu)."""
+    but run the flash kernel at a better rate. Forward + backward of one 4-head layer at 4,096
+    tokens, 2 cores (results/cpu-2026-11-23/benchmark_attention_4096*.log): window 256 -- blocks
+    of 256 83 ms, 128 86 ms, 64 109 ms, the slab form 94 ms; window 512 -- blocks of 256 131 ms,
+    512 151 ms, 128 150 ms, the slab form 174 ms."""
     for block in range(min(window, MAX_BLOCK), MIN_BLOCK - 1, -1):
         if window % block == 0:
             return block

@@ -6,12 +6,14 @@
 Kernels: "dense" (SDPA over the whole sequence, no mask), "chunked" and "flex" (longctx's two
 exact sliding-window kernels, `longctx.attention_sliding`; on CPU without dropout "chunked" runs
 the block-band decomposition of `longctx.attention_band_cpu`), "chunked-slabs" (the chunked
-kernel's one-SDPA-over-key-slabs form, which CUDA and dropout use), plus diagnostic FlexAttention
-variants on CUDA (`flex_variant`). Median times (CUDA events via triton.testing.do_bench on CUDA; wall
+kernel's one-SDPA-over-key-slabs form, which CUDA and dropout use), "band-N" (CPU: the block-band
+form with blocks of N tokens, N dividing the window), plus diagnostic FlexAttention variants on
+CUDA (`flex_variant`). Median times (CUDA events via triton.testing.do_bench on CUDA; wall
 clock on CPU).
 """
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -25,6 +27,7 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 import torch.nn.functional as F
 
+from longctx.attention_band_cpu import block_band_attention
 from longctx.attention_sliding import default_chunk_size, sliding_window_attention
 
 
@@ -65,6 +68,8 @@ def kernels(names, window, length, batch, device):
     for name in names:
         if name.startswith("flex-") and device == "cuda":
             chosen[name] = flex_variant(window, length, batch, device, name[len("flex-"):])
+        elif name.startswith("band-"):
+            chosen[name] = functools.partial(block_band_attention, window=window, block=int(name[len("band-"):]))
         elif name in table:
             chosen[name] = table[name]
     return chosen
@@ -95,7 +100,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"])
     parser.add_argument("--kernels", default="dense,chunked,chunked-slabs,flex",
-                        help="also on CUDA: flex-canonical, flex-ours-plain-mask, flex-ours-dynamic (see flex_variant)")
+                        help="also band-N on CPU (blocks of N); on CUDA flex-canonical, flex-ours-plain-mask, "
+                             "flex-ours-dynamic (see flex_variant)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU")
     args = parser.parse_args(argv)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
