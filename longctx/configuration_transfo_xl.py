@@ -50,7 +50,14 @@ class LongctxTransfoXLConfig(LongctxConfig):
     TransfoXLConfig holds, and which "an encoder of every architecture" asks for, is read as True),
     so classification pools the last real token by default. It has no length limit:
     relative positions are computed for any length, so `max_position_embeddings` is unused.
-    `attn_type` must be 0 (the paper's attention; transformers supported no other either),
+    `attn_type`: 0 the paper's relative attention (the only one transformers supported), or 2,
+    the paper's absolute-position ablation: sinusoidal encodings of each new token's position in
+    its segment are added to its embedding, and the layers run plain softmax attention over memory
+    + segment (no u, v or position projection). Positions restart at 0 in every segment, so memory
+    tokens and new tokens share positions -- the ambiguity the ablation shows. The authors' code
+    (attn_type 2) counts positions back from the segment's last token; here they count forward
+    in real tokens from its first, as a vanilla Transformer does, so that a prefix's outputs do not
+    depend on how long its segment is and padding moves no position (clamped at `clamp_len`).
     `sample_softmax` must be <= 0, and `adaptive` is kept for transformers' configs (its
     PyTorch model, and this one, always use the adaptive softmax of `cutoffs`).
     """
@@ -130,7 +137,7 @@ class LongctxTransfoXLConfig(LongctxConfig):
                           f"smaller div_val, fewer cutoffs or a larger d_embed")
         self._require(len(self.tie_projs) == len(cutoffs) + 1, "tie_projs",
                       f"must hold one bool per cluster ({len(cutoffs) + 1}), or be None")
-        self._require(self.attn_type == 0, "attn_type",
-                      "must be 0 (relative positional attention of the paper, the only one transformers kept)")
+        self._require(self.attn_type in (0, 2), "attn_type",
+                      "must be 0 (the paper's relative positional attention) or 2 (its absolute-position ablation)")
         self._require(self.sample_softmax <= 0, "sample_softmax", "must be <= 0 (no sampled softmax)")
         self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Transformer-XL has no token types")

@@ -44,6 +44,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from .attention_dense import masked_attention_reference, masked_sdpa
 from .configuration_transfo_xl import LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
@@ -221,11 +222,12 @@ class RelativeSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.query = nn.Linear(config.hidden_size, inner, bias=False)
         self.key_value = nn.Linear(config.hidden_size, 2 * inner, bias=False)
-        self.position = nn.Linear(config.hidden_size, inner, bias=False)
         self.output = nn.Linear(inner, config.hidden_size, bias=False)
+        self.relative = config.attn_type == 0  # 2: the absolute-position ablation, plain attention
+        self.position = nn.Linear(config.hidden_size, inner, bias=False) if self.relative else None
         # u and v of the paper; with untie_r=False the backbone owns one pair for all layers
         self.content_bias = self.position_bias = None
-        if config.untie_r:
+        if config.untie_r and self.relative:
             self.content_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
             self.position_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
 
@@ -234,13 +236,23 @@ class RelativeSelfAttention(nn.Module):
         tokens; encodings: (k_len, d_model) of distances k_len - 1 .. 0."""
         q = split_heads(self.query(hidden), self.num_heads)  # (batch, heads, q_len, dim)
         k, v = (split_heads(t, self.num_heads) for t in self.key_value(context).chunk(2, dim=-1))
+        dropout_p = self.dropout_p if self.training else 0.0
+        if not self.relative:
+            return self._plain(q, k, v, allowed, dropout_p, output_attentions)
         r = self.position(encodings).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # (heads, k_len, dim)
         u, bias_v = shared_biases if self.content_bias is None else (self.content_bias, self.position_bias)
-        dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
             out, weights = relative_attention_reference(q, k, v, r, u, bias_v, allowed, dropout_p=dropout_p)
         else:
             out, weights = relative_attention(q, k, v, r, u, bias_v, allowed, dropout_p=dropout_p), None
+        return self.output(merge_heads(out)), weights
+
+    def _plain(self, q, k, v, allowed, dropout_p, output_attentions):
+        """attn_type 2: softmax(q k^T / sqrt(dim)) v over the visible keys, no position term."""
+        if output_attentions:
+            out, weights = masked_attention_reference(q, k, v, allowed, dropout_p=dropout_p)
+        else:
+            out, weights = masked_sdpa(q, k, v, allowed, dropout_p=dropout_p), None
         return self.output(merge_heads(out)), weights
 
 
@@ -419,7 +431,7 @@ class LongctxTransfoXLPreTrainedModel(LongctxPreTrainedModel):
         if isinstance(module, RelativeSelfAttention) and module.content_bias is not None:
             init.normal_(module.content_bias, 0.0, std)
             init.normal_(module.position_bias, 0.0, std)
-        elif isinstance(module, LongctxTransfoXLModel) and not self.config.untie_r:
+        elif isinstance(module, LongctxTransfoXLModel) and not self.config.untie_r and self.config.attn_type == 0:
             init.normal_(module.content_bias, 0.0, std)
             init.normal_(module.position_bias, 0.0, std)
         elif isinstance(module, AdaptiveEmbedding):
@@ -450,7 +462,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         self.embeddings = AdaptiveEmbedding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(TransfoXLBlock(config, i) for i in range(config.num_hidden_layers))
-        if not config.untie_r:
+        if not config.untie_r and config.attn_type == 0:
             self.content_bias = nn.Parameter(torch.zeros(config.num_attention_heads, config.d_head))
             self.position_bias = nn.Parameter(torch.zeros(config.num_attention_heads, config.d_head))
         self.output_size = config.hidden_size
@@ -481,13 +493,18 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         key_padding = self._key_padding(memory, new_padding, batch, length, reference.device)
         window = self.config.mem_len if self.config.same_length and self.config.mem_len > 0 else None
         allowed = visible_keys(length, memory.length, window, key_padding, reference.device)
-        encodings = self.dropout(self._encodings(memory.length + length, hidden))
+        encodings = None
+        if self.config.attn_type == 0:
+            encodings = self.dropout(self._encodings(memory.length + length, hidden))
+        else:
+            hidden = hidden + self._absolute_encodings(new_padding, batch, length, hidden)
         hidden = self.dropout(hidden)
 
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
-        shared = (self.content_bias, self.position_bias) if not self.config.untie_r else None
+        relative_shared = not self.config.untie_r and self.config.attn_type == 0
+        shared = (self.content_bias, self.position_bias) if relative_shared else None
         layer_inputs, all_weights = [], ()
         for layer, layer_memory in zip(self.layers, memory.hidden):
             layer_inputs.append(hidden)
@@ -508,6 +525,16 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         if self.config.clamp_len > 0:
             distances = distances.clamp(max=self.config.clamp_len)
         return sinusoid_encoding(distances, self.config.hidden_size, like.dtype)
+
+    def _absolute_encodings(self, new_padding, batch: int, length: int, like: torch.Tensor) -> torch.Tensor:
+        """attn_type 2: (batch or 1, length, d_model) sinusoids of each new token's position in its
+        segment, counted in real tokens from the segment's first one (left padding shifts nothing)."""
+        real = torch.ones(1, length, dtype=torch.long, device=like.device) if new_padding is None \
+            else new_padding.long()
+        positions = (real.cumsum(1) - real).flatten().float()  # real tokens before each one
+        if self.config.clamp_len > 0:
+            positions = positions.clamp(max=self.config.clamp_len)
+        return sinusoid_encoding(positions, self.config.hidden_size, like.dtype).view(real.shape[0], length, -1)
 
     @staticmethod
     def _new_token_padding(attention_mask, batch: int, length: int, memory: TransfoXLMemory):

@@ -301,3 +301,17 @@ def test_local_kernel_rejects_a_length_off_the_chunks():
     q = torch.randn(1, 1, 10, 4)
     with pytest.raises(ValueError, match="pad the sequence to 12"):
         local_attention(q, q, q, chunk_length=4)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_full_attention_ablation_is_dense_attention(causal):
+    """The README's Reformer-with-full-attention ablation: local layers whose chunk covers the
+    input (attn_layers all "local", local_attn_chunk_length >= length) compute dense attention."""
+    from longctx.attention_dense import dense_attention_reference
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 2, 24, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    padding = torch.arange(24)[None, :] < torch.tensor([[24], [17]])
+    got = local_attention(q, k, v, chunk_length=32, num_chunks_before=0, causal=causal, key_padding_mask=padding)
+    want, _ = dense_attention_reference(q, k, v, key_padding_mask=padding, causal=causal)
+    real = padding[:, None, :, None]
+    torch.testing.assert_close(got * real, want * real, rtol=1e-10, atol=1e-10)

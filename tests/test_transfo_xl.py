@@ -2,6 +2,8 @@
 behaviour: the relative attention kernel against explicit distances, segment recurrence equal to
 one forward over the concatenation, generation carrying memory, the adaptive softmax."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -10,6 +12,7 @@ from longctx.modeling_transfo_xl import (
     relative_attention,
     relative_attention_reference,
     relative_shift,
+    sinusoid_encoding,
     visible_keys,
 )
 from model_harness import ModelHarness, pad
@@ -31,7 +34,7 @@ class TransfoXLHarness(ModelHarness):
     encoder_heads = ()  # causal only: memory of earlier segments
     bad_configs = ModelHarness.bad_configs + [
         (dict(cutoffs=[300]), "cutoffs"), (dict(cutoffs=[50, 20]), "cutoffs"), (dict(div_val=0), "div_val"),
-        (dict(mem_len=-1), "mem_len"), (dict(attn_type=2), "attn_type"), (dict(type_vocab_size=2), "type_vocab_size"),
+        (dict(mem_len=-1), "mem_len"), (dict(attn_type=1), "attn_type"), (dict(type_vocab_size=2), "type_vocab_size"),
         (dict(cutoffs=[20], div_val=64, d_embed=32), "div_val"), (dict(tie_projs=[True] * 5), "tie_projs"),
         (dict(hidden_size=33, num_attention_heads=3), "hidden_size"),
     ]
@@ -76,6 +79,25 @@ class TestTransfoXLUntiedProjectedSoftmax(TransfoXLHarness):
     config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
                          d_embed=16, cutoffs=[120], tie_word_embeddings=False, proj_share_all_but_first=False,
                          mem_len=16)
+
+
+class TestTransfoXLAbsolutePositions(TransfoXLHarness):
+    """The absolute-position ablation (attn_type=2), with shared-bias settings that it ignores."""
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         mem_len=16, attn_type=2, untie_r=False)
+
+    def test_cached_decoding_equals_full_forward(self):
+        """Overridden: absolute positions restart in every segment, so a token decoded alone after
+        a memory sits at position 0, not at its place in the full sequence -- the ambiguity the
+        ablation measures. The prefix matches the full forward; the next token does not (the
+        harness's check holds for attn_type 0, in the other classes)."""
+        model = self.model("causal-lm", True)
+        ids = self.ids(2, 12)
+        full = model(ids).logits
+        prefix = model(ids[:, :6], use_cache=True)
+        torch.testing.assert_close(prefix.logits, full[:, :6], rtol=1e-5, atol=1e-5)
+        after = model(ids[:, 6:7], past_key_values=prefix.past_key_values).logits
+        assert not torch.allclose(after, full[:, 6:7], rtol=1e-3, atol=1e-3)
 
 
 def tiny(**overrides):
@@ -254,3 +276,29 @@ def test_token_types_are_refused():
     ids = torch.randint(5, 261, (1, 4))
     with pytest.raises(ValueError, match="type_vocab_size"):
         model(ids, token_type_ids=torch.ones_like(ids))
+
+
+def test_absolute_positions_are_plain_attention_over_memory_and_segment():
+    """attn_type=2 spelled out for one post-LN layer: embeddings plus sinusoids of positions
+    0, 1, ... in each segment (restarting), softmax(q k^T / sqrt(d)) v over memory + segment with
+    the causal mask, then the residual LayerNorms and feed-forward."""
+    model = tiny(attn_type=2, mem_len=8, num_hidden_layers=1).model
+    first, second = torch.randint(5, 261, (2, 5)), torch.randint(5, 261, (2, 4))
+    with torch.no_grad():
+        memory = model(first).past_key_values
+        got = model(second, mems=memory).last_hidden_state
+        embed = lambda ids: model.embeddings(ids) + sinusoid_encoding(torch.arange(ids.shape[1]).float(), 32,
+                                                                      torch.float32)  # noqa: E731
+        torch.testing.assert_close(memory[0], embed(first))
+        layer = model.layers[0]
+        hidden = embed(second)
+        heads = lambda x: x.view(2, x.shape[1], 4, 8).transpose(1, 2)  # noqa: E731
+        q = heads(layer.attention.query(hidden))
+        k, v = (heads(t) for t in layer.attention.key_value(torch.cat([memory[0], hidden], 1)).chunk(2, -1))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(8)
+        future = torch.arange(9)[None, :] > torch.arange(5, 9)[:, None]
+        weights = scores.masked_fill(future, float("-inf")).softmax(-1)
+        attended = layer.attention.output((weights @ v).transpose(1, 2).reshape(2, 4, 32))
+        x = layer.attention_norm(hidden + attended)
+        want = layer.feed_forward_norm(x + layer.feed_forward(x))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
