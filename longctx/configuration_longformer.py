@@ -18,8 +18,9 @@ class LongctxLongformerConfig(LongctxConfig):
     False is the "no global attention" ablation: only an explicit mask makes tokens global.
 
     `sliding_window_kernel`: "auto" (FlexAttention on CUDA when attention dropout is off, the
-    chunked SDPA kernel otherwise), "chunked" or "flex" (CUDA; no attention dropout). Both are
-    exact: the choice changes speed, not the function computed.
+    chunked SDPA kernel otherwise), "chunked" or "flex" (CUDA; no attention dropout). On CPU
+    without dropout the chunked kernel runs as mask-free flash calls over key blocks
+    (`attention_band_cpu`). All are exact: the choice changes speed, not the function computed.
     """
 
     model_type = "longctx-longformer"
