@@ -2,17 +2,23 @@
 
 For each architecture (skipping a task whose head it lacks):
 
-1. IMDb sample classification -- an encoder with `AutoModelForSequenceClassification`, trained
-   with the stock `transformers.Trainer`, scored on the test sample (accuracy, precision,
+1. byte-level IMDb classification -- an encoder with `AutoModelForSequenceClassification`,
+   trained with the stock `transformers.Trainer`, scored on test reviews (accuracy, precision,
    recall, F1 of the positive class);
-2. byte-level language modelling on a book excerpt -- a decoder with `AutoModelForCausalLM`,
-   scored on a different book (perplexity and bits per byte);
-3. efficiency of both trainings: tokens per second after a warm-up step, and the peak growth
-   of the process's resident memory while training.
+2. byte-level language modelling of a book -- a decoder with `AutoModelForCausalLM`, scored on
+   a different book (perplexity and bits per byte);
+3. efficiency of both trainings: tokens per second after a warm-up step, and the peak memory
+   growth while training (process resident memory on CPU, allocated GPU memory on CUDA).
 
 `run_study` returns the results, prints one comparison table and writes `study_results.json`.
-Only the "smoke" preset exists today: tiny shipped samples, a few minutes on 2 CPU cores, a
-check that everything runs end to end -- its accuracies are not results.
+Presets (`PRESETS`) fix the size, data, budget and device:
+
+* "smoke" (the default): the tiny samples shipped in longctx/samples, a few minutes on 2 CPU
+  cores, a check that everything runs end to end -- its accuracies are not results;
+* "cpu": the real data (a `data_dir` laid out like ../shared/data; IMDb alone may come from
+  the Hub) at 1,024 bytes on CPU, an hour or two on 2 cores, test reviews subsampled;
+* "gpu-lra": the Long Range Arena text task (IMDb at 4,096 bytes) and the books LM at 4,096
+  bytes on a CUDA GPU, for hours; it refuses to run without one.
 
 This module is a user of the models; modeling files never import it.
 """
@@ -25,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import random
 import threading
 import time
 import traceback
@@ -66,6 +73,15 @@ class TaskBudget:
     steps: int
     learning_rate: float
     eval_batch_size: int = 32
+    # Classification: score the first `eval_rows` reviews of a fixed shuffle (seed 0) of the test
+    # set; None scores them all.
+    eval_rows: int | None = None
+    # Language modelling: score the first `eval_chars` characters of the held-out book; None: all.
+    eval_chars: int | None = None
+
+
+SHIPPED_SAMPLES = "samples"  # longctx/samples
+REAL_DATA = "real"  # a data_dir laid out like ../shared/data; IMDb alone may come from the Hub
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,15 @@ class Preset:
     model: dict = field(default_factory=dict)
     classification: TaskBudget | None = None
     language_modeling: TaskBudget | None = None
+    data: str = SHIPPED_SAMPLES
+    device: str = "cpu"  # "cpu" or "cuda"; a CUDA preset refuses to run without a GPU
+    bf16: bool = False  # bf16 mixed-precision training (Trainer bf16=True); evaluation stays fp32
+
+    def __post_init__(self):
+        if self.data not in (SHIPPED_SAMPLES, REAL_DATA):
+            raise ValueError(f"Preset.data={self.data!r}: use {SHIPPED_SAMPLES!r} or {REAL_DATA!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"Preset.device={self.device!r}: use 'cpu' or 'cuda'")
 
 
 PRESETS = {
@@ -89,7 +114,49 @@ PRESETS = {
         classification=TaskBudget(max_length=512, batch_size=8, steps=40, learning_rate=1e-3),
         language_modeling=TaskBudget(max_length=512, batch_size=8, steps=40, learning_rate=1e-3),
     ),
+    "cpu": Preset(
+        name="cpu",
+        description="real data (--data_dir): byte-level IMDb and an Austen novel at 1,024 bytes, an hour or "
+                    "two on 2 CPU cores for all five architectures",
+        model=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
+                   attention_probs_dropout_prob=0.0),  # no attention dropout: same reason as smoke
+        # 2,000 test reviews, not 25,000: scoring them all at 1,024 bytes would take longer than
+        # the training, for every architecture. A fixed shuffle: the split is sorted by label.
+        classification=TaskBudget(max_length=1024, batch_size=8, steps=400, learning_rate=1e-3, eval_rows=2000),
+        language_modeling=TaskBudget(max_length=1024, batch_size=8, steps=400, learning_rate=1e-3,
+                                     eval_chars=200_000),
+        data=REAL_DATA,
+    ),
+    "gpu-lra": Preset(
+        name="gpu-lra",
+        description="NEEDS A CUDA GPU and takes hours: the Long Range Arena text task (byte-level IMDb at "
+                    "4,096 tokens, full test set) and the books LM at 4,096 bytes, bf16, real data (--data_dir)",
+        # Attention dropout stays at the config default: on CUDA, SDPA's fused kernels handle it.
+        model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+        # Evaluation in batches of 8: evaluation runs in fp32, and a 32 x 4,096 batch of explicit
+        # attention scores (Transformer-XL) would be 8 GiB a layer.
+        classification=TaskBudget(max_length=4096, batch_size=32, steps=5000, learning_rate=5e-4, eval_batch_size=8),
+        language_modeling=TaskBudget(max_length=4096, batch_size=8, steps=5000, learning_rate=5e-4,
+                                     eval_batch_size=8),
+        data=REAL_DATA, device="cuda", bf16=True,
+    ),
 }
+
+
+def resolve_preset(preset: str | Preset) -> Preset:
+    """A name in PRESETS, or a Preset itself (e.g. a `dataclasses.replace` of one)."""
+    if isinstance(preset, Preset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+def check_device(preset: Preset):
+    """A CUDA preset's sizes and budget are hours on a GPU: never fall back to the CPU."""
+    if preset.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"preset {preset.name!r} needs a CUDA GPU and torch.cuda.is_available() is False "
+                         "here; it does not fall back to the CPU (use --preset cpu for real data on CPU)")
 
 
 # --------------------------------------------------------------------------- data
@@ -126,6 +193,141 @@ def byte_ids(text: str, tokenizer) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def real_token_fraction(dataset, max_length: int) -> float:
+    """Share of the padded positions that hold text, counted in Arrow (a 25,000 x 4,096 mask as
+    Python lists would take gigabytes)."""
+    import pyarrow.compute as pc
+
+    return pc.sum(pc.list_flatten(dataset.data.column("attention_mask"))).as_py() / (len(dataset) * max_length)
+
+
+# What a data_dir must hold: the layout of ../shared/data.
+REAL_DATA_FILES = {"imdb_train": "imdb/train.parquet", "imdb_test": "imdb/test.parquet",
+                   "book_train": "books/austen-emma.txt", "book_valid": "books/austen-sense.txt"}
+DATA_LAYOUT = ", ".join(REAL_DATA_FILES.values())
+HUB_IMDB = "imdb"
+
+
+def data_file(data_dir: str | os.PathLike, part: str) -> Path:
+    path = Path(data_dir) / REAL_DATA_FILES[part]
+    if not path.is_file():
+        raise ValueError(f"{path} not found: --data_dir must be laid out like ../shared/data ({DATA_LAYOUT})")
+    return path
+
+
+def checked_reviews(texts, labels, origin: str) -> list[dict]:
+    """Rows {"text", "label"}; labels must be 0/1 (an unlabelled split has -1)."""
+    rows = [{"text": text, "label": int(label)} for text, label in zip(texts, labels)]
+    unexpected = sorted({row["label"] for row in rows} - {0, 1})
+    if unexpected:
+        raise ValueError(f"{origin}: labels {unexpected}; the study needs 0 (negative) and 1 (positive)")
+    return rows
+
+
+def read_imdb_parquet(path: Path) -> list[dict]:
+    import pandas as pd
+
+    frame = pd.read_parquet(path)
+    missing = sorted({"text", "label"} - set(frame.columns))
+    if missing:
+        raise ValueError(f"{path}: no column(s) {missing}; IMDb files need columns text and label")
+    return checked_reviews(frame["text"], frame["label"], str(path))
+
+
+def hub_imdb(split: str) -> list[dict]:
+    import datasets
+
+    try:
+        table = datasets.load_dataset(HUB_IMDB, split=split)
+    # Offline, this fails in many ways (connection, DNS, offline mode, missing cache): all mean
+    # the same to the user.
+    except Exception as error:
+        raise ValueError(f"IMDb: no --data_dir given and the Hugging Face Hub dataset {HUB_IMDB!r} could not be "
+                         f"loaded ({type(error).__name__}: {error}); pass --data_dir DIR laid out like "
+                         f"../shared/data ({DATA_LAYOUT})") from error
+    return checked_reviews(table["text"], table["label"], f"Hub dataset {HUB_IMDB!r}")
+
+
+def read_reviews(preset: Preset, split: str, data_dir) -> tuple[list[dict], str]:
+    """IMDb rows of `split` ("train" or "test") and where they came from."""
+    if preset.data == SHIPPED_SAMPLES:
+        return load_imdb(split), f"longctx/samples/imdb_{split}.jsonl"
+    if data_dir is not None:
+        path = data_file(data_dir, f"imdb_{split}")
+        return read_imdb_parquet(path), str(path)
+    return hub_imdb(split), f"Hugging Face Hub dataset {HUB_IMDB!r}, split {split!r}"
+
+
+def read_book(preset: Preset, split: str, data_dir) -> tuple[str, str]:
+    """The book of `split` ("train" or "valid") and where it came from."""
+    if preset.data == SHIPPED_SAMPLES:
+        return load_book(split), f"longctx/samples/book_{split}.txt"
+    if data_dir is None:
+        raise ValueError(f"preset {preset.name!r}: the books for language modelling have no Hub fallback; pass "
+                         f"--data_dir DIR laid out like ../shared/data ({DATA_LAYOUT})")
+    path = data_file(data_dir, f"book_{split}")
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def scored_rows(rows: list[dict], eval_rows: int | None) -> list[dict]:
+    """All rows, or the first `eval_rows` of a fixed shuffle (seed 0): IMDb splits are sorted
+    by label, so a plain prefix would be a single class."""
+    if eval_rows is None or eval_rows >= len(rows):
+        return rows
+    shuffled = list(rows)
+    random.Random(0).shuffle(shuffled)
+    return shuffled[:eval_rows]
+
+
+@dataclass
+class StudyData:
+    """The text one study run trains and scores on, read once and shared by every architecture;
+    a part the preset's tasks do not use stays None."""
+
+    imdb_train: list[dict] | None = None
+    imdb_test: list[dict] | None = None  # the reviews scored (eval_rows of them, or all)
+    book_train: str | None = None
+    book_valid: str | None = None  # the text scored (its first eval_chars characters, or all)
+    summary: dict = field(default_factory=dict)  # origins and sizes, for the results and notes
+    _classification_sets: dict = field(default_factory=dict, repr=False)
+
+    def classification_sets(self, max_length: int):
+        """(train, test) tokenized at `max_length`, once for all architectures."""
+        if max_length not in self._classification_sets:
+            tokenizer = longctx.byte_tokenizer(model_max_length=max_length)
+            self._classification_sets[max_length] = (
+                classification_dataset(self.imdb_train, tokenizer, max_length),
+                classification_dataset(self.imdb_test, tokenizer, max_length))
+        return self._classification_sets[max_length]
+
+
+def load_study_data(preset: Preset, data_dir: str | os.PathLike | None = None) -> StudyData:
+    """The preset's data: the shipped samples, or the real data from `data_dir` (IMDb alone may
+    come from the Hub without it). A real-data preset never falls back to the samples."""
+    if preset.data == SHIPPED_SAMPLES and data_dir is not None:
+        raise ValueError(f"preset {preset.name!r} runs on the shipped samples; --data_dir is for the real-data "
+                         f"presets ({', '.join(name for name, p in PRESETS.items() if p.data == REAL_DATA)})")
+    data = StudyData()
+    lm, classification = preset.language_modeling, preset.classification
+    if lm is not None:  # books first: a missing book should fail before a Hub download of IMDb
+        data.book_train, train_origin = read_book(preset, "train", data_dir)
+        book_valid, valid_origin = read_book(preset, "valid", data_dir)
+        data.book_valid = book_valid[:lm.eval_chars]
+        data.summary.update(book_train=train_origin, book_train_chars=len(data.book_train),
+                            book_valid=valid_origin, book_valid_chars=len(book_valid),
+                            book_valid_chars_scored=len(data.book_valid))
+    if classification is not None:
+        data.imdb_train, train_origin = read_reviews(preset, "train", data_dir)
+        imdb_test, test_origin = read_reviews(preset, "test", data_dir)
+        data.imdb_test = scored_rows(imdb_test, classification.eval_rows)
+        data.summary.update(imdb_train=train_origin, imdb_train_rows=len(data.imdb_train),
+                            imdb_test=test_origin, imdb_test_rows=len(imdb_test),
+                            imdb_test_rows_scored=len(data.imdb_test),
+                            imdb_test_selection="all" if len(data.imdb_test) == len(imdb_test)
+                            else "the first rows of a seed-0 shuffle (random.Random(0).shuffle)")
+    return data
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -139,6 +341,8 @@ class StepTimer(TrainerCallback):
         self.step_ends: list[float] = []
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.device.type == "cuda":  # kernels run asynchronously: time their end, not their launch
+            torch.cuda.synchronize(args.device)
         self.step_ends.append(time.perf_counter())
 
     def throughput(self, tokens_per_step: int) -> dict:
@@ -188,25 +392,59 @@ class PeakRSS:
         return False
 
 
+class PeakCudaMemory:
+    """Peak growth of the memory PyTorch allocates on the current GPU over the `with` block, in
+    MiB (the peak statistics are reset at entry, so an earlier training does not count)."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.baseline = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize()
+        self.growth_mib = (torch.cuda.max_memory_allocated() - self.baseline) / 2**20
+        return False
+
+
 MEMORY_MEASUREMENT = ("peak growth of the process resident set size (psutil, sampled every 5 ms) during "
                       "Trainer.train(), over the RSS just before it; includes gradients, optimizer state, "
                       "activations and allocator overhead")
+CUDA_MEMORY_MEASUREMENT = ("peak growth of torch.cuda.max_memory_allocated (peak statistics reset just before) "
+                           "during Trainer.train(), over the memory allocated just before it (the model already "
+                           "on the GPU); includes gradients, optimizer state and activations, not the caching "
+                           "allocator's reserve or the CUDA context")
 
 
-def train(model, dataset, budget: TaskBudget, seed: int, output_dir: Path, tokens_per_step: int) -> dict:
-    """Fixed-step training with the stock Trainer on CPU; returns loss and efficiency numbers."""
-    args = TrainingArguments(
+def memory_meter(device: str):
+    return PeakCudaMemory() if device == "cuda" else PeakRSS()
+
+
+def memory_measurement(device: str) -> str:
+    return CUDA_MEMORY_MEASUREMENT if device == "cuda" else MEMORY_MEASUREMENT
+
+
+def training_arguments(preset: Preset, budget: TaskBudget, seed: int, output_dir: Path) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(output_dir), max_steps=budget.steps, per_device_train_batch_size=budget.batch_size,
         learning_rate=budget.learning_rate, warmup_steps=budget.steps // 10, weight_decay=0.01,
-        lr_scheduler_type="linear", seed=seed, data_seed=seed, use_cpu=True, report_to=[],
-        save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+        lr_scheduler_type="linear", seed=seed, data_seed=seed, use_cpu=preset.device == "cpu", bf16=preset.bf16,
+        report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0)
+
+
+def train(model, dataset, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
+          tokens_per_step: int) -> dict:
+    """Fixed-step training with the stock Trainer on the preset's device; returns loss and
+    efficiency numbers."""
+    args = training_arguments(preset, budget, seed, output_dir)
     timer = StepTimer()
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
                       callbacks=[timer])
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
-    with PeakRSS() as memory:
+    with memory_meter(preset.device) as memory:
         output = trainer.train()
     return {"train_loss": output.training_loss, **timer.throughput(tokens_per_step),
             "peak_memory_mib": memory.growth_mib, "train_seconds": output.metrics["train_runtime"]}
@@ -220,50 +458,54 @@ def build_config(model_type: str, preset: Preset, max_length: int, **task_fields
 
 
 def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
-                       metrics: Metrics) -> dict:
-    tokenizer = longctx.byte_tokenizer(model_max_length=budget.max_length)
-    train_set = classification_dataset(load_imdb("train"), tokenizer, budget.max_length)
-    test_set = classification_dataset(load_imdb("test"), tokenizer, budget.max_length)
+                       metrics: Metrics, data: StudyData) -> dict:
+    train_set, test_set = data.classification_sets(budget.max_length)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=False, num_labels=2)
     model = AutoModelForSequenceClassification.from_config(config)
-    result = train(model, train_set, budget, seed, output_dir / "classification",
+    result = train(model, train_set, preset, budget, seed, output_dir / "classification",
                    tokens_per_step=budget.batch_size * budget.max_length)
     trainer = Trainer(model=model, args=TrainingArguments(
         output_dir=str(output_dir / "classification"), per_device_eval_batch_size=budget.eval_batch_size,
-        use_cpu=True, report_to=[], disable_tqdm=True), data_collator=default_data_collator)
+        use_cpu=preset.device == "cpu", report_to=[], disable_tqdm=True), data_collator=default_data_collator)
     predictions = trainer.predict(test_set)
     predicted = predictions.predictions.argmax(-1).tolist()
     result.update(metrics(predicted, predictions.label_ids.tolist()))
     result.update(train_rows=len(train_set), test_rows=len(test_set),
-                  real_token_fraction=sum(map(sum, train_set["attention_mask"])) / (len(train_set) * budget.max_length))
+                  test_rows_total=data.summary["imdb_test_rows"],
+                  real_token_fraction=real_token_fraction(train_set, budget.max_length))
     return result
 
 
-def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path) -> dict:
+def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
+                          data: StudyData) -> dict:
     tokenizer = longctx.byte_tokenizer(model_max_length=10**9)  # whole books, chunked below
-    train_ids, valid_ids = byte_ids(load_book("train"), tokenizer), byte_ids(load_book("valid"), tokenizer)
+    train_ids, valid_ids = byte_ids(data.book_train, tokenizer), byte_ids(data.book_valid, tokenizer)
     train_set = lm_blocks(train_ids, budget.max_length)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=True)
     model = AutoModelForCausalLM.from_config(config)
-    result = train(model, train_set, budget, seed, output_dir / "language_modeling",
+    result = train(model, train_set, preset, budget, seed, output_dir / "language_modeling",
                    tokens_per_step=budget.batch_size * budget.max_length)
     result.update(evaluate_lm(model, valid_ids, budget.max_length, budget.eval_batch_size))
-    result.update(train_blocks=len(train_set), train_bytes=len(train_ids), valid_bytes=len(valid_ids))
+    result.update(train_blocks=len(train_set), train_bytes=len(train_ids), valid_bytes=len(valid_ids),
+                  valid_chars=len(data.book_valid))
     return result
 
 
-def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Path, metrics: Metrics) -> dict:
+def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Path, metrics: Metrics,
+                     data: StudyData) -> dict:
     """Both tasks for one architecture; a task its heads lack is skipped, a failing one recorded."""
     heads = longctx.ARCHITECTURES[model_type].heads
     row = {"architecture": model_type, "classification": None, "language_modeling": None,
            "skipped": [], "errors": {}}
     tasks = {
         "classification": (CLASSIFICATION_HEAD, preset.classification,
-                           lambda budget: run_classification(model_type, preset, budget, seed, output_dir, metrics)),
+                           lambda budget: run_classification(model_type, preset, budget, seed, output_dir, metrics,
+                                                             data)),
         "language_modeling": (CAUSAL_LM_HEAD, preset.language_modeling,
-                              lambda budget: run_language_modeling(model_type, preset, budget, seed, output_dir)),
+                              lambda budget: run_language_modeling(model_type, preset, budget, seed, output_dir,
+                                                                   data)),
     }
     for task, (head, budget, run) in tasks.items():
         if head not in heads or budget is None:
@@ -317,32 +559,66 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([render(cells[0]), "-+-".join("-" * w for w in widths), *map(render, cells[1:])])
 
 
-def table_notes(preset: Preset, metrics: Metrics) -> list[str]:
-    lm = preset.language_modeling
-    return [
-        f"accuracy, F1: IMDb sample test set, F1 of label 1 (positive); metrics: {metrics.implementation}",
-        f"perplexity, bits/byte: byte-level, on book_valid.txt (a different book), {lm.max_length}-byte blocks "
-        "scored independently",
-        f"train tok/s, peak mem: causal-LM training, {lm.batch_size} x {lm.max_length} tokens a step, "
-        "after a warm-up step; peak mem = " + MEMORY_MEASUREMENT.split(";")[0]
-        + " (classification numbers: study_results.json)",
-        SMOKE_DISCLAIMER if preset.name == "smoke" else "",
-    ]
+def table_notes(preset: Preset, metrics: Metrics, data: StudyData) -> list[str]:
+    notes, lm, facts = [], preset.language_modeling, data.summary
+    if preset.classification is not None:
+        notes.append(f"accuracy, F1: IMDb test reviews from {facts['imdb_test']}, {scored_share(facts)}; F1 of "
+                     f"label 1 (positive); metrics: {metrics.implementation}")
+    if lm is not None:
+        notes.append(f"perplexity, bits/byte: byte-level, on {facts['book_valid']} (a different book), "
+                     f"{scored_text(facts)}, {lm.max_length}-byte blocks scored independently")
+        notes.append(f"train tok/s, peak mem: causal-LM training, {lm.batch_size} x {lm.max_length} tokens a step, "
+                     "after a warm-up step; peak mem = " + memory_measurement(preset.device).split(";")[0]
+                     + " (classification numbers: study_results.json)")
+    if preset.bf16:
+        notes.append(PRECISION_BF16)
+    if preset.name == "smoke":
+        notes.append(SMOKE_DISCLAIMER)
+    return notes
 
 
-def environment() -> dict:
-    return {"device": "cpu", "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+PRECISION_BF16 = "training in bf16 mixed precision (Trainer bf16=True, fp32 weights); evaluation in fp32"
+
+
+def scored_share(facts: dict) -> str:
+    scored, total = facts["imdb_test_rows_scored"], facts["imdb_test_rows"]
+    if scored == total:
+        return f"all {total:,} scored"
+    return f"{scored:,} of {total:,} scored (the first of a seed-0 shuffle)"
+
+
+def scored_text(facts: dict) -> str:
+    scored, total = facts["book_valid_chars_scored"], facts["book_valid_chars"]
+    return f"all {total:,} characters" if scored == total else f"its first {scored:,} of {total:,} characters"
+
+
+def environment(device: str) -> dict:
+    info = {"device": device, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "longctx": longctx.__version__,
             "platform": platform.platform()}
+    if device == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    return info
 
 
-def warm_up(preset: Preset, output_dir: Path):
+def device_summary(preset: Preset) -> str:
+    if preset.device == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name()})" + (", bf16 mixed precision" if preset.bf16 else "")
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def steps_summary(preset: Preset) -> str:
+    budgets = (("classification", preset.classification), ("LM", preset.language_modeling))
+    return " + ".join(f"{budget.steps} {task}" for task, budget in budgets if budget is not None) + " steps each"
+
+
+def warm_up(preset: Preset, output_dir: Path, data: StudyData):
     """Two steps of a tiny baseline LM, so that one-time costs of the process (thread pools,
-    allocator arenas, Trainer set-up) do not land on the first architecture's numbers."""
+    allocator arenas, CUDA context, Trainer set-up) do not land on the first architecture's numbers."""
     budget = dataclasses.replace(preset.language_modeling, steps=2, batch_size=2)
     tiny = dataclasses.replace(preset, model=dict(preset.model, hidden_size=32, intermediate_size=32))
-    run_language_modeling(WARM_UP_ARCHITECTURE, tiny, budget, seed=0, output_dir=output_dir)
+    run_language_modeling(WARM_UP_ARCHITECTURE, tiny, budget, seed=0, output_dir=output_dir, data=data)
 
 
 def override_steps(preset: Preset, max_steps: int | None) -> Preset:
@@ -367,36 +643,47 @@ def select_architectures(names: str | None) -> list[str]:
     return chosen
 
 
-def run_study(preset: str = "smoke", output_dir: str | os.PathLike = "runs/study", max_steps: int | None = None,
-              seed: int = 42, architectures: str | None = None) -> dict:
-    """Runs every (selected) architecture, prints the table, writes `study_results.json`."""
+def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "runs/study",
+              max_steps: int | None = None, seed: int = 42, architectures: str | None = None,
+              data_dir: str | os.PathLike | None = None) -> dict:
+    """Runs every (selected) architecture, prints the table, writes `study_results.json`.
+
+    `preset` is a name in PRESETS or a Preset; `data_dir` (laid out like ../shared/data) feeds
+    a real-data preset. Raises ValueError, before any training, when the preset's device or data
+    is missing."""
     started = time.perf_counter()
-    chosen_preset = override_steps(PRESETS[preset], max_steps)
+    chosen_preset = override_steps(resolve_preset(preset), max_steps)
     names = select_architectures(architectures)
+    check_device(chosen_preset)
+    data = load_study_data(chosen_preset, data_dir)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
-    print(f"longctx study, preset {preset!r}: {chosen_preset.description}; {len(names)} architecture(s); "
-          f"{chosen_preset.classification.steps} classification + {chosen_preset.language_modeling.steps} "
-          f"LM steps each; CPU, {torch.get_num_threads()} threads", flush=True)
+    print(f"longctx study, preset {chosen_preset.name!r}: {chosen_preset.description}; {len(names)} "
+          f"architecture(s); {steps_summary(chosen_preset)}; {device_summary(chosen_preset)}", flush=True)
     if WARM_UP_ARCHITECTURE in longctx.ARCHITECTURES and chosen_preset.language_modeling is not None:
-        warm_up(chosen_preset, output_dir / "trainer" / "warm-up")
-    rows = [run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics) for name in names]
+        warm_up(chosen_preset, output_dir / "trainer" / "warm-up", data)
+    rows = [run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data)
+            for name in names]
     results = {
-        "preset": dataclasses.asdict(chosen_preset), "seed": seed, "environment": environment(),
+        "preset": {**dataclasses.asdict(chosen_preset),
+                   "data_dir": None if data_dir is None else str(Path(data_dir).resolve())},
+        "seed": seed, "environment": environment(chosen_preset.device), "data": data.summary,
         "metric_implementation": metrics.implementation,
         "evaluate_unavailable_reason": metrics.unavailable_reason,
-        "memory_measurement": MEMORY_MEASUREMENT + "; after a 2-step warm-up training of a tiny baseline",
+        "memory_measurement": memory_measurement(chosen_preset.device)
+                              + "; after a 2-step warm-up training of a tiny baseline",
         "throughput_measurement": "tokens per optimizer step (batch x sequence length, padding included for "
                                   "classification) over the steps after the first, timed at Trainer step ends",
-        "note": SMOKE_DISCLAIMER if preset == "smoke" else "",
+        "precision": PRECISION_BF16 if chosen_preset.bf16 else "fp32",
+        "note": SMOKE_DISCLAIMER if chosen_preset.name == "smoke" else "",
         "wall_seconds": time.perf_counter() - started, "results": rows,
     }
     path = output_dir / "study_results.json"
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print()
     print(format_table(rows))
-    for note in filter(None, table_notes(chosen_preset, metrics)):
+    for note in table_notes(chosen_preset, metrics, data):
         print("  " + note)
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
     return results

@@ -2,6 +2,13 @@
 
     python scripts/run_study.py                                   # preset "smoke": a few minutes on CPU
     python scripts/run_study.py --architectures longctx-transformer --max_steps 2 --output_dir /tmp/study
+    python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, an hour or two on CPU
+    python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # needs a CUDA GPU, hours
+
+--data_dir is a folder laid out like ../shared/data: imdb/train.parquet, imdb/test.parquet
+(columns text, label), books/austen-emma.txt (training book), books/austen-sense.txt (held-out
+book). Without it a real-data preset stops with an error: the books have no Hugging Face Hub
+fallback (IMDb alone would come from the Hub).
 
 Writes `study_results.json` to --output_dir. The logic lives in `longctx/study.py`.
 """
@@ -19,13 +26,17 @@ from longctx import study
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    presets = "\n".join(f"  {name:8} {preset.description}" for name, preset in study.PRESETS.items())
+    parser = argparse.ArgumentParser(description=__doc__, epilog="presets:\n" + presets,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smoke", choices=sorted(study.PRESETS),
-                        help="sizes, data and budget (default: smoke)")
+                        help="sizes, data, budget and device (default: smoke; listed below)")
     parser.add_argument("--output_dir", default="runs/study",
                         help="where study_results.json goes (default: runs/study)")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="training steps per task, overriding the preset (at least 2)")
+    parser.add_argument("--data_dir", default=None,
+                        help="real data for the cpu and gpu-lra presets, laid out like ../shared/data")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--architectures", default=None,
                         help="comma-separated model types (default: every one in longctx.ARCHITECTURES)")
@@ -39,8 +50,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         results = study.run_study(preset=args.preset, output_dir=args.output_dir, max_steps=args.max_steps,
-                                  seed=args.seed, architectures=args.architectures)
-    except ValueError as error:  # e.g. an unknown architecture name
+                                  seed=args.seed, architectures=args.architectures, data_dir=args.data_dir)
+    except ValueError as error:  # e.g. an unknown architecture name, missing data, no GPU
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 1 if study.failed(results) else 0

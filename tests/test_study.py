@@ -1,7 +1,10 @@
-"""Tests for the seed study: metrics against hand-worked cases, and scripts/run_study.py end to end."""
+"""Tests for the seed study: metrics against hand-worked cases, scripts/run_study.py end to end,
+and the real-data presets on a tiny fake data_dir (no ../shared, no network, no GPU needed)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -127,6 +130,214 @@ def test_tasks_are_skipped_for_missing_heads(monkeypatch, tmp_path):
     baseline = longctx.ARCHITECTURES["longctx-transformer"]
     encoder_only = longctx.Architecture(config=baseline.config, backbone=baseline.backbone, heads={})
     monkeypatch.setitem(longctx.ARCHITECTURES, "encoder-only", encoder_only)
-    row = study.run_architecture("encoder-only", PRESETS["smoke"], seed=0, output_dir=tmp_path, metrics=None)
+    row = study.run_architecture("encoder-only", PRESETS["smoke"], seed=0, output_dir=tmp_path, metrics=None,
+                                 data=study.StudyData())
     assert row["classification"] is None and row["language_modeling"] is None and not row["errors"]
     assert len(row["skipped"]) == 2 and all("head" in reason for reason in row["skipped"])
+
+
+# --------------------------------------------------------------------------- real-data presets
+
+FAKE_TRAIN_ROWS, FAKE_TEST_ROWS, EVAL_ROWS = 24, 10, 6
+FAKE_EMMA = "Emma Woodhouse, handsome, clever, and rich. " * 40
+FAKE_SENSE = "The family of Dashwood had long been settled in Sussex. " * 30
+EVAL_CHARS = 300
+
+
+def write_fake_data_dir(root: Path) -> Path:
+    """A data_dir laid out like ../shared/data, with a few rows and short books. The test split is
+    sorted by label, like the real one."""
+    import pandas as pd
+
+    (root / "imdb").mkdir(parents=True)
+    (root / "books").mkdir()
+    for split, rows in (("train", FAKE_TRAIN_ROWS), ("test", FAKE_TEST_ROWS)):
+        labels = [i * 2 // rows for i in range(rows)]  # first half 0, second half 1
+        texts = [f"{split} review {i}: " + ("a fine film " if label else "a dull film ") * (3 + i % 5)
+                 for i, label in enumerate(labels)]
+        pd.DataFrame({"text": texts, "label": labels, "rating": [1] * rows}).to_parquet(
+            root / "imdb" / f"{split}.parquet")
+    (root / "books" / "austen-emma.txt").write_text(FAKE_EMMA, encoding="utf-8")
+    (root / "books" / "austen-sense.txt").write_text(FAKE_SENSE, encoding="utf-8")
+    return root
+
+
+def tiny(preset_name: str):
+    """The preset with a tiny model and short sequences, its data and evaluation caps kept."""
+    preset = PRESETS[preset_name]
+    return dataclasses.replace(
+        preset, model=dict(preset.model, hidden_size=32, num_attention_heads=2, intermediate_size=64),
+        classification=dataclasses.replace(preset.classification, max_length=64, batch_size=4,
+                                           eval_rows=EVAL_ROWS),
+        language_modeling=dataclasses.replace(preset.language_modeling, max_length=64, batch_size=4,
+                                              eval_chars=EVAL_CHARS))
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """`datasets.load_dataset` fails as it does without network (and never touches it)."""
+    import datasets
+
+    calls = []
+
+    def unreachable(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise ConnectionError("Couldn't reach 'imdb' on the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    return calls
+
+
+def test_cpu_preset_end_to_end_on_a_fake_data_dir(tmp_path, offline_hub):
+    from longctx import study
+
+    data_dir = write_fake_data_dir(tmp_path / "data")
+    results = study.run_study(preset=tiny("cpu"), data_dir=data_dir, output_dir=tmp_path / "out", max_steps=2,
+                              architectures="longctx-transformer,longctx-linformer")
+    assert not offline_hub  # a data_dir is never bypassed for the Hub
+    assert json.loads((tmp_path / "out" / "study_results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["preset"]["name"] == "cpu" and results["preset"]["data"] == "real"
+    assert results["preset"]["data_dir"] == str(data_dir.resolve())
+    assert results["environment"]["device"] == "cpu" and "resident set" in results["memory_measurement"]
+    assert results["data"] == {
+        "book_train": str(data_dir / "books" / "austen-emma.txt"), "book_train_chars": len(FAKE_EMMA),
+        "book_valid": str(data_dir / "books" / "austen-sense.txt"), "book_valid_chars": len(FAKE_SENSE),
+        "book_valid_chars_scored": EVAL_CHARS,
+        "imdb_train": str(data_dir / "imdb" / "train.parquet"), "imdb_train_rows": FAKE_TRAIN_ROWS,
+        "imdb_test": str(data_dir / "imdb" / "test.parquet"), "imdb_test_rows": FAKE_TEST_ROWS,
+        "imdb_test_rows_scored": EVAL_ROWS,
+        "imdb_test_selection": "the first rows of a seed-0 shuffle (random.Random(0).shuffle)"}
+
+    transformer, linformer = results["results"]
+    assert not transformer["errors"] and not linformer["errors"]
+    for row in (transformer, linformer):
+        classification = row["classification"]
+        assert (classification["train_rows"], classification["test_rows"], classification["test_rows_total"]) \
+            == (FAKE_TRAIN_ROWS, EVAL_ROWS, FAKE_TEST_ROWS)
+        assert 0 < classification["real_token_fraction"] < 1 and math.isfinite(classification["accuracy"])
+    lm = transformer["language_modeling"]
+    assert lm["train_bytes"] == len(FAKE_EMMA) and lm["train_blocks"] == len(FAKE_EMMA) // 64
+    assert lm["valid_bytes"] == lm["valid_chars"] == EVAL_CHARS
+    assert lm["predicted_bytes"] == EVAL_CHARS - math.ceil(EVAL_CHARS / 64)  # all but each block's first
+    assert linformer["language_modeling"] is None  # no causal-LM head
+
+
+def test_cpu_preset_notes_say_how_much_was_scored(tmp_path, capsys):
+    from longctx import study
+
+    preset = dataclasses.replace(tiny("cpu"), language_modeling=None)
+    study.run_study(preset=preset, data_dir=write_fake_data_dir(tmp_path / "data"), output_dir=tmp_path / "out",
+                    max_steps=2, architectures="longctx-transformer")
+    out = capsys.readouterr().out
+    assert f"{EVAL_ROWS:,} of {FAKE_TEST_ROWS:,} scored (the first of a seed-0 shuffle)" in out
+    assert "2 classification steps each; CPU" in out and "perplexity, bits/byte:" not in out
+
+
+def test_scored_rows_take_a_fixed_shuffle_not_a_prefix():
+    from longctx.study import scored_rows
+
+    rows = [{"text": str(i), "label": i * 2 // 100} for i in range(100)]  # sorted by label
+    chosen = scored_rows(rows, 10)
+    assert chosen == scored_rows(list(rows), 10) and len(chosen) == 10
+    assert {row["label"] for row in chosen} == {0, 1} and chosen != rows[:10]
+    assert scored_rows(rows, None) is rows and scored_rows(rows, 1000) is rows
+
+
+def test_real_data_preset_without_data_dir_names_it(offline_hub):
+    from longctx import study
+
+    with pytest.raises(ValueError, match="--data_dir") as raised:
+        study.run_study(preset="cpu", architectures="longctx-transformer")
+    assert "books/austen-emma.txt" in str(raised.value) and "no Hub fallback" in str(raised.value)
+    # IMDb alone: the Hub is tried, and its failure names --data_dir and the layout
+    classification_only = dataclasses.replace(PRESETS["cpu"], language_modeling=None)
+    with pytest.raises(ValueError, match="--data_dir") as raised:
+        study.load_study_data(classification_only)
+    assert offline_hub and offline_hub[0][0] == ("imdb",)
+    assert "imdb/train.parquet" in str(raised.value) and "ConnectionError" in str(raised.value)
+
+
+def test_imdb_comes_from_the_hub_without_data_dir(monkeypatch):
+    import datasets
+
+    from longctx import study
+
+    hub = {split: datasets.Dataset.from_dict({"text": [f"{split} {i}" for i in range(n)], "label": [0, 1] * (n // 2)})
+           for split, n in (("train", 8), ("test", 4))}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: hub[split])
+    data = study.load_study_data(dataclasses.replace(PRESETS["cpu"], language_modeling=None))
+    assert [row["text"] for row in data.imdb_train] == hub["train"]["text"]
+    assert data.summary["imdb_test_rows"] == data.summary["imdb_test_rows_scored"] == 4
+    assert "Hub" in data.summary["imdb_train"] and data.book_train is None
+
+
+def test_missing_or_wrong_files_in_data_dir_are_named(tmp_path, offline_hub):
+    from longctx import study
+
+    data_dir = write_fake_data_dir(tmp_path / "data")
+    (data_dir / "books" / "austen-sense.txt").unlink()
+    with pytest.raises(ValueError, match="austen-sense.txt not found") as raised:
+        study.run_study(preset="cpu", data_dir=data_dir, output_dir=tmp_path / "out")
+    assert str(data_dir / "books" / "austen-sense.txt") in str(raised.value)
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+    import pandas as pd
+
+    pd.DataFrame({"text": ["unlabelled"], "label": [-1]}).to_parquet(data_dir / "imdb" / "train.parquet")
+    with pytest.raises(ValueError, match=r"labels \[-1\]"):
+        study.load_study_data(dataclasses.replace(PRESETS["cpu"], language_modeling=None), data_dir)
+
+
+def test_script_reports_data_errors_and_never_uses_the_samples(tmp_path, offline_hub, capsys):
+    spec = importlib.util.spec_from_file_location("run_study_script", REPO_ROOT / "scripts" / "run_study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--preset", "cpu", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "--data_dir" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert script.main(["--preset", "cpu", "--data_dir", str(missing), "--output_dir", str(tmp_path / "out")]) == 2
+    assert str(missing / "books" / "austen-emma.txt") in capsys.readouterr().err
+    # the smoke preset runs on the shipped samples only: a data_dir there is a mistake, not ignored
+    assert script.main(["--data_dir", str(write_fake_data_dir(tmp_path / "data"))]) == 2
+    assert "shipped samples" in capsys.readouterr().err
+
+
+def test_gpu_preset_refuses_to_run_without_cuda(tmp_path, monkeypatch):
+    import torch
+
+    from longctx import study
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        study.run_study(preset="gpu-lra", data_dir=write_fake_data_dir(tmp_path / "data"),
+                        output_dir=tmp_path / "out", max_steps=2, architectures="longctx-transformer")
+    assert not (tmp_path / "out").exists()
+    gpu = PRESETS["gpu-lra"]
+    assert (gpu.device, gpu.bf16, gpu.data) == ("cuda", True, "real")
+    assert (gpu.classification.max_length, gpu.classification.batch_size, gpu.classification.eval_rows) == (4096, 32, None)
+    assert "GPU" in gpu.description and "hours" in gpu.description
+
+
+def test_training_arguments_follow_the_preset_device(tmp_path):
+    from longctx.study import training_arguments
+
+    cpu = PRESETS["cpu"]
+    args = training_arguments(cpu, cpu.classification, seed=0, output_dir=tmp_path)
+    assert args.use_cpu and not args.bf16 and args.device.type == "cpu"
+    assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate) == (400, 8, 1e-3)
+
+
+def test_cuda_memory_meter_measures_growth_over_the_block(monkeypatch):
+    import torch
+
+    from longctx import study
+
+    allocated = {"now": 100 * 2**20, "peak": 900 * 2**20}  # a peak left over from an earlier run
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocated.update(peak=allocated["now"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocated["peak"])
+    with study.memory_meter("cuda") as memory:
+        allocated.update(peak=allocated["now"] + 64 * 2**20)  # training: 64 MiB more at its peak
+    assert memory.growth_mib == 64
+    assert isinstance(study.memory_meter("cpu"), study.PeakRSS)
