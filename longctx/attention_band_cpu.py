@@ -66,7 +66,9 @@ def block_band_attention(q, k, v, *, window: int, block: int, key_ok=None, globa
     padded = blocks * block
     valid = _padded_validity(key_ok, length, padded, q.device)
     q_b, k_b, v_b = (_as_blocks(x, padded, block) for x in (q, k, v))
-    hidden_keys = None if valid is None else (~valid)[:, None].expand(batch, heads, -1).reshape(batch * heads, blocks, block)
+    hidden_keys = None
+    if valid is not None:  # per (row x head, block, key in block): the layout of the block calls
+        hidden_keys = (~valid)[:, None].expand(batch, heads, -1).reshape(batch * heads, blocks, block)
     global_keys = _global_keys(k, v, global_index, global_valid, window, padded)
     out = _BlockBand.apply(q_b, k_b, v_b, hidden_keys, *global_keys, window // block, causal)
     out = out.reshape(batch, heads, padded, dim)[:, :, :length]
@@ -131,7 +133,7 @@ class _BlockBand(torch.autograd.Function):
     def forward(ctx, q_b, k_b, v_b, hidden_keys, k_global, v_global, global_hidden, m: int, causal: bool):
         calls = _calls(q_b, k_b, v_b, hidden_keys, m, causal)
         results = [_flash_forward(q, k, v, 0.0, is_causal, attn_mask=mask) for _, q, k, v, is_causal, mask in calls]
-        global_call = _global_call(q_b, k_global, v_global, global_hidden)
+        global_call = _global_call(q_b, k_global, v_global)
         if global_call is not None:
             results.append(_flash_forward(*global_call, 0.0, False, attn_mask=_bias(global_hidden, q_b.dtype)))
         out, lse = _merge(q_b, calls, results, global_call is not None)
@@ -151,7 +153,7 @@ class _BlockBand(torch.autograd.Function):
             grad_k[:, lo + shift:hi + shift] += dk
             grad_v[:, lo + shift:hi + shift] += dv
         grad_k_global = grad_v_global = None
-        global_call = _global_call(q_b, k_global, v_global, global_hidden)
+        global_call = _global_call(q_b, k_global, v_global)
         if global_call is not None:
             queries = global_call[0].shape
             dq, grad_k_global, grad_v_global = _flash_backward(
@@ -183,7 +185,7 @@ def _calls(q_b, k_b, v_b, hidden_keys, m: int, causal: bool):
     return calls
 
 
-def _global_call(q_b, k_global, v_global, global_hidden):
+def _global_call(q_b, k_global, v_global):
     """(queries, global keys, global values) shaped (batch, heads, ...) or None."""
     if k_global is None:
         return None
