@@ -84,7 +84,10 @@ def relative_scores(q, k, r, content_bias, position_bias):
 def relative_attention(q, k, v, r, content_bias, position_bias, allowed, *, dropout_p=0.0):
     """Fast path: SDPA over (q + u) k^T, with the position term as an additive float mask (so
     the content scores, softmax and weighted sum run fused). `allowed`: bool, broadcastable to
-    (batch, heads, q_len, k_len), or None; a query that sees no key outputs zeros."""
+    (batch, heads, q_len, k_len), or None; a query that sees no key outputs zeros. In training the
+    mask needs a gradient, which the fused kernels do not give: there SDPA runs its math kernel
+    (seen on CPU, torch 2.13), with the (q_len x k_len) scores materialised -- why XL costs 3x
+    dense per token at 4K on CPU (results/cpu-2026-11-23/README.md)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     position = relative_shift(torch.matmul((q + position_bias[:, None]) * scale, r.transpose(-1, -2)))
     sees_something = None
