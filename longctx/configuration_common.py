@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
 POOLING_CHOICES = ("first", "last", "mean")
+CLASSIFIER_HEADS = ("pooler", "linear")
 
 
 class LongctxConfig(PreTrainedConfig):
@@ -31,6 +32,9 @@ class LongctxConfig(PreTrainedConfig):
     # How sequence classification pools the sequence: "first" (CLS) token, "last" non-pad
     # token, or "mean" over non-pad tokens. None: "last" for decoders, "first" for encoders.
     classifier_pooling: str | None = None
+    # The layers after pooling: "pooler" (dropout, dense, tanh, dropout, projection: RoBERTa,
+    # Longformer, Reformer) or "linear" (one bias-free projection, `score`: GPT-2, TransfoXL).
+    classifier_head: str = "pooler"
     is_decoder: bool = False
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -70,6 +74,7 @@ class LongctxConfig(PreTrainedConfig):
                       "must be one of transformers' activations, e.g. 'gelu', 'relu', 'gelu_new'")
         self._require(self.classifier_pooling is None or self.classifier_pooling in POOLING_CHOICES,
                       "classifier_pooling", f"must be None or one of {POOLING_CHOICES}")
+        self._require(self.classifier_head in CLASSIFIER_HEADS, "classifier_head", f"must be one of {CLASSIFIER_HEADS}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             self._require(value is None or (isinstance(value, int) and 0 <= value < self.vocab_size),

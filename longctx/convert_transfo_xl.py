@@ -7,8 +7,10 @@ format) and `TransfoXLModel` folders. Weights come from model.safetensors, or py
 read with `torch.load(weights_only=True)` only. The longctx model reproduces transformers'
 per-token losses (tests/test_convert_transfo_xl.py, against a 4.35.2 recording); see
 longctx/modeling_transfo_xl.py for the two by-design differences (empty first memory, losses in
-token order). `TransfoXLForSequenceClassification` (a bias-free linear layer on the last token)
-has no longctx equivalent and is not converted.
+token order). `TransfoXLForSequenceClassification` (its bias-free `score` layer on the last
+non-pad token) becomes a sequence classifier with `classifier_head="linear"`, which every converted
+config carries, so that a converted language model fine-tuned for classification gets transformers'
+head too. Its logits match transformers' (same zero first memory) on right-padded batches.
 """
 
 import logging
@@ -48,6 +50,7 @@ def transfo_xl_config(source: dict) -> dict:
     if "id2label" in config:  # JSON keys are strings; transformers wants ints
         config["id2label"] = {int(key): value for key, value in config["id2label"].items()}
     config.update(model_type="longctx-transfo-xl", is_decoder=True, hidden_act="relu", type_vocab_size=0,
+                  classifier_head="linear", classifier_pooling="last",
                   pad_token_id=source.get("pad_token_id"), bos_token_id=source.get("bos_token_id"),
                   eos_token_id=source.get("eos_token_id"))
     return config
@@ -82,7 +85,18 @@ def transfo_xl_state_dict(source_state: dict, source_config: dict) -> tuple[dict
         take(f"word_emb.emb_projs.{i}", f"model.embeddings.projections.{i}")
     dropped |= {key for s, key in short.items() if s == "pos_emb.inv_freq"}  # recomputed
     _softmax(take, short, source_config, dropped)
+    _score(take, short, source_config)
     return ours, origin, dropped
+
+
+def _score(take, short: dict, source_config: dict):
+    """TransfoXLForSequenceClassification's `score`: d_embed inputs in transformers, which only
+    ran where d_embed == d_model (it reads the d_model-wide hidden states)."""
+    if "score.weight" in short and source_config.get("d_embed", source_config["d_model"]) != source_config["d_model"]:
+        raise ValueError(f"TransfoXLForSequenceClassification with d_embed={source_config['d_embed']} != "
+                         f"d_model={source_config['d_model']}: its score layer cannot read the hidden states "
+                         "(transformers could not run it either); convert a checkpoint with d_embed == d_model.")
+    take("score.weight", "classifier.score.weight")
 
 
 def _softmax(take, short: dict, source_config: dict, dropped: set):
@@ -109,6 +123,7 @@ def _softmax(take, short: dict, source_config: dict, dropped: set):
 TRANSFO_XL_HEADS = {  # transformers class -> longctx Auto class
     "TransfoXLModel": "AutoModel",
     "TransfoXLLMHeadModel": "AutoModelForCausalLM",
+    "TransfoXLForSequenceClassification": "AutoModelForSequenceClassification",
 }
 
 

@@ -150,6 +150,24 @@ class ForMaskedLM(HeadBase):
                                            attentions=outputs.attentions), as_tuple)
 
 
+def classification_head(config, input_size: int) -> nn.Module:
+    """The layers `config.classifier_head` names, from the pooled vector to the logits."""
+    if config.classifier_head == "linear":
+        return LinearClassificationHead(config, input_size)
+    return ClassificationHead(config, input_size)
+
+
+class LinearClassificationHead(nn.Module):
+    """One bias-free projection (transformers' decoder classifiers: GPT-2, TransfoXL's `score`)."""
+
+    def __init__(self, config, input_size: int):
+        super().__init__()
+        self.score = nn.Linear(input_size, config.num_labels, bias=False)
+
+    def forward(self, pooled):
+        return self.score(pooled)
+
+
 class ClassificationHead(nn.Module):
     """dropout -> dense -> tanh -> dropout -> projection (RoBERTa / Longformer / Reformer layout)."""
 
@@ -185,16 +203,23 @@ class ForSequenceClassification(HeadBase):
 
     def __init__(self, config):
         super().__init__(config)
-        self.classifier = ClassificationHead(config, self.model.output_size)
+        self.classifier = classification_head(config, self.model.output_size)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
-        pooled = pool(outputs.last_hidden_state, attention_mask, self.config.pooling)
+        pooled = pool(outputs.last_hidden_state, self._real_tokens(input_ids, attention_mask), self.config.pooling)
         logits = self.classifier(pooled)
         loss = None if labels is None else self._loss(logits, labels.to(logits.device))
         return self._finish(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                                      attentions=outputs.attentions), as_tuple)
+
+    def _real_tokens(self, input_ids, attention_mask):
+        """The mask pooling reads: `attention_mask`, else (as transformers' GPT-2 and TransfoXL
+        classifiers do) the ids that are not `pad_token_id`, else None (every token)."""
+        if attention_mask is not None or input_ids is None or self.config.pad_token_id is None:
+            return attention_mask
+        return (input_ids != self.config.pad_token_id).long()
 
     def _loss(self, logits, labels):
         if self.config.problem_type is None:

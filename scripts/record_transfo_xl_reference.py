@@ -23,7 +23,10 @@ segments of a batch are run carrying `mems`, and OUTPUT/reference.safetensors re
 The first segment gets transformers' default memory: `mem_len` zero vectors per layer (not an
 empty memory). OUTPUT/pre_lnorm holds a second model (no .bin) covering the other branches: pre-LN, one pair of
 position biases for all layers, one projected embedding table (div_val=1), an untied softmax, no
-clamping. Everything is < 400 KB.
+clamping. OUTPUT/sequence_classification holds a `TransfoXLForSequenceClassification` (3 labels,
+pad_token_id set) and, for a right-padded batch without an attention mask (transformers' TransfoXL
+takes none) from the default zero memory: input_ids, labels, logits and the loss. Everything is
+< 500 KB.
 """
 
 import argparse
@@ -47,6 +50,9 @@ PRE_LNORM_CONFIG = dict(vocab_size=100, cutoffs=[30, 70], div_val=1, d_model=32,
                         dropout=0.1, dropatt=0.0, eos_token_id=0)
 VARIANTS = {"": CONFIG, "pre_lnorm": PRE_LNORM_CONFIG}  # subfolder -> config
 BATCH, LENGTH, SEGMENTS, SEED = 2, 5, 3, 0
+# The classifier: CONFIG's backbone with labels and a pad id (its `score` needs d_embed == d_model).
+CLASSIFIER_CONFIG = dict(CONFIG, num_labels=3, pad_token_id=5)
+CLASSIFIER_LENGTHS = (7, 4, 5)  # real tokens per row, right-padded to the longest
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -83,6 +89,32 @@ def redraw(model, torch):
 def record(output: Path):
     for subfolder, config in VARIANTS.items():
         record_variant(output / subfolder if subfolder else output, config, with_bin=not subfolder)
+    record_classifier(output / "sequence_classification", CLASSIFIER_CONFIG)
+
+
+def record_classifier(output: Path, config: dict):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import TransfoXLConfig, TransfoXLForSequenceClassification
+
+    torch.manual_seed(SEED)
+    model = TransfoXLForSequenceClassification(TransfoXLConfig(**config)).eval()
+    redraw(model, torch)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output, safe_serialization=True)
+
+    generator = torch.Generator().manual_seed(2)
+    # Real tokens avoid the pad id (transformers finds the last real token by the first pad).
+    ids = torch.randint(config["pad_token_id"] + 1, config["vocab_size"], (len(CLASSIFIER_LENGTHS),
+                        max(CLASSIFIER_LENGTHS)), generator=generator)
+    for row, length in enumerate(CLASSIFIER_LENGTHS):
+        ids[row, length:] = config["pad_token_id"]
+    labels = torch.randint(0, config["num_labels"], (len(CLASSIFIER_LENGTHS),), generator=generator)
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+    save_file({"input_ids": ids, "labels": labels, "logits": out.logits, "loss": out.loss.reshape(1)},
+              output / "reference.safetensors")
+    print(f"recorded {output}: loss {out.loss:.4f}")
 
 
 def record_variant(output: Path, config: dict, with_bin: bool):

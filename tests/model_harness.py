@@ -47,6 +47,7 @@ class ModelHarness:
         (dict(num_hidden_layers=0), "num_hidden_layers"),
         (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
         (dict(classifier_pooling="max"), "classifier_pooling"),
+        (dict(classifier_head="mlp"), "classifier_head"),
         (dict(pad_token_id=VOCAB), "pad_token_id"),
         (dict(hidden_act="nope"), "hidden_act"),
     ]
@@ -202,6 +203,30 @@ class ModelHarness:
         on_padding = weights * (~real)[:, None, None, :]
         assert torch.all(on_padding == 0)  # no query ever attends a padded key
 
+    def test_classifier_without_a_mask_pools_the_tokens_that_are_not_padding(self):
+        """No attention_mask: pooling reads the ids that are not pad_token_id (as transformers' GPT-2
+        and TransfoXL classifiers do), for each pooling; the head gets exactly the pooled vector."""
+        lengths = (9, 4)
+        ids, _ = pad([self.ids(1, n, seed=n) for n in lengths], "right")
+        for head, is_decoder in self.cases():
+            if head != "classification":
+                continue
+            for pooling in ("first", "last", "mean"):
+                model = self.model(head, is_decoder, classifier_pooling=pooling)
+                hidden, pooled = capture(model, ids)
+                want = {"first": lambda h, n: h[0], "last": lambda h, n: h[n - 1],
+                        "mean": lambda h, n: h[:n].mean(0)}[pooling]
+                for i, n in enumerate(lengths):
+                    torch.testing.assert_close(pooled[i], want(hidden[i], n), msg=lambda m: f"{pooling}: {m}")
+
+    def test_linear_classifier_head_is_one_bias_free_projection(self):
+        model = self.model("classification", False, classifier_head="linear")
+        shapes = {name: tuple(p.shape) for name, p in model.classifier.named_parameters()}
+        assert shapes == {"score.weight": (3, model.model.output_size)}
+        ids = self.ids(2, 7)
+        _, pooled = capture(model, ids)
+        torch.testing.assert_close(model(ids).logits, pooled @ model.classifier.score.weight.T)
+
     def test_causal_model_never_looks_ahead(self):
         if not self.decoder_heads:
             return self._check_causal_refused()
@@ -324,6 +349,20 @@ def labels_for(head: str, ids) -> dict:
         return {"start_positions": torch.tensor([1, 3])[: ids.shape[0]],
                 "end_positions": torch.tensor([4, 3])[: ids.shape[0]]}
     return {}
+
+
+def capture(model, ids):
+    """One classification forward: (the backbone's last hidden state, the classifier's input)."""
+    seen = {}
+    hooks = [model.model.register_forward_hook(lambda m, a, out: seen.update(hidden=out.last_hidden_state)),
+             model.classifier.register_forward_pre_hook(lambda m, args: seen.update(pooled=args[0]))]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen["hidden"], seen["pooled"]
 
 
 def pad(samples, side: str):

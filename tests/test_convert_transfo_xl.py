@@ -3,7 +3,8 @@
 tests/fixtures/transfo_xl_4352 holds a TransfoXLLMHeadModel with random weights (adaptive softmax
 with div_val=2, same_length, clamp_len, mem_len) and its per-token losses and log-probs over three
 consecutive segments carrying mems, recorded by scripts/record_transfo_xl_reference.py in a
-virtual environment with transformers 4.35.2 (v5 has no TransfoXL). Conversion goes through
+virtual environment with transformers 4.35.2 (v5 has no TransfoXL), and a
+TransfoXLForSequenceClassification with its logits and loss on a right-padded batch. Conversion goes through
 `convert_checkpoint`, what `python -m longctx.convert` runs."""
 
 import json
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from longctx import convert
 from longctx.convert_transfo_xl import TRANSFO_XL_CONVERTER
@@ -136,8 +137,51 @@ def test_command_line_and_backbone_conversion(tmp_path, capsys):
         torch.testing.assert_close(backbone(ids).last_hidden_state, lm.model(ids).last_hidden_state, rtol=0, atol=0)
 
 
-def test_classification_checkpoints_are_refused_with_the_supported_list():
+CLASSIFIER = FIXTURE / "sequence_classification"
+
+
+def test_converted_classifier_reproduces_the_recorded_logits_and_loss(tmp_path):
+    """TransfoXLForSequenceClassification: bias-free `score` on the last token before the padding,
+    found from pad_token_id (transformers' TransfoXL takes no attention mask); zero first memory."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        convert.convert_checkpoint(CLASSIFIER, tmp_path / "ours")).eval()
+    assert model.config.classifier_head == "linear" and model.config.num_labels == 3
+    recorded = load_file(CLASSIFIER / "reference.safetensors")
+    ids, labels = recorded["input_ids"], recorded["labels"]
+    with torch.no_grad():
+        out = model(ids, labels=labels, mems=zero_memory(model.config, ids.shape[0]))
+        # The tokenizer's attention mask instead of the pad ids: the same rows are pooled.
+        masked = model(ids, attention_mask=(ids != model.config.pad_token_id).long(),
+                       mems=zero_memory(model.config, ids.shape[0]))
+    torch.testing.assert_close(out.logits, recorded["logits"], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(out.loss.reshape(1), recorded["loss"], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(masked.logits, recorded["logits"], rtol=0, atol=TOLERANCE)
+
+
+def test_the_classifier_recording_pools_padded_rows_before_the_padding():
+    """The check above could not pass by pooling the last position: the recorded rows are padded,
+    and their logits differ from the last position's."""
+    model = convert.convert_state(json.loads((CLASSIFIER / "config.json").read_text()),
+                                  load_file(CLASSIFIER / "model.safetensors"))
+    recorded = load_file(CLASSIFIER / "reference.safetensors")
+    ids = recorded["input_ids"]
+    assert (ids[:, -1] == model.config.pad_token_id).any()
+    with torch.no_grad():
+        hidden = model.model(ids, mems=zero_memory(model.config, ids.shape[0])).last_hidden_state
+    last_position = model.classifier(hidden[:, -1])
+    padded = ids[:, -1] == model.config.pad_token_id
+    assert (last_position[padded] - recorded["logits"][padded]).abs().max() > 0.1
+
+
+def test_a_classifier_whose_score_cannot_read_the_hidden_states_is_refused():
+    config = json.loads((CLASSIFIER / "config.json").read_text())
+    state = load_file(CLASSIFIER / "model.safetensors")
+    with pytest.raises(ValueError, match="d_embed=16 != d_model=32"):
+        convert.convert_state(dict(config, d_embed=16), state)
+
+
+def test_other_transfo_xl_heads_are_refused_with_the_supported_list():
     config = dict(json.loads((FIXTURE / "config.json").read_text()),
-                  architectures=["TransfoXLForSequenceClassification"])
-    with pytest.raises(ValueError, match="TransfoXLLMHeadModel"):
+                  architectures=["TransfoXLForQuestionAnswering"])
+    with pytest.raises(ValueError, match="TransfoXLForSequenceClassification"):
         convert.converter_for(config)
