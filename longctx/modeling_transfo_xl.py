@@ -458,7 +458,10 @@ class LongctxTransfoXLPreTrainedModel(LongctxPreTrainedModel):
 
 class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
     """Adaptive embeddings -> `n_layer` relative-attention blocks over memory + segment (no final
-    norm, as the paper). Returns the new memory as `past_key_values` when use_cache (default)."""
+    norm, as the paper). Returns the new memory as `past_key_values` whenever mem_len > 0 (as
+    transformers' TransfoXL always returned `mems`), unless the call itself passes use_cache=False.
+    `config.use_cache` does not switch it off: transformers' Trainer sets it to False on every model
+    it trains (and saves it so), which would silently turn the recurrence off in evaluation."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -515,9 +518,8 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
                                     shared_biases=shared, output_attentions=output_attentions)
             all_weights += (weights,)
         hidden = self.dropout(hidden)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
         new_memory = memory.extended(layer_inputs, new_padding, self.config.mem_len) \
-            if use_cache and self.config.mem_len > 0 else None
+            if use_cache is not False and self.config.mem_len > 0 else None
         return backbone_output(self.config, return_dict, hidden, new_memory,
                                tuple(layer_inputs) + (hidden,) if output_hidden_states else None,
                                all_weights if output_attentions else None)

@@ -252,9 +252,14 @@ def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_p
                              "vocab_size=261,cutoffs=[]", "--train_file", str(SAMPLES / "book_train.txt"),
                              "--validation_file", str(SAMPLES / "book_valid.txt"), "--max_seq_length", "64",
                              "--max_train_chars", "8000", "--max_eval_chars", "2000",
-                             "--recompute_comparison_tokens", "200", "--per_device_train_batch_size", "4",
+                             "--recompute_comparison_tokens", "128", "--per_device_train_batch_size", "4",
                              "--max_steps", "2", "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_mem_len"] == 64 and results["eval_segment_length"] == 64
-    assert results["eval_comparison_tokens"] == 200 - 4  # the first token of each 64-token segment is unscored
+    assert results["eval_comparison_tokens"] == 128 - 2  # the first token of each 64-token segment is unscored
     assert results["eval_recompute_slowdown"] > 0 and results["eval_perplexity"] > 1
+    # Over the first 128 tokens the memory (64) holds everything before the second segment: equal
+    # perplexities only if the trained model (whose saved config the Trainer left with
+    # use_cache=False) carried its memory from segment to segment.
+    assert results["eval_comparison_perplexity_with_memory"] == pytest.approx(
+        results["eval_comparison_perplexity_fixed_context"], rel=1e-5)

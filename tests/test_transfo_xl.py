@@ -186,6 +186,17 @@ def test_same_length_segments_equal_one_forward_with_the_sliding_window():
     assert not torch.allclose(changed[:, reach], whole[:, reach])
 
 
+def test_memory_is_returned_even_when_the_config_says_use_cache_false():
+    """transformers' Trainer sets config.use_cache=False on the models it trains and saves it so;
+    the recurrence must survive that. Only a call's own use_cache=False returns no memory."""
+    model = tiny(mem_len=6, use_cache=False).eval()
+    ids = torch.randint(5, 261, (2, 4))
+    assert model(ids).mems is not None and model(ids).mems[0].shape[1] == 4
+    assert model(ids, use_cache=False).mems is None
+    first = model(ids)
+    assert not torch.allclose(model(ids, mems=first.mems).logits, first.logits)  # the memory is used
+
+
 def test_memory_carries_no_gradient_and_segments_train():
     model = tiny(mem_len=8).train()
     ids = torch.randint(5, 261, (2, 16))
