@@ -10,6 +10,7 @@ import time
 
 import torch
 from torch.nn import functional as F
+from transformers import Trainer, TrainerCallback
 
 
 def lm_blocks(ids: list[int], block_size: int):
@@ -21,6 +22,68 @@ def lm_blocks(ids: list[int], block_size: int):
     blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
     return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * len(blocks),
                                        "labels": blocks})
+
+
+# --------------------------------------------------------------------------- training with memory
+
+
+def trains_with_memory(model) -> bool:
+    """A Transformer-XL causal LM with a memory: it trains on segments in stream order, carrying
+    the memory from each batch to the next (Dai et al.; transformers' LMOrderedIterator)."""
+    return getattr(model.config, "mem_len", 0) > 0 and bool(model.config.is_decoder)
+
+
+def stream_segments(ids: list[int], batch_size: int, segment_length: int):
+    """The text cut into `batch_size` contiguous streams, each into `segment_length` segments
+    (remainders dropped), ordered so that row r of batch k is stream r's k-th segment: the memory
+    batch k leaves in row r is the text just before row r of batch k + 1."""
+    import datasets
+
+    per_stream = len(ids) // batch_size
+    count = per_stream // segment_length
+    if segment_length < 2 or count == 0:
+        raise ValueError(f"{len(ids)} training tokens cannot fill {batch_size} streams (the batch size) of at least "
+                         f"one segment of {segment_length} tokens (>= 2); use more text, a smaller "
+                         "--per_device_train_batch_size or a shorter --max_seq_length")
+    segments = [ids[row * per_stream + k * segment_length:row * per_stream + (k + 1) * segment_length]
+                for k in range(count) for row in range(batch_size)]
+    return datasets.Dataset.from_dict({"input_ids": segments, "attention_mask": [[1] * segment_length] * len(segments),
+                                       "labels": segments})
+
+
+class SegmentMemoryTrainer(Trainer):
+    """The stock Trainer with Transformer-XL's recurrence: the train set from `stream_segments`
+    read in order (no shuffling), each training step given the memory (`mems`, no gradient) the
+    previous one returned; the memory restarts empty at each epoch. Evaluation steps neither read
+    nor change it. One process: under several, the batches of a stream would go to different
+    processes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            raise ValueError(f"SegmentMemoryTrainer (Transformer-XL training with memory, mem_len="
+                             f"{self.model.config.mem_len}) runs in one process; this run has "
+                             f"world_size={self.args.world_size}. Train in one process, or with mem_len=0.")
+        self.memory = None
+        self.add_callback(_ForgetMemoryEachEpoch(self))
+
+    def _get_train_sampler(self, train_dataset=None):
+        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, dict(inputs, mems=self.memory), True, num_items_in_batch)
+        self.memory = outputs.mems
+        return (loss, outputs) if return_outputs else loss
+
+
+class _ForgetMemoryEachEpoch(TrainerCallback):
+    def __init__(self, trainer: SegmentMemoryTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.trainer.memory = None
 
 
 def lm_scores(nll_sum_nats: float, num_predicted: int) -> dict:

@@ -2,7 +2,9 @@
 in transformers' `examples/pytorch` style: causal LM (or masked LM with --mlm) trained on blocks
 of --max_seq_length tokens, evaluated on a held-out text for perplexity, bits per byte and per
 character, and the loss by position in the evaluated block (--eval_block_size: how much longer
-context helps).
+context helps). Transformer-XL with mem_len > 0 trains as Dai et al.: the text in
+--per_device_train_batch_size contiguous streams, segments in order, each step carrying the
+memory the previous one returned (one process); it is evaluated segment by segment with memory.
 
     python scripts/run_lm.py --model_type longctx-longformer --config_overrides "attention_window=256" \
         --train_file ../shared/data/books/austen-emma.txt --validation_file ../shared/data/books/austen-sense.txt \
@@ -35,11 +37,14 @@ from transformers import (
 )
 
 from longctx.language_modeling import (
+    SegmentMemoryTrainer,
     evaluate_lm,
     evaluate_with_memory,
     lm_blocks,
     lm_scores,
     memory_versus_recompute,
+    stream_segments,
+    trains_with_memory,
 )
 from longctx.run_common import DataArguments, ModelArguments, build_model, evaluation_split, finish, load_tokenizer
 
@@ -84,17 +89,21 @@ def main(argv=None):
     auto_class, task_fields = (AutoModelForMaskedLM, {}) if data_args.mlm else (AutoModelForCausalLM, {"is_decoder": True})
     model = build_model(model_args, auto_class, tokenizer, **(task_fields if model_args.model_type else {}))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    train = None
+    train, trainer_class = None, Trainer
     if training_args.do_train:
-        train = lm_blocks(encode(clipped(read_text(data_args, "train"), data_args.max_train_chars)),
-                          data_args.max_seq_length)
+        ids = encode(clipped(read_text(data_args, "train"), data_args.max_train_chars))
+        if trains_with_memory(model):  # Transformer-XL: segments in stream order, the memory carried
+            train = stream_segments(ids, training_args.per_device_train_batch_size, data_args.max_seq_length)
+            trainer_class = SegmentMemoryTrainer
+        else:
+            train = lm_blocks(ids, data_args.max_seq_length)
         if len(train) == 0:
             raise ValueError(f"the training text is shorter than one block of --max_seq_length "
                              f"{data_args.max_seq_length} tokens")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=data_args.mlm_probability) \
         if data_args.mlm else None
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
-                      processing_class=tokenizer)
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train, data_collator=collator,
+                            processing_class=tokenizer)
     train_result = trainer.train() if training_args.do_train else None
     eval_metrics = None
     if training_args.do_eval:
