@@ -6,7 +6,8 @@ For each architecture (skipping a task whose head it lacks):
    trained with the stock `transformers.Trainer`, scored on test reviews (accuracy, precision,
    recall, F1 of the positive class);
 2. byte-level language modelling of a book -- a decoder with `AutoModelForCausalLM`, scored on
-   a different book (perplexity and bits per byte);
+   a different book (perplexity and bits per byte); Transformer-XL trains on segments in order
+   carrying its memory, and is scored carrying it (`SegmentMemoryTrainer`, `evaluate_with_memory`);
 3. efficiency of both trainings: tokens per second after a warm-up step, and the peak memory
    growth while training (process resident memory on CPU, allocated GPU memory on CUDA).
 
@@ -53,7 +54,15 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 import longctx
-from .language_modeling import evaluate_lm, lm_blocks
+from .language_modeling import (
+    SegmentMemoryTrainer,
+    evaluate_lm,
+    evaluate_with_memory,
+    lm_blocks,
+    lm_scores,
+    stream_segments,
+    trains_with_memory,
+)
 from .metrics import Metrics
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
@@ -435,13 +444,13 @@ def training_arguments(preset: Preset, budget: TaskBudget, seed: int, output_dir
 
 
 def train(model, dataset, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
-          tokens_per_step: int) -> dict:
-    """Fixed-step training with the stock Trainer on the preset's device; returns loss and
-    efficiency numbers."""
+          tokens_per_step: int, trainer_class=Trainer) -> dict:
+    """Fixed-step training with the stock Trainer (or SegmentMemoryTrainer, its recurrent form)
+    on the preset's device; returns loss and efficiency numbers."""
     args = training_arguments(preset, budget, seed, output_dir)
     timer = StepTimer()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
-                      callbacks=[timer])
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+                            callbacks=[timer])
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
     with memory_meter(preset.device) as memory:
@@ -481,15 +490,24 @@ def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, s
                           data: StudyData) -> dict:
     tokenizer = longctx.byte_tokenizer(model_max_length=10**9)  # whole books, chunked below
     train_ids, valid_ids = byte_ids(data.book_train, tokenizer), byte_ids(data.book_valid, tokenizer)
-    train_set = lm_blocks(train_ids, budget.max_length)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=True)
     model = AutoModelForCausalLM.from_config(config)
+    # Transformer-XL as Dai et al.: streams of segments in order, the memory carried in training
+    # and in scoring (the same tokens scored as the other architectures' independent blocks).
+    recurrent = trains_with_memory(model)
+    train_set = stream_segments(train_ids, budget.batch_size, budget.max_length) if recurrent \
+        else lm_blocks(train_ids, budget.max_length)
     result = train(model, train_set, preset, budget, seed, output_dir / "language_modeling",
-                   tokens_per_step=budget.batch_size * budget.max_length)
-    result.update(evaluate_lm(model, valid_ids, budget.max_length, budget.eval_batch_size))
+                   tokens_per_step=budget.batch_size * budget.max_length,
+                   trainer_class=SegmentMemoryTrainer if recurrent else Trainer)
+    if recurrent:
+        scores = evaluate_with_memory(model, valid_ids, budget.max_length)
+        result.update(lm_scores(scores["loss"] * scores["tokens"], scores["tokens"]), mem_len=config.mem_len)
+    else:
+        result.update(evaluate_lm(model, valid_ids, budget.max_length, budget.eval_batch_size))
     result.update(train_blocks=len(train_set), train_bytes=len(train_ids), valid_bytes=len(valid_ids),
-                  valid_chars=len(data.book_valid))
+                  valid_chars=len(data.book_valid), with_memory=recurrent)
     return result
 
 
@@ -559,7 +577,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([render(cells[0]), "-+-".join("-" * w for w in widths), *map(render, cells[1:])])
 
 
-def table_notes(preset: Preset, metrics: Metrics, data: StudyData) -> list[str]:
+def table_notes(preset: Preset, metrics: Metrics, data: StudyData, rows: list[dict] = ()) -> list[str]:
     notes, lm, facts = [], preset.language_modeling, data.summary
     if preset.classification is not None:
         notes.append(f"accuracy, F1: IMDb test reviews from {facts['imdb_test']}, {scored_share(facts)}; F1 of "
@@ -567,6 +585,9 @@ def table_notes(preset: Preset, metrics: Metrics, data: StudyData) -> list[str]:
     if lm is not None:
         notes.append(f"perplexity, bits/byte: byte-level, on {facts['book_valid']} (a different book), "
                      f"{scored_text(facts)}, {lm.max_length}-byte blocks scored independently")
+        notes.extend(f"{row['architecture']}: trained on consecutive {lm.max_length}-byte segments and scored "
+                     f"segment by segment, carrying a memory of {row['language_modeling']['mem_len']} states"
+                     for row in rows if (row.get("language_modeling") or {}).get("with_memory"))
         notes.append(f"train tok/s, peak mem: causal-LM training, {lm.batch_size} x {lm.max_length} tokens a step, "
                      "after a warm-up step; peak mem = " + memory_measurement(preset.device).split(";")[0]
                      + " (classification numbers: study_results.json)")
@@ -683,7 +704,7 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print()
     print(format_table(rows))
-    for note in table_notes(chosen_preset, metrics, data):
+    for note in table_notes(chosen_preset, metrics, data, rows):
         print("  " + note)
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
     return results

@@ -115,7 +115,14 @@ def test_run_study_script_end_to_end(tmp_path):
                 assert math.isfinite(row[task][key]), (row["architecture"], task, key, row[task][key])
             assert row[task]["tokens_per_s"] > 0
 
+    # Transformer-XL alone trains and scores with its memory carried, on the same scored bytes.
+    lms = {row["architecture"]: row["language_modeling"] for row in results["results"] if row["language_modeling"]}
+    assert [name for name, lm in lms.items() if lm["with_memory"]] == ["longctx-transfo-xl"]
+    assert lms["longctx-transfo-xl"]["mem_len"] > 0
+    assert lms["longctx-transfo-xl"]["predicted_bytes"] == lms["longctx-transformer"]["predicted_bytes"]
+
     out = completed.stdout
+    assert "longctx-transfo-xl: trained on consecutive" in out
     header = next(line for line in out.splitlines() if line.startswith("architecture"))
     for column in ("accuracy", "F1", "perplexity", "bits/byte", "train tok/s", "peak mem"):
         assert column in header
