@@ -193,6 +193,9 @@ class ModelSpec:
     build: Callable[[BenchmarkSettings, int], Built]  # (settings, length) -> model
     description: str
     global_attention: bool = False  # takes `global_attention_mask`
+    # Transformer-XL as it trains: each length L is a span of L/2 new tokens after a memory of L/2
+    # hidden states per layer (no gradient); tokens per step count the new tokens only.
+    memory: bool = False
 
 
 def common_fields(settings: BenchmarkSettings) -> dict:
@@ -293,6 +296,12 @@ def build_longctx_reformer(settings: BenchmarkSettings, length: int) -> Built:
     return converted_from(build_hf_reformer, "hf-reformer", settings, length)
 
 
+def build_transfo_xl_with_memory(settings: BenchmarkSettings, length: int) -> Built:
+    if length % 2:
+        raise UnsupportedLength(f"length {length} is odd: the span is half memory, half new tokens")
+    return build_longctx("longctx-transfo-xl", settings, mem_len=length // 2)
+
+
 # One entry per benchmarked model; a longctx architecture without an entry is benchmarked from its
 # own config at the shared size (see `resolve_spec`).
 MODELS: dict[str, ModelSpec] = {
@@ -305,6 +314,9 @@ MODELS: dict[str, ModelSpec] = {
                              f"chunk {REFORMER_CHUNK_LENGTH}"),
     "longctx-reformer": ModelSpec(build_longctx_reformer, "longctx-reformer converted from hf-reformer (same "
                                   "weights, reversible layers)"),
+    "longctx-transfo-xl-memory": ModelSpec(build_transfo_xl_with_memory, "longctx-transfo-xl as it trains: "
+                                           "L/2 new tokens after a memory of L/2 (span L); tok/s counts new tokens",
+                                           memory=True),
 }
 
 
@@ -350,8 +362,12 @@ def synchronize(device: str):
 
 def make_inputs(spec: ModelSpec, settings: BenchmarkSettings, batch: int, length: int) -> dict:
     generator = torch.Generator().manual_seed(settings.seed + length)
-    inputs = {"input_ids": torch.randint(FIRST_TOKEN_ID, settings.vocab_size, (batch, length),
+    new_tokens = length // 2 if spec.memory else length
+    inputs = {"input_ids": torch.randint(FIRST_TOKEN_ID, settings.vocab_size, (batch, new_tokens),
                                          generator=generator).to(settings.device)}
+    if spec.memory:  # a full memory, as after the first segment of a stream
+        inputs["mems"] = [torch.randn(batch, length - new_tokens, settings.hidden_size, generator=generator)
+                          .to(settings.device) for _ in range(settings.num_layers)]
     if spec.global_attention and settings.global_tokens:
         mask = torch.zeros(batch, length, dtype=torch.long)
         mask[:, :settings.global_tokens] = 1
@@ -428,6 +444,7 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
         if settings.compile:
             model = torch.compile(model, mode=settings.compile)
         inputs = make_inputs(spec, settings, batch, length)
+        cell["tokens_per_step"] = inputs["input_ids"].numel()  # new tokens (fewer than batch x length with memory)
         if settings.device == "cuda" and settings.compile:  # see memory_measurement
             torch.cuda.reset_peak_memory_stats()
         for _ in range(settings.warmup_steps):
@@ -458,7 +475,7 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
             raise FloatingPointError(f"non-finite loss {loss}")
         cell["loss"] = loss
         cell["seconds_per_step"] = median(cell["step_seconds"])
-        cell["tokens_per_s"] = batch * length / cell["seconds_per_step"]
+        cell["tokens_per_s"] = cell["tokens_per_step"] / cell["seconds_per_step"]
     except Exception as error:  # recorded; the run goes on with the next cell
         cell["error_kind"] = ("out_of_memory" if is_out_of_memory(error)
                               else "unsupported" if isinstance(error, UnsupportedLength) else "error")

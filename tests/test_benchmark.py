@@ -181,6 +181,23 @@ def test_inference_mode_times_a_forward_and_model_config_reaches_only_models_tha
     assert any("projection_dim" in line for line in benchmark.notes(settings, [cell]))
 
 
+def test_transformer_xl_with_memory_times_half_new_tokens_after_a_full_memory(monkeypatch):
+    """Span L = L/2 memory states + L/2 new tokens; tokens/s counts the new tokens only."""
+    settings = BenchmarkSettings(models=["longctx-transfo-xl-memory"], lengths=[64], baseline=None,
+                                 tokens_per_step=256, steps=1, **TINY)
+    seen = []
+    model_class = type(resolve_spec("longctx-transfo-xl-memory").build(settings, 64).model)
+    original = model_class.forward
+    monkeypatch.setattr(model_class, "forward", lambda self, *a, **kw: seen.append(
+        (kw["input_ids"].shape, [tuple(m.shape) for m in kw["mems"]], self.config.mem_len)) or original(self, *a, **kw))
+    cell = benchmark.measure("longctx-transfo-xl-memory", settings, 64)
+    assert cell["error"] is None, cell.get("traceback")
+    assert cell["batch_size"] == 4 and cell["tokens_per_step"] == 4 * 32
+    assert cell["tokens_per_s"] == pytest.approx(cell["tokens_per_step"] / cell["seconds_per_step"])
+    assert seen and all(ids == (4, 32) and mems == [(4, 32, 32)] and mem_len == 32 for ids, mems, mem_len in seen)
+    assert benchmark.measure("longctx-transfo-xl-memory", settings, 63)["error_kind"] == "unsupported"
+
+
 # --------------------------------------------------------------------------- end to end
 
 
