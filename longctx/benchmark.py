@@ -496,20 +496,22 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
 
 
 def ratio_table(cells: list[dict], baseline: str | None) -> dict[tuple[str, int], dict]:
-    """(model, length) -> {"time": seconds / baseline's seconds, "memory": peak / baseline's peak}
-    at the same length, None where either cell has no number (failed, or a non-positive peak)."""
+    """(model, length) -> {"time": time per token / baseline's, "memory": peak / baseline's peak}
+    at the same length, None where either cell has no number (failed, or a non-positive peak).
+    Time per token, not per step: a model with memory processes fewer new tokens per step."""
     by_key = {(cell["model"], cell["length"]): cell for cell in cells}
 
-    def ratio(cell, base, key):
-        if base is None or cell.get(key) is None or base.get(key) is None or base[key] <= 0:
+    def ratio(numerator, denominator):
+        if numerator is None or denominator is None or denominator <= 0:
             return None
-        return cell[key] / base[key]
+        return numerator / denominator
 
     table = {}
     for (model, length), cell in by_key.items():
         base = by_key.get((baseline, length)) if baseline is not None else None
-        table[(model, length)] = {"time": ratio(cell, base, "seconds_per_step"),
-                                  "memory": ratio(cell, base, "peak_memory_mib")}
+        base = base or {}
+        table[(model, length)] = {"time": ratio(base.get("tokens_per_s"), cell.get("tokens_per_s")),
+                                  "memory": ratio(cell.get("peak_memory_mib"), base.get("peak_memory_mib"))}
     return table
 
 
@@ -599,8 +601,9 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
         lines.append("hf-reformer: last hidden state is 2 x hidden wide (the reversible streams, concatenated); "
                      f"lengths must be multiples of {REFORMER_CHUNK_LENGTH}")
     if settings.baseline:
-        lines.append(f"time/{settings.baseline}, mem/{settings.baseline}: this model's ms/step and peak MiB over "
-                     f"{settings.baseline}'s at the same length, in this run only (< 1: faster / smaller)")
+        lines.append(f"time/{settings.baseline}, mem/{settings.baseline}: this model's time per token (1 / tokens/s) "
+                     f"and peak MiB over {settings.baseline}'s at the same length, in this run only (< 1: faster / "
+                     "smaller)")
     if settings.device == "cpu":
         lines.append(f"{CPU_NOISE_NOTE}; {torch.get_num_threads()} threads")
         lines.append(allocator_note())

@@ -76,6 +76,9 @@ def test_ratio_table_divides_by_the_baseline_at_the_same_length():
     assert table[("broken", 1024)] == {"time": None, "memory": None}
     assert table[("lonely", 4096)] == {"time": None, "memory": None}  # no baseline cell at that length
     assert all(value == {"time": None, "memory": None} for value in ratio_table(cells, None).values())
+    # time per token: half the new tokens in the same step time (a model with memory) costs twice as much
+    half = dict(cell("memory", 1024, 2.0, 100.0), tokens_per_s=256.0)
+    assert ratio_table(cells + [half], "base")[("memory", 1024)] == {"time": 2.0, "memory": 1.0}
     # a failed baseline gives no ratios at its length
     assert ratio_table([cell("base", 1024, error="x"), cell("fast", 1024, 1.0, 1.0)], "base")[("fast", 1024)] == \
         {"time": None, "memory": None}
