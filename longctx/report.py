@@ -70,6 +70,10 @@ def _size(info: dict) -> str:
         extras.append(f"window {size['attention_window']}")
     if "projection_dim" in size:
         extras.append(f"k {size['projection_dim']}")
+    if "mem_len" in size:  # Transformer-XL
+        extras.append(f"memory {size['mem_len']}")
+    if size.get("attn_type") == 2:
+        extras.append("absolute positions")
     return text + (f" ({', '.join(extras)})" if extras else "")
 
 

@@ -186,7 +186,8 @@ def require_columns(dataset, columns, argument_hint: str):
 
 RUN_INFO = "run_info.json"
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "max_position_embeddings", "attention_window", "projection_dim", "sharing", "is_decoder")
+               "max_position_embeddings", "attention_window", "projection_dim", "sharing", "is_decoder",
+               "mem_len", "attn_type")
 
 
 def run_info(task: str, model, data: dict, steps: dict) -> dict:

@@ -256,6 +256,8 @@ def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_p
                              "--max_steps", "2", "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_mem_len"] == 64 and results["eval_segment_length"] == 64
+    from longctx.report import _size
+    assert _size(json.loads((out / "run_info.json").read_text())) == "1×32 (memory 64)"  # the report names the memory
     assert results["eval_comparison_tokens"] == 128 - 2  # the first token of each 64-token segment is unscored
     assert results["eval_recompute_slowdown"] > 0 and results["eval_perplexity"] > 1
     # Over the first 128 tokens the memory (64) holds everything before the second segment: equal
