@@ -24,16 +24,16 @@ Differences from transformers 4.35.2 (by design):
 - Memory tensors are (batch, length, d_model), transformers' (length, batch, d_model).
 - `attention_mask` is supported (padding, and left-padded `generate()`); transformers had none.
 
-Efficiency (2 CPU threads, fwd + bwd of one attention, batch 2, 4 heads of 64): the fast path (SDPA
-over the content scores, the position term passed as an additive float mask) takes 0.05 s / 0.37 s
-at 512 + 512 / 1,024 + 1,024 (segment + memory) against 0.09 s / 0.50 s for the explicit
-reference. Per token, a training step costs ~1.5-1.9x the dense baseline's at the same attention
-span (4 x 256 model, spans 512 and 1,024, noisy shared CPU): each query scores every memory key,
-and the position scores are a second score matmul, which SDPA cannot fuse.
+Efficiency: on CPU (no attention dropout, float32/64) relative attention runs the block kernel of
+`attention_relative_cpu` (queries in blocks, causal blocks skipped, a hand-written backward, memory
+linear in the length); elsewhere SDPA with the position term as a mask, whose gradient makes
+training run SDPA's math kernel. Per token, a 2 x 256 training step with a memory of half the span
+costs 1.2-1.5x the dense baseline's at spans of 1K-4K on 2 CPU cores (2-3x with the SDPA path;
+results/cpu-2026-11-23/README.md): the position scores are a second score matmul in both passes.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .attention_dense import masked_attention_reference, masked_sdpa
+from .attention_relative_cpu import blockwise_relative_attention, can_run_relative_blocks
 from .configuration_transfo_xl import LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
@@ -81,23 +82,35 @@ def relative_scores(q, k, r, content_bias, position_bias):
     return content + relative_shift(position)
 
 
-def relative_attention(q, k, v, r, content_bias, position_bias, allowed, *, dropout_p=0.0):
-    """Fast path: SDPA over (q + u) k^T, with the position term as an additive float mask (so
-    the content scores, softmax and weighted sum run fused). `allowed`: bool, broadcastable to
-    (batch, heads, q_len, k_len), or None; a query that sees no key outputs zeros. In training the
-    mask needs a gradient, which the fused kernels do not give: there SDPA runs its math kernel
-    (seen on CPU, torch 2.13), with the (q_len x k_len) scores materialised -- why XL costs 3x
-    dense per token at 4K on CPU (results/cpu-2026-11-23/README.md)."""
+def relative_attention(q, k, v, r, content_bias, position_bias, visible: "VisibleKeys", *, dropout_p=0.0,
+                       kernel: str = "auto"):
+    """softmax(((q + u) k^T + shift((q + v) r^T)) / sqrt(dim)) v over the `visible` keys; a query
+    that sees no key outputs zeros. Kernels, equal up to float rounding:
+    - "blocks" (`attention_relative_cpu`): CPU, no attention dropout, float32/64; query blocks,
+      causal blocks skipped, a hand-written backward; memory linear in the length.
+    - "sdpa": SDPA over (q + u) k^T with the position term as an additive float mask. In training
+      the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
+      over the materialised (q_len x k_len) scores (CUDA, dropout, bfloat16).
+    "auto" takes "blocks" where it applies."""
+    if kernel not in ("auto", "blocks", "sdpa"):
+        raise ValueError(f"kernel={kernel!r}; use 'auto', 'blocks' or 'sdpa'")
+    blocks_apply = can_run_relative_blocks(q, dropout_p)
+    if kernel == "blocks" and not blocks_apply:
+        raise ValueError(f"kernel='blocks' needs a CPU tensor of float32 or float64 and attention dropout 0; got "
+                         f"{q.device.type} {q.dtype}, dropout_p={dropout_p}. Use kernel='auto'.")
+    if kernel != "sdpa" and blocks_apply:
+        return blockwise_relative_attention(q + content_bias[:, None], q + position_bias[:, None], k, v, r,
+                                            memory_length=visible.memory_length, window=visible.window,
+                                            key_padding=visible.key_padding)
     scale = 1.0 / math.sqrt(q.shape[-1])
     position = relative_shift(torch.matmul((q + position_bias[:, None]) * scale, r.transpose(-1, -2)))
-    sees_something = None
-    if allowed is not None:
-        sees_something = allowed.any(dim=-1, keepdim=True)
-        # a row with no visible key would be NaN: let it see everything, zero it after
-        position = position.masked_fill(~(allowed | ~sees_something), float("-inf"))
+    allowed = visible.mask()
+    sees_something = allowed.any(dim=-1, keepdim=True)
+    # a row with no visible key would be NaN: let it see everything, zero it after
+    position = position.masked_fill(~(allowed | ~sees_something), float("-inf"))
     out = F.scaled_dot_product_attention(q + content_bias[:, None], k, v, attn_mask=position.to(q.dtype),
                                          dropout_p=dropout_p, scale=scale)
-    return out if sees_something is None else out * sees_something
+    return out * sees_something
 
 
 def relative_attention_reference(q, k, v, r, content_bias, position_bias, allowed, *, dropout_p=0.0):
@@ -133,6 +146,25 @@ def visible_keys(q_len: int, memory_length: int, window: int | None, key_padding
         allowed = allowed & (key > query - window)
     allowed = allowed[None, None]
     return allowed if key_padding is None else allowed & key_padding[:, None, None, :]
+
+
+@dataclass
+class VisibleKeys:
+    """Which keys the new tokens see (see `visible_keys`), kept as its structure: the block kernel
+    needs no (q_len x k_len) mask; the others build it once, on first use."""
+
+    q_len: int
+    memory_length: int
+    window: int | None = None
+    key_padding: torch.Tensor | None = None  # (batch, memory + q_len) bool, True for real keys
+    device: torch.device | str | None = None
+    _mask: torch.Tensor | None = field(default=None, repr=False)
+
+    def mask(self) -> torch.Tensor:
+        """(batch or 1, 1, q_len, memory + q_len) bool, True where a query may attend a key."""
+        if self._mask is None:
+            self._mask = visible_keys(self.q_len, self.memory_length, self.window, self.key_padding, self.device)
+        return self._mask
 
 
 # ----------------------------------------------------------------------------------------- memory
@@ -234,20 +266,20 @@ class RelativeSelfAttention(nn.Module):
             self.content_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
             self.position_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
 
-    def forward(self, hidden, context, encodings, allowed=None, shared_biases=None, output_attentions=False):
+    def forward(self, hidden, context, encodings, visible, shared_biases=None, output_attentions=False):
         """hidden: (batch, q_len, d_model) new tokens; context: (batch, k_len, d_model) memory + new
-        tokens; encodings: (k_len, d_model) of distances k_len - 1 .. 0."""
+        tokens; encodings: (k_len, d_model) of distances k_len - 1 .. 0; visible: VisibleKeys."""
         q = split_heads(self.query(hidden), self.num_heads)  # (batch, heads, q_len, dim)
         k, v = (split_heads(t, self.num_heads) for t in self.key_value(context).chunk(2, dim=-1))
         dropout_p = self.dropout_p if self.training else 0.0
         if not self.relative:
-            return self._plain(q, k, v, allowed, dropout_p, output_attentions)
+            return self._plain(q, k, v, visible.mask(), dropout_p, output_attentions)
         r = self.position(encodings).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # (heads, k_len, dim)
         u, bias_v = shared_biases if self.content_bias is None else (self.content_bias, self.position_bias)
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
-            out, weights = relative_attention_reference(q, k, v, r, u, bias_v, allowed, dropout_p=dropout_p)
+            out, weights = relative_attention_reference(q, k, v, r, u, bias_v, visible.mask(), dropout_p=dropout_p)
         else:
-            out, weights = relative_attention(q, k, v, r, u, bias_v, allowed, dropout_p=dropout_p), None
+            out, weights = relative_attention(q, k, v, r, u, bias_v, visible, dropout_p=dropout_p), None
         return self.output(merge_heads(out)), weights
 
     def _plain(self, q, k, v, allowed, dropout_p, output_attentions):
@@ -286,16 +318,16 @@ class TransfoXLBlock(GradientCheckpointingLayer):
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden, memory, encodings, allowed=None, shared_biases=None, output_attentions=False):
+    def forward(self, hidden, memory, encodings, visible, shared_biases=None, output_attentions=False):
         context = torch.cat([memory, hidden], dim=1)
         length = hidden.shape[1]
         if self.pre_norm:
             context = self.attention_norm(context)
-            attended, weights = self.attention(context[:, -length:], context, encodings, allowed, shared_biases,
+            attended, weights = self.attention(context[:, -length:], context, encodings, visible, shared_biases,
                                                output_attentions)
             hidden = hidden + self.dropout(attended)
             return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden))), weights
-        attended, weights = self.attention(hidden, context, encodings, allowed, shared_biases, output_attentions)
+        attended, weights = self.attention(hidden, context, encodings, visible, shared_biases, output_attentions)
         hidden = self.attention_norm(hidden + self.dropout(attended))
         return self.feed_forward_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
 
@@ -498,7 +530,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         new_padding = self._new_token_padding(attention_mask, batch, length, memory)
         key_padding = self._key_padding(memory, new_padding, batch, length, reference.device)
         window = self.config.mem_len if self.config.same_length and self.config.mem_len > 0 else None
-        allowed = visible_keys(length, memory.length, window, key_padding, reference.device)
+        visible = VisibleKeys(length, memory.length, window, key_padding, reference.device)
         encodings = None
         if self.config.attn_type == 0:
             encodings = self.dropout(self._encodings(memory.length + length, hidden))
@@ -514,7 +546,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         layer_inputs, all_weights = [], ()
         for layer, layer_memory in zip(self.layers, memory.hidden):
             layer_inputs.append(hidden)
-            hidden, weights = layer(hidden, layer_memory.to(hidden.dtype), encodings, allowed=allowed,
+            hidden, weights = layer(hidden, layer_memory.to(hidden.dtype), encodings, visible,
                                     shared_biases=shared, output_attentions=output_attentions)
             all_weights += (weights,)
         hidden = self.dropout(hidden)

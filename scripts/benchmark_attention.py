@@ -1,14 +1,21 @@
-"""Sliding-window attention kernels alone, forward and forward + backward, against dense SDPA.
+"""Sliding-window and Transformer-XL attention kernels alone, forward and forward + backward,
+against dense SDPA.
 
     python scripts/benchmark_attention.py                      # CUDA: bf16, 8 heads x 64, window 512
     python scripts/benchmark_attention.py --lengths 4096 --batch 1 --device cpu --dtype fp32
+    python scripts/benchmark_attention.py --device cpu --batch 2 --heads 4 --lengths 2048,4096 \
+        --kernels dense,xl-sdpa,xl-blocks,xl-blocks-64
 
 Kernels: "dense" (SDPA over the whole sequence, no mask), "chunked" and "flex" (longctx's two
 exact sliding-window kernels, `longctx.attention_sliding`; on CPU without dropout "chunked" runs
 the block-band decomposition of `longctx.attention_band_cpu`), "chunked-slabs" (the chunked
 kernel's one-SDPA-over-key-slabs form, which CUDA and dropout use), "band-N" (CPU: the block-band
 form with blocks of N tokens, N dividing the window), plus diagnostic FlexAttention variants on
-CUDA (`flex_variant`). Median times (CUDA events via triton.testing.do_bench on CUDA; wall
+CUDA (`flex_variant`). Transformer-XL's relative attention as it trains, span = length: the last
+half of the tokens are the queries, the first half their memory, r random (no gradient asked):
+"xl-sdpa" (SDPA with the position term as a mask), "xl-blocks" (`longctx.attention_relative_cpu`,
+CPU, its default block) and "xl-blocks-N" (blocks of N queries). They score half as many queries
+as "dense": their cost per token against dense is 2 x their time / dense's. Median times (CUDA events via triton.testing.do_bench on CUDA; wall
 clock on CPU).
 """
 
@@ -28,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from longctx.attention_band_cpu import block_band_attention
+from longctx.attention_relative_cpu import blockwise_relative_attention
+from longctx.modeling_transfo_xl import VisibleKeys, relative_attention
 from longctx.attention_sliding import default_chunk_size, sliding_window_attention
 
 
@@ -56,8 +65,31 @@ def flex_variant(window: int, length: int, batch: int, device, variant: str):
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
 
+def transfo_xl_kernel(kernel: str, block: int | None = None):
+    """Relative attention of the last half of q over k, v (memory = the first half), XL's causal
+    visibility; u, v and r fixed random tensors, as a kernel(q, k, v)."""
+    cache = {}
+
+    def run(q, k, v):
+        if not cache:
+            heads, length, dim = q.shape[1], q.shape[2], q.shape[3]
+            generator = torch.Generator().manual_seed(0)  # the same r, u, v for every kernel
+            make = lambda *shape: torch.randn(*shape, generator=generator).to(q.device, q.dtype)  # noqa: E731
+            cache.update(r=make(heads, length, dim), u=make(heads, dim), v=make(heads, dim),
+                         visible=VisibleKeys(length - length // 2, length // 2, None, None, q.device))
+        queries = q[:, :, k.shape[2] // 2:]
+        if block is None:
+            return relative_attention(queries, k, v, cache["r"], cache["u"], cache["v"], cache["visible"], kernel=kernel)
+        return blockwise_relative_attention(queries + cache["u"][:, None], queries + cache["v"][:, None], k, v,
+                                            cache["r"], memory_length=cache["visible"].memory_length, block=block)
+
+    return run
+
+
 def kernels(names, window, length, batch, device):
     table = {
+        "xl-sdpa": transfo_xl_kernel("sdpa"),
+        "xl-blocks": transfo_xl_kernel("blocks"),
         "dense": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
         "chunked": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="chunked"),
         "chunked-slabs": lambda q, k, v: sliding_window_attention(q, k, v, window=window, kernel="chunked",
@@ -68,6 +100,8 @@ def kernels(names, window, length, batch, device):
     for name in names:
         if name.startswith("flex-") and device == "cuda":
             chosen[name] = flex_variant(window, length, batch, device, name[len("flex-"):])
+        elif name.startswith("xl-blocks-"):
+            chosen[name] = transfo_xl_kernel("blocks", int(name[len("xl-blocks-"):]))
         elif name.startswith("band-"):
             chosen[name] = functools.partial(block_band_attention, window=window, block=int(name[len("band-"):]))
         elif name in table:
@@ -100,7 +134,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"])
     parser.add_argument("--kernels", default="dense,chunked,chunked-slabs,flex",
-                        help="also band-N on CPU (blocks of N); on CUDA flex-canonical, flex-ours-plain-mask, "
+                        help="also xl-sdpa, xl-blocks, xl-blocks-N (Transformer-XL, see above); band-N on CPU "
+                             "(blocks of N); on CUDA flex-canonical, flex-ours-plain-mask, "
                              "flex-ours-dynamic (see flex_variant)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU")
     args = parser.parse_args(argv)
@@ -119,7 +154,8 @@ def main(argv=None):
                         kernel(q, k, v)
 
                 def forward_backward():
-                    torch.autograd.grad(kernel(q, k, v), (q, k, v), upstream)
+                    out = kernel(q, k, v)  # the XL kernels output only the last half
+                    torch.autograd.grad(out, (q, k, v), upstream[:, :, -out.shape[2]:])
 
                 print(f"{name:>15} {length:>7} {median_ms(forward, args.device, args.repeats):>9.3f} "
                       f"{median_ms(forward_backward, args.device, args.repeats):>9.3f}", flush=True)

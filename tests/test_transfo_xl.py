@@ -9,11 +9,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from longctx.modeling_transfo_xl import (
+    VisibleKeys,
     relative_attention,
     relative_attention_reference,
     relative_shift,
     sinusoid_encoding,
-    visible_keys,
 )
 from model_harness import ModelHarness, pad
 
@@ -120,7 +120,8 @@ def test_relative_shift_scores_each_key_at_its_distance(q_len, memory):
             assert shifted[:, :, i, j].equal(scores[:, :, i, k_len - 1 - distance]), (i, j)
 
 
-def test_fast_kernel_equals_reference_outputs_and_gradients():
+@pytest.mark.parametrize("kernel", ["sdpa", "blocks", "auto"])
+def test_fast_kernels_equal_reference_outputs_and_gradients(kernel):
     gen = torch.Generator().manual_seed(0)
     batch, heads, q_len, memory, dim = 3, 2, 6, 4, 8
     k_len = q_len + memory
@@ -130,9 +131,10 @@ def test_fast_kernel_equals_reference_outputs_and_gradients():
     padding = torch.ones(batch, k_len, dtype=torch.bool)
     padding[1, :6] = False  # row 1: its first query (key 4) sees only padding, so outputs zeros
     padding[2, -2:] = False
-    allowed = visible_keys(q_len, memory, 5, padding, "cpu")
+    visible = VisibleKeys(q_len, memory, 5, padding, "cpu")
+    allowed = visible.mask()
     assert not allowed[1, 0, 0].any()
-    fast = relative_attention(*tensors, allowed)
+    fast = relative_attention(*tensors, visible, kernel=kernel)
     reference, weights = relative_attention_reference(*tensors, allowed)
     torch.testing.assert_close(fast, reference)
     assert fast[1, :, 0].abs().max() == 0

@@ -1,0 +1,180 @@
+"""Transformer-XL's block kernel on CPU (`longctx.attention_relative_cpu`) against the explicit
+reference `relative_attention_reference`: outputs and every gradient, on random shapes, memories,
+windows, padding and block sizes; the dispatch; its memory; a whole model step through both kernels."""
+
+import pytest
+import torch
+
+import longctx.modeling_transfo_xl as xl
+from longctx.attention_relative_cpu import blockwise_relative_attention
+from longctx.modeling_transfo_xl import VisibleKeys, relative_attention, relative_attention_reference
+
+
+def random_inputs(batch, heads, q_len, memory, dim, dtype=torch.float64, seed=0):
+    """q, k, v, r, u, v_bias with gradients; scaled so that the softmax is far from uniform."""
+    gen = torch.Generator().manual_seed(seed)
+    k_len = q_len + memory
+    shapes = [(batch, heads, q_len, dim), (batch, heads, k_len, dim), (batch, heads, k_len, dim),
+              (heads, k_len, dim), (heads, dim), (heads, dim)]
+    return [(2 * torch.randn(*shape, generator=gen, dtype=dtype)).requires_grad_() for shape in shapes]
+
+
+def random_padding(batch, k_len, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    padding = torch.rand(batch, k_len, generator=gen) > 0.3
+    padding[0] = False
+    padding[0, -2:] = True  # row 0 left-padded: its first queries see nothing
+    return padding
+
+
+def blocks(q, k, v, r, u, v_bias, visible, block):
+    return blockwise_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r, memory_length=visible.memory_length,
+                                        window=visible.window, key_padding=visible.key_padding, block=block)
+
+
+def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
+    torch.testing.assert_close(got, want, **tolerance)
+    upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1), dtype=got.dtype)
+    for name, g, w in zip("q k v r u v_bias".split(), torch.autograd.grad(got, inputs, upstream),
+                          torch.autograd.grad(want, inputs, upstream)):
+        torch.testing.assert_close(g, w, msg=lambda m, name=name: f"gradient of {name}: {m}", **tolerance)
+
+
+@pytest.mark.parametrize("batch, heads, q_len, memory, dim, window, padded, block", [
+    (2, 3, 37, 0, 8, None, False, 16),     # no memory, a length off the block
+    (2, 3, 37, 11, 8, None, False, 16),
+    (1, 2, 50, 20, 4, None, True, 16),     # padding, queries that see nothing
+    (2, 2, 45, 30, 8, 25, False, 16),      # same_length window shorter than the memory
+    (2, 2, 45, 30, 8, 25, True, 7),
+    (3, 1, 64, 64, 16, None, False, 64),   # one block exactly
+    (2, 2, 33, 5, 8, 40, True, 100),       # a block longer than the segment, a window longer than the span
+    (2, 4, 20, 9, 8, 3, True, 1),          # blocks of one query, a window of 3
+    (1, 1, 1, 17, 8, None, False, None),   # one new token after a memory (generation); the default block
+    (2, 2, 70, 50, 8, None, True, None),
+])
+def test_block_kernel_equals_reference(batch, heads, q_len, memory, dim, window, padded, block):
+    inputs = random_inputs(batch, heads, q_len, memory, dim)
+    padding = random_padding(batch, q_len + memory) if padded else None
+    visible = VisibleKeys(q_len, memory, window, padding, "cpu")
+    want, _ = relative_attention_reference(*inputs, visible.mask())
+    assert_same_outputs_and_gradients(blocks(*inputs, visible, block), want, inputs)
+
+
+def test_block_kernel_float32_is_close_to_the_float64_reference():
+    inputs = random_inputs(2, 4, 300, 200, 16, dtype=torch.float32)
+    visible = VisibleKeys(300, 200, None, random_padding(2, 500), "cpu")
+    want, _ = relative_attention_reference(*inputs, visible.mask())
+    assert_same_outputs_and_gradients(blocks(*inputs, visible, 64), want, inputs, rtol=1e-4, atol=1e-4)
+
+
+def test_queries_that_see_nothing_output_zeros_and_pass_no_gradient():
+    inputs = random_inputs(1, 2, 6, 4, 8)
+    padding = torch.ones(1, 10, dtype=torch.bool)
+    padding[0, :7] = False  # queries 0-2 (keys 4-6) see only padding
+    out = blocks(*inputs, VisibleKeys(6, 4, None, padding, "cpu"), 4)
+    assert out[0, :, :3].abs().max() == 0 and out[0, :, 3:].abs().min() > 0
+    q_grad, k_grad = torch.autograd.grad(out.sum(), inputs[:2])
+    assert q_grad[0, :, :3].abs().max() == 0 and k_grad[0, :, :7].abs().max() == 0
+
+
+def largest_saved_tensor(function):
+    """The number of elements of the largest tensor autograd keeps for the backward pass."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        function()
+    return max(sizes)
+
+
+def test_block_kernel_keeps_no_score_matrix_for_the_backward_pass():
+    batch, heads, q_len, memory, dim = 2, 2, 256, 256, 8
+    inputs = random_inputs(batch, heads, q_len, memory, dim, dtype=torch.float32)
+    visible = VisibleKeys(q_len, memory, None, None, "cpu")
+    scores = batch * heads * q_len * (q_len + memory)
+    # the probe sees the score matrices when a kernel keeps them
+    assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel="sdpa")) >= scores
+    assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel="blocks")) <= \
+        batch * heads * (q_len + memory + 1) * dim
+
+
+def test_auto_takes_the_block_kernel_only_where_it_applies(monkeypatch):
+    calls = []
+    real = xl.blockwise_relative_attention
+    monkeypatch.setattr(xl, "blockwise_relative_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    visible = VisibleKeys(5, 3, None, None, "cpu")
+    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible)
+    assert calls == [1]
+    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, dropout_p=0.1)
+    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.bfloat16), visible)
+    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, kernel="sdpa")
+    assert calls == [1]
+
+
+def test_unusable_kernel_choices_raise_value_error():
+    visible = VisibleKeys(5, 3, None, None, "cpu")
+    with pytest.raises(ValueError, match="dropout"):
+        relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, dropout_p=0.1, kernel="blocks")
+    inputs = random_inputs(1, 2, 5, 3, 8, dtype=torch.float32)
+    with pytest.raises(ValueError, match="memory_length"):
+        blocks(*inputs, VisibleKeys(5, 2, None, None, "cpu"), 4)
+    with pytest.raises(ValueError, match="block=0"):
+        blocks(*inputs, visible, 0)
+    with pytest.raises(ValueError, match="kernel='flash'"):
+        relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, kernel="flash")
+
+
+def test_model_step_is_the_same_through_either_kernel(monkeypatch):
+    """Loss and every parameter gradient of a Transformer-XL step with memory, padding, a
+    same_length window and clamped distances: block kernel vs SDPA kernel (float64)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, mem_len=24, same_length=True, clamp_len=20,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).double()
+    ids = torch.randint(3, 200, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+
+    def step():
+        model.zero_grad()
+        memory = model(ids[:, :14], attention_mask=mask[:, :14]).mems
+        loss = model(ids[:, 14:], attention_mask=mask, labels=ids[:, 14:], mems=memory).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    block_loss, block_grads = step()
+    monkeypatch.setattr(xl, "can_run_relative_blocks", lambda q, dropout_p: False)
+    sdpa_loss, sdpa_grads = step()
+    torch.testing.assert_close(block_loss, sdpa_loss)
+    assert block_grads.keys() == sdpa_grads.keys() and len(block_grads) > 10
+    for name in block_grads:
+        torch.testing.assert_close(block_grads[name], sdpa_grads[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_attention_benchmark_times_the_transformer_xl_kernels(monkeypatch, capsys):
+    """scripts/benchmark_attention.py: its XL kernels compute the same attention, and each gets a
+    row of timings (none 'failed')."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_attention.py"
+    module = runpy.run_path(str(script))
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    outputs = [module["transfo_xl_kernel"](*spec)(q, k, v) for spec in (("sdpa",), ("blocks",), ("blocks", 8))]
+    assert outputs[0].shape == (1, 2, 20, 8)
+    for out in outputs[1:]:
+        torch.testing.assert_close(out, outputs[0], rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(sys, "argv", ["benchmark_attention.py", "--device", "cpu", "--dtype", "fp32", "--heads", "2",
+                                      "--lengths", "64", "--kernels", "dense,xl-sdpa,xl-blocks,xl-blocks-16",
+                                      "--repeats", "1"])
+    runpy.run_path(str(script), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "failed" not in printed
+    assert all(f"{name} " in printed for name in ("xl-sdpa", "xl-blocks", "xl-blocks-16"))
