@@ -20,7 +20,7 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     MaskedLMOutput,
     QuestionAnsweringModelOutput,
-    SequenceClassifierOutput,
+    SequenceClassifierOutputWithPast,
 )
 
 WORD_EMBEDDINGS = "model.embeddings.word_embeddings.weight"
@@ -199,7 +199,11 @@ def pool(hidden, attention_mask, how: str):
 
 
 class ForSequenceClassification(HeadBase):
-    """Pools as `config.pooling` says; regression, single- or multi-label loss as transformers."""
+    """Pools as `config.pooling` says; regression, single- or multi-label loss as transformers.
+    Returns the backbone's cache as `past_key_values` when it gives one (a decoder with use_cache,
+    Transformer-XL's memory), as transformers' GPT-2 and TransfoXL classifiers do."""
+
+    output_class = SequenceClassifierOutputWithPast
 
     def __init__(self, config):
         super().__init__(config)
@@ -208,17 +212,22 @@ class ForSequenceClassification(HeadBase):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
-        pooled = pool(outputs.last_hidden_state, self._real_tokens(input_ids, attention_mask), self.config.pooling)
+        hidden = outputs.last_hidden_state
+        pooled = pool(hidden, self._real_tokens(input_ids, attention_mask, hidden.shape[1]), self.config.pooling)
         logits = self.classifier(pooled)
         loss = None if labels is None else self._loss(logits, labels.to(logits.device))
-        return self._finish(SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                                     attentions=outputs.attentions), as_tuple)
+        return self._finish(self.output_class(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions),
+                            as_tuple)
 
-    def _real_tokens(self, input_ids, attention_mask):
-        """The mask pooling reads: `attention_mask`, else (as transformers' GPT-2 and TransfoXL
+    def _real_tokens(self, input_ids, attention_mask, length: int):
+        """The mask pooling reads: `attention_mask` (its last `length` columns: a cache's model may
+        take one over the cached tokens too), else (as transformers' GPT-2 and TransfoXL
         classifiers do) the ids that are not `pad_token_id`, else None (every token)."""
-        if attention_mask is not None or input_ids is None or self.config.pad_token_id is None:
-            return attention_mask
+        if attention_mask is not None:
+            return attention_mask[:, -length:]
+        if input_ids is None or self.config.pad_token_id is None:
+            return None
         return (input_ids != self.config.pad_token_id).long()
 
     def _loss(self, logits, labels):

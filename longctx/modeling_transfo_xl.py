@@ -42,6 +42,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.utils import ModelOutput
 
 from .attention_dense import masked_attention_reference, masked_sdpa
@@ -649,8 +650,21 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
 
 
+@dataclass
+class TransfoXLSequenceClassifierOutput(SequenceClassifierOutputWithPast):
+    """`past_key_values` (also `mems`, transformers 4.35.2's name): the memory for the next segment."""
+
+    @property
+    def mems(self):
+        return self.past_key_values
+
+
 class LongctxTransfoXLForSequenceClassification(ForSequenceClassification, LongctxTransfoXLPreTrainedModel):
+    """Pass a long document's segments in order with `mems` (the previous call's) to classify it
+    at its last segment with the memory of the earlier ones."""
+
     backbone_class = LongctxTransfoXLModel
+    output_class = TransfoXLSequenceClassifierOutput
 
 
 class LongctxTransfoXLForQuestionAnswering(ForQuestionAnswering, LongctxTransfoXLPreTrainedModel):

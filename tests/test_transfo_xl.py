@@ -315,3 +315,27 @@ def test_absolute_positions_are_plain_attention_over_memory_and_segment():
         x = layer.attention_norm(hidden + attended)
         want = layer.feed_forward_norm(x + layer.feed_forward(x))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_returns_its_memory_and_classifies_a_document_segment_by_segment():
+    """As transformers 4.35.2's TransfoXLForSequenceClassification: `mems` out, `mems` in; with a
+    memory covering the document, the last segment's logits equal those of one forward."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, mem_len=24, num_labels=3, pad_token_id=0,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = redrawn(AutoModelForSequenceClassification.from_config(config))
+    ids = torch.randint(5, 200, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0  # row 1 ends in padding: pooled at its last real token
+    whole = model(ids, attention_mask=mask).logits
+    first = model(ids[:, :12], attention_mask=mask[:, :12])
+    assert first.mems is first.past_key_values and len(first.mems) == 2 and first.mems[0].shape == (2, 12, 32)
+    for later_mask in (mask[:, 12:], mask):  # the new tokens' mask, or one over every token seen
+        later = model(ids[:, 12:], attention_mask=later_mask, mems=first.mems)
+        torch.testing.assert_close(later.logits, whole, rtol=1e-5, atol=1e-5)
+    alone = model(ids[:, 12:], attention_mask=mask[:, 12:]).logits
+    assert not torch.allclose(alone, whole, rtol=1e-3, atol=1e-3)  # the memory mattered
+    assert len(model(ids, return_dict=False)) == 2  # (logits, memory), as transformers' tuples
