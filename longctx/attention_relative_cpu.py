@@ -31,12 +31,12 @@ import torch.nn.functional as F
 _flash_forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 DTYPES = (torch.float32, torch.float64)
 # Queries per block. Small blocks keep a block's (heads x batch x block x keys) matrices in cache,
-# large ones run the matmuls at a better rate. Forward + backward, 4 heads x 64, batch 2, memory = half
-# the span, 2 CPU cores (`scripts/benchmark_attention.py --kernels xl-blocks-N`; noisy, +-15%):
-# span 1,024: blocks of 32 76 ms, 64 59, 128 63, 256 94; span 4,096: 32 1,356 ms, 64 1,080,
-# 128 1,061, 256 1,080 (SDPA with the position mask: 92 and 2,595 ms; dense SDPA over the whole
-# span, twice the queries: 68 and 961 ms).
-DEFAULT_BLOCK = 64
+# large ones run the matmuls at a better rate. The 2 x 256 training step of scripts/benchmark.py
+# (longctx-transfo-xl-memory, 4 heads, 4,096 tokens a step; DEFAULT_BLOCK set to N, two runs each
+# on 2 noisy CPU cores), time per token over dense's at spans 1K / 2K / 4K: blocks of 64
+# 1.14-1.56 / 1.68-1.91 / 1.56-2.22x, 128 1.16-1.49 / 1.40-1.44 / 1.47-1.50x, 256 1.50-1.69 /
+# 1.66-1.71 / 1.68-1.87x. The kernel alone: `scripts/benchmark_attention.py --kernels xl-blocks-N`.
+DEFAULT_BLOCK = 128
 
 
 def can_run_relative_blocks(q, dropout_p: float) -> bool:
