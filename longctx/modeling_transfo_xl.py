@@ -27,9 +27,10 @@ Differences from transformers 4.35.2 (by design):
 Efficiency: on CPU (no attention dropout, float32/64) relative attention runs the block kernel of
 `attention_relative_cpu` (queries in blocks, causal blocks skipped, a hand-written backward, memory
 linear in the length); elsewhere SDPA with the position term as a mask, whose gradient makes
-training run SDPA's math kernel. Per token, a 2 x 256 training step with a memory of half the span
-costs 1.2-1.5x the dense baseline's at spans of 1K-4K on 2 CPU cores (2-3x with the SDPA path;
-results/cpu-2026-11-23/README.md): the position scores are a second score matmul in both passes.
+training run SDPA's math kernel. Per token, a 2 x 256 training step with a memory of half the
+span costs 1.6-2.0x the dense encoder's at spans of 1K-16K on 2 CPU cores (2.0-3.0x with the SDPA
+path), 0.9-1.3x without memory (causal: half the score blocks skipped); memory grows linearly
+(results/cpu-2026-11-23/README.md). The position scores are a second score matmul in both passes.
 """
 
 import math
