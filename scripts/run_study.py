@@ -2,7 +2,7 @@
 
     python scripts/run_study.py                                   # preset "smoke": a few minutes on CPU
     python scripts/run_study.py --architectures longctx-transformer --max_steps 2 --output_dir /tmp/study
-    python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, an hour or two on CPU
+    python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, ~5 h on 2 CPU cores
     python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # needs a CUDA GPU, hours
 
 --data_dir is a folder laid out like ../shared/data: imdb/train.parquet, imdb/test.parquet
