@@ -27,6 +27,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 _flash_forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 DTYPES = (torch.float32, torch.float64)
@@ -165,6 +166,7 @@ class _RelativeBlocks(torch.autograd.Function):
         return out.transpose(0, 1)
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiated: say so, not silently
     def backward(ctx, grad_out):
         q_content, q_position, k, v, r_extended, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, 1.0 / math.sqrt(q_content.shape[-1])

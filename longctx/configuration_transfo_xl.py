@@ -7,6 +7,7 @@ import logging
 from .configuration_common import LongctxConfig
 
 logger = logging.getLogger(__name__)
+RELATIVE_KERNELS = ("auto", "blocks", "sdpa")
 
 # transformers' `TransfoXLConfig` name -> the common longctx field it is (an alias both ways:
 # `config.d_model` reads and writes `config.hidden_size`, and either name works as a keyword).
@@ -43,6 +44,11 @@ class LongctxTransfoXLConfig(LongctxConfig):
       `proj_share_all_but_first`, as transformers does); `tie_word_embeddings`: whether the
       softmax reuses the embedding tables.
     - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
+    - `relative_attention_kernel`: "auto" (the CPU block kernel of `attention_relative_cpu` on
+      CPU in float32/64 without attention dropout, SDPA with the position scores as a mask
+      otherwise), "blocks" (that CPU kernel; no attention dropout; its backward cannot be
+      differentiated again) or "sdpa" (the mask form, on any device; double backward works).
+      Both are exact: the choice changes speed and memory, not the function computed.
 
     Defaults follow the paper where they differ from the other longctx models: post-LN
     (`pre_lnorm=False`), ReLU feed-forward, no final LayerNorm. Transformer-XL is causal only:
@@ -84,6 +90,7 @@ class LongctxTransfoXLConfig(LongctxConfig):
     adaptive: bool = True
     attn_type: int = 0
     sample_softmax: int = -1
+    relative_attention_kernel: str = "auto"
 
     def __post_init__(self, **kwargs):
         self._apply_aliases(TRANSFO_XL_ALIASES, kwargs)
@@ -140,4 +147,10 @@ class LongctxTransfoXLConfig(LongctxConfig):
         self._require(self.attn_type in (0, 2), "attn_type",
                       "must be 0 (the paper's relative positional attention) or 2 (its absolute-position ablation)")
         self._require(self.sample_softmax <= 0, "sample_softmax", "must be <= 0 (no sampled softmax)")
+        self._require(self.relative_attention_kernel in RELATIVE_KERNELS, "relative_attention_kernel",
+                      f"must be one of {RELATIVE_KERNELS}")
+        self._require(self.relative_attention_kernel != "blocks" or not self.attention_probs_dropout_prob,
+                      "relative_attention_kernel", f"'blocks' has no attention dropout, but "
+                      f"attention_probs_dropout_prob={self.attention_probs_dropout_prob}: set that to 0, or use "
+                      "'auto' (SDPA while dropout is on)")
         self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Transformer-XL has no token types")

@@ -261,6 +261,7 @@ class RelativeSelfAttention(nn.Module):
         self.key_value = nn.Linear(config.hidden_size, 2 * inner, bias=False)
         self.output = nn.Linear(inner, config.hidden_size, bias=False)
         self.relative = config.attn_type == 0  # 2: the absolute-position ablation, plain attention
+        self.kernel = config.relative_attention_kernel
         self.position = nn.Linear(config.hidden_size, inner, bias=False) if self.relative else None
         # u and v of the paper; with untie_r=False the backbone owns one pair for all layers
         self.content_bias = self.position_bias = None
@@ -281,7 +282,8 @@ class RelativeSelfAttention(nn.Module):
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
             out, weights = relative_attention_reference(q, k, v, r, u, bias_v, visible.mask(), dropout_p=dropout_p)
         else:
-            out, weights = relative_attention(q, k, v, r, u, bias_v, visible, dropout_p=dropout_p), None
+            out = relative_attention(q, k, v, r, u, bias_v, visible, dropout_p=dropout_p, kernel=self.kernel)
+            weights = None
         return self.output(merge_heads(out)), weights
 
     def _plain(self, q, k, v, allowed, dropout_p, output_attentions):

@@ -129,12 +129,17 @@ def test_unusable_kernel_choices_raise_value_error():
 
 def test_model_step_is_the_same_through_either_kernel(monkeypatch):
     """Loss and every parameter gradient of a Transformer-XL step with memory, padding, a
-    same_length window and clamped distances: block kernel vs SDPA kernel (float64)."""
+    same_length window and clamped distances: config.relative_attention_kernel 'blocks' vs 'sdpa'
+    (float64)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    calls = []
+    real = xl.blockwise_relative_attention
+    monkeypatch.setattr(xl, "blockwise_relative_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, mem_len=24, same_length=True, clamp_len=20,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                  relative_attention_kernel="blocks")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).double()
     ids = torch.randint(3, 200, (2, 30))
@@ -149,12 +154,30 @@ def test_model_step_is_the_same_through_either_kernel(monkeypatch):
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     block_loss, block_grads = step()
-    monkeypatch.setattr(xl, "can_run_relative_blocks", lambda q, dropout_p: False)
+    assert len(calls) == 4  # two calls of two layers
+    for layer in model.model.layers:
+        layer.attention.kernel = "sdpa"
     sdpa_loss, sdpa_grads = step()
+    assert len(calls) == 4
     torch.testing.assert_close(block_loss, sdpa_loss)
     assert block_grads.keys() == sdpa_grads.keys() and len(block_grads) > 10
     for name in block_grads:
         torch.testing.assert_close(block_grads[name], sdpa_grads[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_block_kernel_refuses_a_second_derivative_that_sdpa_gives():
+    """Its backward is written by hand and not differentiable: a gradient of a gradient raises
+    (never a silently wrong one); the SDPA kernel gives it, and the dispatcher lets users choose."""
+    inputs = random_inputs(1, 2, 5, 3, 8)
+    visible = VisibleKeys(5, 3, None, None, "cpu")
+    for kernel in ("sdpa", "blocks"):
+        q_grad, = torch.autograd.grad(relative_attention(*inputs, visible, kernel=kernel).square().sum(), inputs[0],
+                                      create_graph=True)
+        if kernel == "sdpa":
+            assert torch.autograd.grad(q_grad.sum(), inputs[1])[0].abs().sum() > 0
+        else:
+            with pytest.raises(RuntimeError, match="once_differentiable"):
+                q_grad.sum().backward()
 
 
 def test_attention_benchmark_times_the_transformer_xl_kernels(monkeypatch, capsys):

@@ -37,6 +37,8 @@ class TransfoXLHarness(ModelHarness):
         (dict(mem_len=-1), "mem_len"), (dict(attn_type=1), "attn_type"), (dict(type_vocab_size=2), "type_vocab_size"),
         (dict(cutoffs=[20], div_val=64, d_embed=32), "div_val"), (dict(tie_projs=[True] * 5), "tie_projs"),
         (dict(hidden_size=33, num_attention_heads=3), "hidden_size"),
+        (dict(relative_attention_kernel="flash"), "relative_attention_kernel"),
+        (dict(relative_attention_kernel="blocks", attention_probs_dropout_prob=0.1), "relative_attention_kernel"),
     ]
 
     def model(self, head, is_decoder, seed=0, **overrides):
