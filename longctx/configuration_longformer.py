@@ -51,11 +51,6 @@ class LongctxLongformerConfig(LongctxConfig):
                       "e.g. attention_window=512")
         self._require(isinstance(windows, int) or len(per_layer) == self.num_hidden_layers, "attention_window",
                       f"must be an int or a list of one value per layer (num_hidden_layers={self.num_hidden_layers})")
-        self._require(self.sliding_window_kernel in KERNELS, "sliding_window_kernel",
-                      f"must be one of {KERNELS}")
-        self._require(self.sliding_window_kernel != "flex" or not self.attention_probs_dropout_prob,
-                      "sliding_window_kernel", f"has no attention dropout, but attention_probs_dropout_prob="
-                      f"{self.attention_probs_dropout_prob}: set that to 0, or use 'auto' (the chunked kernel while "
-                      "dropout is on)")
+        self._require_kernel("sliding_window_kernel", KERNELS, "flex", "the chunked kernel")
         self._require(self.sep_token_id is None or 0 <= self.sep_token_id < self.vocab_size, "sep_token_id",
                       f"must be None or a token id in [0, vocab_size={self.vocab_size})")

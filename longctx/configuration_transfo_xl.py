@@ -147,10 +147,5 @@ class LongctxTransfoXLConfig(LongctxConfig):
         self._require(self.attn_type in (0, 2), "attn_type",
                       "must be 0 (the paper's relative positional attention) or 2 (its absolute-position ablation)")
         self._require(self.sample_softmax <= 0, "sample_softmax", "must be <= 0 (no sampled softmax)")
-        self._require(self.relative_attention_kernel in RELATIVE_KERNELS, "relative_attention_kernel",
-                      f"must be one of {RELATIVE_KERNELS}")
-        self._require(self.relative_attention_kernel != "blocks" or not self.attention_probs_dropout_prob,
-                      "relative_attention_kernel", f"'blocks' has no attention dropout, but "
-                      f"attention_probs_dropout_prob={self.attention_probs_dropout_prob}: set that to 0, or use "
-                      "'auto' (SDPA while dropout is on)")
+        self._require_kernel("relative_attention_kernel", RELATIVE_KERNELS, "blocks", "SDPA")
         self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Transformer-XL has no token types")
