@@ -47,7 +47,7 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.utils import ModelOutput
 
 from .attention_dense import masked_attention_reference, masked_sdpa
-from .attention_relative_cpu import blockwise_relative_attention, can_run_relative_blocks
+from .attention_relative_cpu import DEFAULT_BLOCK, blockwise_relative_attention, can_run_relative_blocks
 from .configuration_transfo_xl import LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
@@ -93,14 +93,16 @@ def relative_attention(q, k, v, r, content_bias, position_bias, visible: "Visibl
     - "sdpa": SDPA over (q + u) k^T with the position term as an additive float mask. In training
       the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
       over the materialised (q_len x k_len) scores (CUDA, dropout, bfloat16).
-    "auto" takes "blocks" where it applies."""
+    "auto" takes "blocks" where it applies and the queries fill more than one block (one block
+    skips nothing and saves no memory; for a token at a time, as `generate()` feeds them, the SDPA
+    call is ~10% faster: 200 tokens after 256, memory 512, 2 x 256 model, 1.5-1.7 s against 1.7-1.8 s)."""
     if kernel not in ("auto", "blocks", "sdpa"):
         raise ValueError(f"kernel={kernel!r}; use 'auto', 'blocks' or 'sdpa'")
     blocks_apply = can_run_relative_blocks(q, dropout_p)
     if kernel == "blocks" and not blocks_apply:
         raise ValueError(f"kernel='blocks' needs a CPU tensor of float32 or float64 and attention dropout 0; got "
                          f"{q.device.type} {q.dtype}, dropout_p={dropout_p}. Use kernel='auto'.")
-    if kernel != "sdpa" and blocks_apply:
+    if kernel == "blocks" or (kernel == "auto" and blocks_apply and q.shape[-2] > DEFAULT_BLOCK):
         return blockwise_relative_attention(q + content_bias[:, None], q + position_bias[:, None], k, v, r,
                                             memory_length=visible.memory_length, window=visible.window,
                                             key_padding=visible.key_padding)

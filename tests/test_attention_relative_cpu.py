@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import longctx.modeling_transfo_xl as xl
-from longctx.attention_relative_cpu import blockwise_relative_attention
+from longctx.attention_relative_cpu import DEFAULT_BLOCK, blockwise_relative_attention
 from longctx.modeling_transfo_xl import VisibleKeys, relative_attention, relative_attention_reference
 
 
@@ -105,13 +105,18 @@ def test_auto_takes_the_block_kernel_only_where_it_applies(monkeypatch):
     calls = []
     real = xl.blockwise_relative_attention
     monkeypatch.setattr(xl, "blockwise_relative_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
-    visible = VisibleKeys(5, 3, None, None, "cpu")
-    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible)
+    q_len = DEFAULT_BLOCK + 1  # more than one block of queries
+    visible = VisibleKeys(q_len, 3, None, None, "cpu")
+    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible)
     assert calls == [1]
-    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, dropout_p=0.1)
-    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.bfloat16), visible)
-    relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, kernel="sdpa")
+    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible, dropout_p=0.1)
+    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.bfloat16), visible)
+    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible, kernel="sdpa")
+    one_block = VisibleKeys(DEFAULT_BLOCK, 3, None, None, "cpu")
+    relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block)
     assert calls == [1]
+    relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block, kernel="blocks")
+    assert calls == [1, 1]
 
 
 def test_unusable_kernel_choices_raise_value_error():

@@ -83,6 +83,14 @@ class TestTransfoXLUntiedProjectedSoftmax(TransfoXLHarness):
                          mem_len=16)
 
 
+class TestTransfoXLBlockKernel(TransfoXLHarness):
+    """The CPU block kernel forced for every call ('auto' takes it only past one block of
+    queries, longer than the harness's inputs): every head, padding, generation through it."""
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         mem_len=16, same_length=True, relative_attention_kernel="blocks",
+                         attention_probs_dropout_prob=0.0)
+
+
 class TestTransfoXLAbsolutePositions(TransfoXLHarness):
     """The absolute-position ablation (attn_type=2), with shared-bias settings that it ignores."""
     config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
