@@ -38,12 +38,15 @@ def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0
     return masked_sdpa(q, k, v, mask, dropout_p=dropout_p, scale=scale)
 
 
-def masked_sdpa(q, k, v, mask, *, dropout_p=0.0, scale=None):
-    """SDPA with a bool mask (True: may attend), where a query that sees no key outputs zeros."""
+def masked_sdpa(q, k, v, mask, *, dropout_p=0.0, scale=None, bias=None):
+    """SDPA with a bool mask (True: may attend), where a query that sees no key outputs zeros;
+    `bias`, if given, is added to the scaled scores (a float mask, e.g. Transformer-XL's position
+    scores)."""
     sees_something = mask.any(dim=-1, keepdim=True)
     # A row with no visible key would be NaN in SDPA; let it see everything, then zero it.
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_something,
-                                         dropout_p=dropout_p, scale=scale)
+    visible = mask | ~sees_something
+    attn_mask = visible if bias is None else bias.masked_fill(~visible, float("-inf")).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return out * sees_something
 
 

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-_flash_forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+from .attention_band_cpu import _flash_forward
+
 DTYPES = (torch.float32, torch.float64)
 # Queries per block. Small blocks keep a block's (heads x batch x block x keys) matrices in cache,
 # large ones run the matmuls at a better rate. The 2 x 256 training step of scripts/benchmark.py
@@ -58,7 +59,7 @@ def blockwise_relative_attention(q_content, q_position, k, v, r, *, memory_lengt
     block = block or DEFAULT_BLOCK
     plan = _BlockPlan(q_len, memory_length, window, key_padding, block)
     out = _RelativeBlocks.apply(q_content, q_position, k, v, r, plan)
-    sees = plan.sees_something()
+    sees = plan.sees_something
     return out if sees is None else out * sees[:, None, :, None]
 
 
@@ -69,7 +70,8 @@ class _BlockPlan:
     def __init__(self, q_len, memory_length, window, key_padding, block):
         self.q_len, self.memory_length, self.window = q_len, memory_length, window
         self.key_padding, self.block = key_padding, block
-        self._sees = self._compute_sees_something()
+        # (batch, q_len) bool, or None when every query sees a key
+        self.sees_something = self._queries_that_see_a_key()
 
     def blocks(self):
         """(query slice, key slice) for each block of queries."""
@@ -95,10 +97,10 @@ class _BlockPlan:
         if self.key_padding is not None:
             hidden = hidden | ~self.key_padding[:, None, keys]
             # a query that sees no key: let it see all (no NaN); its output is zeroed outside
-            hidden = hidden & self._sees[:, rows, None]
+            hidden = hidden & self.sees_something[:, rows, None]
         scores.masked_fill_(hidden, float("-inf"))
 
-    def _compute_sees_something(self):
+    def _queries_that_see_a_key(self):
         if self.key_padding is None:
             return None
         real_before = F.pad(self.key_padding.long().cumsum(1), (1, 0))  # real keys before index j
@@ -106,22 +108,22 @@ class _BlockPlan:
         first = (query - self.window + 1).clamp(min=0) if self.window else torch.zeros_like(query)
         return (real_before[:, query + 1] - real_before[:, first]) > 0
 
-    def sees_something(self):
-        """(batch, q_len) bool, or None when every query sees a key."""
-        return self._sees
+
+def shift_padded(padded):
+    """The relative shift as a strided view: (..., queries, keys + 1) scores whose column c is at
+    distance keys - c (column 0 padding) -> (..., queries, keys), where query i meets key j at
+    distance keys - queries + i - j. Entry [i, j] sits at flat offset i * keys + j + queries of its
+    (queries, keys + 1) matrix (rows contiguous): a one-to-one view of all but the first `queries`
+    elements, where the future pairs read garbage."""
+    *batch, queries, width = padded.shape
+    keys = width - 1
+    return padded.as_strided((*batch, queries, keys), (*padded.stride()[:-2], keys, 1),
+                             padded.storage_offset() + queries)
 
 
 def _shifted(buffer, queries: int, keys: int):
-    """The relative shift (`modeling_transfo_xl.relative_shift`) of a (heads, batch x queries,
-    keys + 1) buffer whose column c holds the scores against distance keys - c: the
-    (heads, batch, queries, keys) view where query i meets key j at distance keys - queries + i - j.
-    Entry [i, j] sits at flat offset i * keys + j + queries of its (queries, keys + 1) matrix: a
-    one-to-one view of all but the first `queries` elements, where the future pairs read garbage."""
-    heads = buffer.shape[0]
-    batch = buffer.shape[1] // queries
-    matrix = queries * (keys + 1)
-    return buffer.as_strided((heads, batch, queries, keys), (batch * matrix, matrix, keys, 1),
-                             buffer.storage_offset() + queries)
+    """`shift_padded` of a (heads, batch x queries, keys + 1) block buffer: (heads, batch, queries, keys)."""
+    return shift_padded(buffer.view(buffer.shape[0], -1, queries, keys + 1))
 
 
 def _position_scores(q_position, r_extended, rows, keys, scale):

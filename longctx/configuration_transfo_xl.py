@@ -46,8 +46,9 @@ class LongctxTransfoXLConfig(LongctxConfig):
     - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
     - `relative_attention_kernel`: "auto" (the CPU block kernel of `attention_relative_cpu` on
       CPU in float32/64 without attention dropout when more than one block of 128 new tokens
-      comes, SDPA with the position scores as a mask otherwise), "blocks" (that CPU kernel; no attention dropout; its backward cannot be
-      differentiated again) or "sdpa" (the mask form, on any device; double backward works).
+      comes, SDPA with the position scores as a mask otherwise), "blocks" (that CPU kernel; no
+      attention dropout; its backward cannot be differentiated again) or "sdpa" (the mask form,
+      on any device; double backward works).
       Both are exact: the choice changes speed and memory, not the function computed.
 
     Defaults follow the paper where they differ from the other longctx models: post-LN

@@ -15,8 +15,8 @@ CUDA (`flex_variant`). Transformer-XL's relative attention as it trains, span = 
 half of the tokens are the queries, the first half their memory, r random (no gradient asked):
 "xl-sdpa" (SDPA with the position term as a mask), "xl-blocks" (`longctx.attention_relative_cpu`,
 CPU, its default block) and "xl-blocks-N" (blocks of N queries). They score half as many queries
-as "dense": their cost per token against dense is 2 x their time / dense's. Median times (CUDA events via triton.testing.do_bench on CUDA; wall
-clock on CPU).
+as "dense": their cost per token against dense is 2 x their time / dense's. Median times (CUDA
+events via triton.testing.do_bench on CUDA; wall clock on CPU).
 """
 
 import argparse
@@ -36,8 +36,8 @@ import torch.nn.functional as F
 
 from longctx.attention_band_cpu import block_band_attention
 from longctx.attention_relative_cpu import blockwise_relative_attention
-from longctx.modeling_transfo_xl import VisibleKeys, relative_attention
 from longctx.attention_sliding import default_chunk_size, sliding_window_attention
+from longctx.modeling_transfo_xl import VisibleKeys, relative_attention
 
 
 def flex_variant(window: int, length: int, batch: int, device, variant: str):
