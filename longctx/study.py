@@ -665,50 +665,89 @@ def select_architectures(names: str | None) -> list[str]:
     return chosen
 
 
+RESULTS_FILE = "study_results.json"
+
+
 def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "runs/study",
               max_steps: int | None = None, seed: int = 42, architectures: str | None = None,
-              data_dir: str | os.PathLike | None = None) -> dict:
+              data_dir: str | os.PathLike | None = None, resume: bool = False) -> dict:
     """Runs every (selected) architecture, prints the table, writes `study_results.json`.
 
     `preset` is a name in PRESETS or a Preset; `data_dir` (laid out like ../shared/data) feeds
     a real-data preset. Raises ValueError, before any training, when the preset's device or data
-    is missing."""
+    is missing. The results file is rewritten after each architecture, so a stopped run keeps
+    what it finished; `resume=True` keeps the rows without errors of the file already in
+    `output_dir` (same preset, data and seed, else ValueError) and runs only the others."""
     started = time.perf_counter()
     chosen_preset = override_steps(resolve_preset(preset), max_steps)
     names = select_architectures(architectures)
     check_device(chosen_preset)
-    data = load_study_data(chosen_preset, data_dir)
     output_dir = Path(output_dir)
+    path = output_dir / RESULTS_FILE
+    settings = {"preset": {**dataclasses.asdict(chosen_preset),
+                           "data_dir": None if data_dir is None else str(Path(data_dir).resolve())},
+                "seed": seed}
+    kept, earlier_seconds = finished_rows(path, settings) if resume else ({}, 0.0)
+    data = load_study_data(chosen_preset, data_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
+    to_run = [name for name in names if name not in kept]
     print(f"longctx study, preset {chosen_preset.name!r}: {chosen_preset.description}; {len(names)} "
           f"architecture(s); {steps_summary(chosen_preset)}; {device_summary(chosen_preset)}", flush=True)
-    if WARM_UP_ARCHITECTURE in longctx.ARCHITECTURES and chosen_preset.language_modeling is not None:
+    for name in kept:
+        print(f"  {name}: kept from {path} (--resume)", flush=True)
+    if to_run and WARM_UP_ARCHITECTURE in longctx.ARCHITECTURES and chosen_preset.language_modeling is not None:
         warm_up(chosen_preset, output_dir / "trainer" / "warm-up", data)
-    rows = [run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data)
-            for name in names]
-    results = {
-        "preset": {**dataclasses.asdict(chosen_preset),
-                   "data_dir": None if data_dir is None else str(Path(data_dir).resolve())},
-        "seed": seed, "environment": environment(chosen_preset.device), "data": data.summary,
-        "metric_implementation": metrics.implementation,
-        "evaluate_unavailable_reason": metrics.unavailable_reason,
-        "memory_measurement": memory_measurement(chosen_preset.device)
-                              + "; after a 2-step warm-up training of a tiny baseline",
-        "throughput_measurement": "tokens per optimizer step (batch x sequence length, padding included for "
-                                  "classification) over the steps after the first, timed at Trainer step ends",
-        "precision": PRECISION_BF16 if chosen_preset.bf16 else "fp32",
-        "note": SMOKE_DISCLAIMER if chosen_preset.name == "smoke" else "",
-        "wall_seconds": time.perf_counter() - started, "results": rows,
-    }
-    path = output_dir / "study_results.json"
+    rows = dict(kept)
+    for name in to_run:
+        rows[name] = {**run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data),
+                      "environment": environment(chosen_preset.device)}
+        results = study_results(settings, chosen_preset, data, metrics, rows,
+                                earlier_seconds + time.perf_counter() - started)
+        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    results = study_results(settings, chosen_preset, data, metrics, rows, earlier_seconds + time.perf_counter() - started)
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print()
-    print(format_table(rows))
-    for note in table_notes(chosen_preset, metrics, data, rows):
+    print(format_table(results["results"]))
+    for note in table_notes(chosen_preset, metrics, data, results["results"]):
         print("  " + note)
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
     return results
+
+
+def finished_rows(path: Path, settings: dict) -> tuple[dict, float]:
+    """The rows without errors of an earlier results file written with the same settings, by
+    architecture, and the seconds that run took; nothing when there is no file yet."""
+    if not path.exists():
+        return {}, 0.0
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    for key, value in settings.items():
+        if earlier.get(key) != value:
+            raise ValueError(f"resume: {path} was written with a different {key} ({earlier.get(key)!r}, this run: "
+                             f"{value!r}); pass another output_dir, or run without resume to overwrite it")
+    rows = {row["architecture"]: row for row in earlier["results"] if not row["errors"]}
+    return rows, earlier.get("wall_seconds", 0.0)
+
+
+def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metrics, rows: dict,
+                  wall_seconds: float) -> dict:
+    """What study_results.json holds: the settings, and one row per architecture in the order of
+    longctx.ARCHITECTURES, each with the environment that ran it (a resumed study may span machines)."""
+    order = list(longctx.ARCHITECTURES)
+    return {
+        **settings, "environment": environment(preset.device), "data": data.summary,
+        "metric_implementation": metrics.implementation,
+        "evaluate_unavailable_reason": metrics.unavailable_reason,
+        "memory_measurement": memory_measurement(preset.device)
+                              + "; after a 2-step warm-up training of a tiny baseline",
+        "throughput_measurement": "tokens per optimizer step (batch x sequence length, padding included for "
+                                  "classification) over the steps after the first, timed at Trainer step ends",
+        "precision": PRECISION_BF16 if preset.bf16 else "fp32",
+        "note": SMOKE_DISCLAIMER if preset.name == "smoke" else "",
+        "wall_seconds": wall_seconds,
+        "results": sorted(rows.values(), key=lambda row: order.index(row["architecture"])
+                          if row["architecture"] in order else len(order)),
+    }
 
 
 def failed(results: dict) -> bool:

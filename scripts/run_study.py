@@ -3,6 +3,7 @@
     python scripts/run_study.py                                   # preset "smoke": a few minutes on CPU
     python scripts/run_study.py --architectures longctx-transformer --max_steps 2 --output_dir /tmp/study
     python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, ~5 h on 2 CPU cores
+    python scripts/run_study.py --preset cpu --data_dir ../shared/data --resume  # goes on after a stop
     python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # needs a CUDA GPU, hours
 
 --data_dir is a folder laid out like ../shared/data: imdb/train.parquet, imdb/test.parquet
@@ -10,7 +11,9 @@
 book). Without it a real-data preset stops with an error: the books have no Hugging Face Hub
 fallback (IMDb alone would come from the Hub).
 
-Writes `study_results.json` to --output_dir. The logic lives in `longctx/study.py`.
+Writes `study_results.json` to --output_dir after each architecture, so a stopped run keeps
+what it finished; --resume runs only the architectures that file lacks (or that failed).
+The logic lives in `longctx/study.py`.
 """
 
 import argparse
@@ -40,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--architectures", default=None,
                         help="comma-separated model types (default: every one in longctx.ARCHITECTURES)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished architectures of --output_dir's study_results.json (same preset, "
+                             "data and seed) and run only the others: a long preset can stop and go on later")
     args = parser.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 2:
         parser.error("--max_steps must be at least 2 (the first step is a warm-up, excluded from the throughput)")
@@ -50,7 +56,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         results = study.run_study(preset=args.preset, output_dir=args.output_dir, max_steps=args.max_steps,
-                                  seed=args.seed, architectures=args.architectures, data_dir=args.data_dir)
+                                  seed=args.seed, architectures=args.architectures, data_dir=args.data_dir,
+                                  resume=args.resume)
     except ValueError as error:  # e.g. an unknown architecture name, missing data, no GPU
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -348,3 +348,73 @@ def test_cuda_memory_meter_measures_growth_over_the_block(monkeypatch):
         allocated.update(peak=allocated["now"] + 64 * 2**20)  # training: 64 MiB more at its peak
     assert memory.growth_mib == 64
     assert isinstance(study.memory_meter("cpu"), study.PeakRSS)
+
+
+# --------------------------------------------------------------------------- stop and resume
+
+
+def fake_architecture_runs(monkeypatch, failing=(), interrupt_at=None):
+    """run_architecture replaced by a recorder: a row with one made-up result per call (errors
+    for the `failing` names; KeyboardInterrupt, as a killed run, at `interrupt_at`)."""
+    from longctx import study
+
+    calls = []
+
+    def fake(model_type, preset, seed, output_dir, metrics, data):
+        if model_type == interrupt_at:
+            raise KeyboardInterrupt
+        calls.append(model_type)
+        errors = {"classification": "RuntimeError: made up"} if model_type in failing else {}
+        return {"architecture": model_type, "classification": None, "skipped": [], "errors": errors,
+                "language_modeling": {"perplexity": float(len(calls)), "bits_per_byte": 1.0, "tokens_per_s": 1.0,
+                                      "peak_memory_mib": 1.0}}
+
+    monkeypatch.setattr(study, "run_architecture", fake)
+    monkeypatch.setattr(study, "warm_up", lambda *args: None)
+    return calls
+
+
+def test_results_are_written_after_each_architecture(monkeypatch, tmp_path):
+    from longctx import study
+
+    first, second, third = list(longctx.ARCHITECTURES)[:3]
+    fake_architecture_runs(monkeypatch, interrupt_at=third)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(output_dir=tmp_path, architectures=f"{first},{second},{third}")
+    saved = json.loads((tmp_path / "study_results.json").read_text())
+    assert [row["architecture"] for row in saved["results"]] == [first, second]
+
+
+def test_resume_runs_only_what_is_missing_or_failed(monkeypatch, tmp_path):
+    from longctx import study
+
+    first, second, third = list(longctx.ARCHITECTURES)[:3]
+    calls = fake_architecture_runs(monkeypatch, failing=(second,))
+    study.run_study(output_dir=tmp_path, architectures=f"{first},{second}")
+    earlier = json.loads((tmp_path / "study_results.json").read_text())
+
+    assert calls == [first, second]
+
+    calls = fake_architecture_runs(monkeypatch)
+    results = study.run_study(output_dir=tmp_path, architectures=f"{third},{second},{first}", resume=True)
+    # the failed architecture and the new one run again; the finished one is kept as it was
+    assert calls == [third, second]
+    rows = {row["architecture"]: row for row in results["results"]}
+    assert [row["architecture"] for row in results["results"]] == [first, second, third]
+    assert rows[first] == earlier["results"][0]
+    assert not rows[second]["errors"] and not rows[third]["errors"]
+    assert results["wall_seconds"] >= earlier["wall_seconds"]
+
+
+def test_resume_refuses_results_of_other_settings(monkeypatch, tmp_path):
+    from longctx import study
+
+    fake_architecture_runs(monkeypatch)
+    first = list(longctx.ARCHITECTURES)[0]
+    study.run_study(output_dir=tmp_path, architectures=first, seed=1)
+    with pytest.raises(ValueError, match="different seed"):
+        study.run_study(output_dir=tmp_path, architectures=first, seed=2, resume=True)
+    with pytest.raises(ValueError, match="different preset"):
+        study.run_study(output_dir=tmp_path, architectures=first, seed=1, max_steps=3, resume=True)
+    # without resume the file is overwritten, as before
+    assert study.run_study(output_dir=tmp_path, architectures=first, seed=2)["seed"] == 2
