@@ -1,5 +1,6 @@
 """REPORT.md from the results the scripts wrote: every run folder holding run_info.json (the
-run_*.py scripts) and every benchmark JSON (scripts/benchmark.py), found under the given roots.
+run_*.py scripts), every benchmark JSON (scripts/benchmark.py) and every study_results.json
+(scripts/run_study.py), found under the given roots.
 
 Each table row names what produced it: the model (type, parameters, size), the data, the
 training steps, the device and the command. Rows are grouped by task; benchmark runs get their
@@ -41,17 +42,26 @@ def find_runs(roots) -> list[dict]:
     return runs
 
 
-def find_benchmarks(roots) -> list[dict]:
+def find_documents(roots, keys: set, pattern: str = "*.json") -> list[dict]:
+    """{"path", **document} of every JSON object under `roots` that has all of `keys`."""
     found = []
     for root in roots:
-        for path in sorted(Path(root).rglob("*.json")):
+        for path in sorted(Path(root).rglob(pattern)):
             try:
                 document = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
-            if isinstance(document, dict) and {"settings", "environment", "results"} <= set(document):
+            if isinstance(document, dict) and keys <= set(document):
                 found.append({"path": path, **document})
     return found
+
+
+def find_benchmarks(roots) -> list[dict]:
+    return find_documents(roots, {"settings", "environment", "results"})
+
+
+def find_studies(roots) -> list[dict]:
+    return find_documents(roots, {"preset", "seed", "results"}, pattern="study_results.json")
 
 
 def _number(value) -> str:
@@ -126,12 +136,37 @@ def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
     return lines + [""]
 
 
+def study_section(study: dict, relative_to: Path) -> list[str]:
+    """One study_results.json: its table (the columns run_study prints), the machine of each row,
+    and the commands that made the rows (a resumed study has several)."""
+    from .study import TABLE_COLUMNS, table_cells
+
+    preset = study["preset"]
+    model = preset.get("model", {})
+    budgets = [f"{budget['steps']} {task} steps of {budget['batch_size']} × {budget['max_length']}"
+               for task, budget in (("classification", preset.get("classification")),
+                                    ("LM", preset.get("language_modeling"))) if budget]
+    lines = [f"### Preset `{preset['name']}` — {model.get('num_hidden_layers', '?')}×{model.get('hidden_size', '?')}, "
+             f"{', '.join(budgets)}, {study.get('precision', '?')}, `{os.path.relpath(study['path'], relative_to)}`", "",
+             "| " + " | ".join([header for header, *_ in TABLE_COLUMNS] + ["machine"]) + " |",
+             "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
+    for row in study["results"]:
+        environment = row.get("environment", study.get("environment", {}))
+        machine = environment.get("gpu") or f"{environment.get('device', '?')}, {environment.get('cpu_threads', '?')} threads"
+        lines.append("| " + " | ".join(table_cells(row) + [machine]) + " |")
+    commands = dict.fromkeys(row.get("command", study.get("command", "?")) for row in study["results"])
+    lines += ["", f"- data: {json.dumps(study.get('data', {}))}"] + [f"- `{command}`" for command in commands]
+    if study.get("note"):
+        lines.append(f"- {study['note']}")
+    return lines + [""]
+
+
 def build_report(roots, output: Path) -> str:
     output = Path(output)
-    runs, benchmarks = find_runs(roots), find_benchmarks(roots)
-    if not runs and not benchmarks:
-        raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py or "
-                         f"scripts/benchmark.py with --output_dir / --output there first")
+    runs, benchmarks, studies = find_runs(roots), find_benchmarks(roots), find_studies(roots)
+    if not runs and not benchmarks and not studies:
+        raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py, "
+                         f"scripts/benchmark.py or scripts/run_study.py with --output_dir / --output there first")
     lines = ["# longctx report", "", "Made by `scripts/report.py` from the results it found under "
              + ", ".join(f"`{r}`" for r in roots) + ". Every row names the run that produced it; its command is "
              "listed under the table.", ""]
@@ -143,6 +178,10 @@ def build_report(roots, output: Path) -> str:
         lines += ["## Efficiency (scripts/benchmark.py)", ""]
         for benchmark in benchmarks:
             lines += benchmark_section(benchmark, output.parent)
+    if studies:
+        lines += ["## The study (scripts/run_study.py)", ""]
+        for study in studies:
+            lines += study_section(study, output.parent)
     text = "\n".join(lines).rstrip() + "\n"
     output.write_text(text, encoding="utf-8")
     return text

@@ -190,11 +190,17 @@ SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "inter
                "mem_len", "attn_type")
 
 
+def command_line() -> str:
+    """The command that started this process, as a shell would take it back."""
+    import shlex
+
+    return " ".join(shlex.quote(arg) for arg in ["python", *sys.argv])
+
+
 def run_info(task: str, model, data: dict, steps: dict) -> dict:
     """What produced a result, for the report: the command, the model (type, size, parameters),
     the data, the training budget, the device and the library versions."""
     import platform
-    import shlex
     import time
 
     import torch
@@ -203,7 +209,7 @@ def run_info(task: str, model, data: dict, steps: dict) -> dict:
     device = next(model.parameters()).device
     config = model.config
     return {
-        "task": task, "command": " ".join(shlex.quote(arg) for arg in ["python", *sys.argv]),
+        "task": task, "command": command_line(),
         "model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
         "size": {name: getattr(config, name) for name in SIZE_FIELDS if hasattr(config, name)},
         "data": {k: v for k, v in data.items() if v is not None}, "steps": steps,

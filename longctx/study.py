@@ -65,6 +65,7 @@ from .language_modeling import (
     trains_with_memory,
 )
 from .metrics import Metrics
+from .run_common import command_line
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
 CAUSAL_LM_HEAD = "AutoModelForCausalLM"
@@ -563,15 +564,18 @@ TABLE_COLUMNS = (  # header, task, key, format
 )
 
 
+def table_cells(row: dict) -> list[str]:
+    """A results row's cells under TABLE_COLUMNS; "n/a" where a task was skipped or failed."""
+    cells = []
+    for _, task, key, fmt in TABLE_COLUMNS:
+        source = row if task is None else row.get(task)
+        cells.append("n/a" if source is None else fmt.format(source[key]))
+    return cells
+
+
 def format_table(rows: list[dict]) -> str:
-    """One line per architecture; "n/a" where a task was skipped or failed."""
-    cells = [[header for header, *_ in TABLE_COLUMNS]]
-    for row in rows:
-        line = []
-        for _, task, key, fmt in TABLE_COLUMNS:
-            source = row if task is None else row.get(task)
-            line.append("n/a" if source is None else fmt.format(source[key]))
-        cells.append(line)
+    """One line per architecture."""
+    cells = [[header for header, *_ in TABLE_COLUMNS], *map(table_cells, rows)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
     render = lambda line: " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w)  # noqa: E731
                                      for i, (cell, w) in enumerate(zip(line, widths)))
@@ -701,7 +705,7 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     rows = dict(kept)
     for name in to_run:
         rows[name] = {**run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data),
-                      "environment": environment(chosen_preset.device)}
+                      "environment": environment(chosen_preset.device), "command": command_line()}
         results = study_results(settings, chosen_preset, data, metrics, rows,
                                 earlier_seconds + time.perf_counter() - started)
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -732,10 +736,11 @@ def finished_rows(path: Path, settings: dict) -> tuple[dict, float]:
 def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metrics, rows: dict,
                   wall_seconds: float) -> dict:
     """What study_results.json holds: the settings, and one row per architecture in the order of
-    longctx.ARCHITECTURES, each with the environment that ran it (a resumed study may span machines)."""
+    longctx.ARCHITECTURES, each with the environment and command that ran it (a resumed study may
+    span machines)."""
     order = list(longctx.ARCHITECTURES)
     return {
-        **settings, "environment": environment(preset.device), "data": data.summary,
+        **settings, "command": command_line(), "environment": environment(preset.device), "data": data.summary,
         "metric_implementation": metrics.implementation,
         "evaluate_unavailable_reason": metrics.unavailable_reason,
         "memory_measurement": memory_measurement(preset.device)

@@ -418,3 +418,27 @@ def test_resume_refuses_results_of_other_settings(monkeypatch, tmp_path):
         study.run_study(output_dir=tmp_path, architectures=first, seed=1, max_steps=3, resume=True)
     # without resume the file is overwritten, as before
     assert study.run_study(output_dir=tmp_path, architectures=first, seed=2)["seed"] == 2
+
+
+def test_report_shows_a_study_with_the_command_of_each_row(monkeypatch, tmp_path):
+    import torch
+
+    from longctx import study
+    from longctx.report import build_report
+
+    first, second = list(longctx.ARCHITECTURES)[:2]
+    fake_architecture_runs(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["scripts/run_study.py", "--architectures", first])
+    study.run_study(output_dir=tmp_path / "study", architectures=first)
+    monkeypatch.setattr(sys, "argv", ["scripts/run_study.py", "--resume"])
+    results = study.run_study(output_dir=tmp_path / "study", architectures=f"{first},{second}", resume=True)
+
+    report = build_report([tmp_path / "study"], tmp_path / "REPORT.md")
+    assert "Preset `smoke`" in report
+    lines = {row["architecture"]: next(line for line in report.splitlines() if line.startswith(f"| {row['architecture']} "))
+             for row in results["results"]}
+    for row in results["results"]:
+        assert f"| {row['language_modeling']['perplexity']:.2f} |" in lines[row["architecture"]]
+        assert f"cpu, {torch.get_num_threads()} threads" in lines[row["architecture"]]
+    assert "`python scripts/run_study.py --architectures " + first + "`" in report
+    assert "`python scripts/run_study.py --resume`" in report
