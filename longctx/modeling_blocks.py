@@ -134,8 +134,18 @@ def final_norm(config) -> nn.Module:
 
 
 def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
+    """(batch, length) of the inputs, after checking their rank and dtype: a 1-D input or float ids
+    would otherwise fail deep inside with an unpacking or embedding error that names neither."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids (batch, length) or inputs_embeds "
+                         "(batch, length, hidden_size).")
+    if input_ids is not None and (input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex()):
+        raise ValueError(f"input_ids is a {input_ids.dim()}-D {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}; "
+                         "longctx models take integer token ids of shape (batch, length): e.g. "
+                         "tokenizer(texts, return_tensors='pt'), or input_ids[None] for a single sequence.")
+    if inputs_embeds is not None and (inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point()):
+        raise ValueError(f"inputs_embeds is a {inputs_embeds.dim()}-D {inputs_embeds.dtype} tensor of shape "
+                         f"{tuple(inputs_embeds.shape)}; longctx models take floating-point embeddings of shape "
                          "(batch, length, hidden_size).")
     return tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
 

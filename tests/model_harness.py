@@ -329,6 +329,12 @@ class ModelHarness:
             model()
         with pytest.raises(ValueError, match="vocab_size"):
             model(torch.full((1, 4), VOCAB))
+        with pytest.raises(ValueError, match=r"input_ids is a 1-D .*\(batch, length\)"):
+            model(ids[0])
+        with pytest.raises(ValueError, match="input_ids is a 2-D torch.float32"):
+            model(ids.float())
+        with pytest.raises(ValueError, match="inputs_embeds is a 2-D"):
+            model(inputs_embeds=torch.randn(10, model.config.hidden_size))
         with pytest.raises(ValueError, match="type_vocab_size"):
             model(ids, token_type_ids=torch.full_like(ids, 5))
         if self.decoder_heads:
