@@ -24,6 +24,22 @@ from transformers.modeling_outputs import (
 )
 
 WORD_EMBEDDINGS = "model.embeddings.word_embeddings.weight"
+IGNORE_INDEX = -100  # a label that takes no loss (transformers' convention)
+
+
+def check_labels(labels, shape: tuple, limit: int, config_field: str):
+    """Labels of the given shape, integers in [0, limit) or IGNORE_INDEX. A label out of range is an
+    IndexError in cross_entropy on CPU, a device assert on CUDA, and in an adaptive softmax no loss at
+    all; a wrong shape fails, if at all, with the flattened sizes."""
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"labels has shape {tuple(labels.shape)} but this head needs {tuple(shape)}; pass one label "
+                         f"per {'position of input_ids' if len(shape) > 1 else 'sequence'}.")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels is {labels.dtype}; this loss needs integer class ids (torch.long).")
+    wrong = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= limit))]
+    if wrong.numel():
+        raise ValueError(f"labels holds {int(wrong[0])}, outside [0, {limit}) set by {config_field}={limit}; use "
+                         f"ids below {limit}, or {IGNORE_INDEX} for positions without loss.")
 
 
 class HeadBase:
@@ -98,16 +114,24 @@ class ForCausalLM(HeadBase):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
+        if labels is not None:
+            check_labels(labels, input_shape_of(input_ids, kwargs), self.config.vocab_size, "vocab_size")
         loss = None if labels is None else shifted_lm_loss(logits, labels)
         return self._finish(CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
 
 
+def input_shape_of(input_ids, kwargs) -> tuple:
+    """(batch, length) of what the head was given: input_ids, or inputs_embeds."""
+    given = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+    return tuple(given.shape[:2])
+
+
 def shifted_lm_loss(logits, labels):
     """Mean cross-entropy of predicting token t+1 from position t, ignoring -100 labels."""
     shifted = labels[:, 1:].to(logits.device)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX)
 
 
 class MaskedLMPredictionHead(nn.Module):
@@ -144,8 +168,9 @@ class ForMaskedLM(HeadBase):
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
+            check_labels(labels, logits.shape[:2], self.config.vocab_size, "vocab_size")
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.to(logits.device).flatten(),
-                                   ignore_index=-100)
+                                   ignore_index=IGNORE_INDEX)
         return self._finish(MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
                                            attentions=outputs.attentions), as_tuple)
 
@@ -237,7 +262,10 @@ class ForSequenceClassification(HeadBase):
             return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1)) if self.config.num_labels == 1 \
                 else F.mse_loss(logits.float(), labels.float())
         if self.config.problem_type == "single_label_classification":
-            return F.cross_entropy(logits.float(), labels.view(-1))
+            if labels.dim() == 2 and labels.shape[1] == 1:  # (batch, 1), as transformers' view(-1) takes it
+                labels = labels[:, 0]
+            check_labels(labels, logits.shape[:1], self.config.num_labels, "num_labels")
+            return F.cross_entropy(logits.float(), labels)
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 

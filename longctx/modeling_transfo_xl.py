@@ -57,7 +57,14 @@ from .modeling_blocks import (
     merge_heads,
     split_heads,
 )
-from .modeling_heads import ForQuestionAnswering, ForSequenceClassification, GeneratesWithOwnCache, HeadBase
+from .modeling_heads import (
+    ForQuestionAnswering,
+    ForSequenceClassification,
+    GeneratesWithOwnCache,
+    HeadBase,
+    check_labels,
+    input_shape_of,
+)
 
 
 # ------------------------------------------------------------------------------ attention kernel
@@ -635,6 +642,7 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
         embeddings = self.model.embeddings
         loss = losses = logits = None
         if labels is not None:
+            check_labels(labels, input_shape_of(input_ids, kwargs), self.config.vocab_size, "vocab_size")
             targets = labels[:, 1:].to(hidden.device)
             losses = self.lm_head.target_losses(hidden[:, :-1].flatten(0, 1), targets.flatten(), embeddings)
             losses = losses.view_as(targets)

@@ -320,6 +320,31 @@ class ModelHarness:
             with pytest.raises(ValueError, match="max_position_embeddings"):
                 model(self.ids(1, 33))
 
+    def test_bad_labels_raise_value_error_naming_the_limit(self):
+        """Out-of-range labels are an IndexError (CPU) or a device assert (CUDA) inside cross_entropy,
+        and no loss at all in Transformer-XL's adaptive softmax: every head refuses them first."""
+        ids = self.ids(2, 10)
+        lm_heads = [(head, is_decoder) for head, is_decoder in self.cases() if head in ("causal-lm", "masked-lm")]
+        for head, is_decoder in lm_heads:
+            model = self.model(head, is_decoder)
+            for wrong in (VOCAB, -5):
+                labels = ids.clone()
+                labels[1, 4] = wrong
+                with pytest.raises(ValueError, match=f"labels holds {wrong}, outside \\[0, {VOCAB}\\).*vocab_size"):
+                    model(ids, labels=labels)
+            with pytest.raises(ValueError, match=r"labels has shape \(2, 9\) but this head needs \(2, 10\)"):
+                model(ids, labels=ids[:, 1:])
+            ignored = ids.clone()
+            ignored[:, ::2] = -100  # the ignore index is accepted
+            assert torch.isfinite(model(ids, labels=ignored).loss)
+        for is_decoder in {is_decoder for head, is_decoder in self.cases() if head == "classification"}:
+            model = self.model("classification", is_decoder)
+            with pytest.raises(ValueError, match=r"labels holds 3, outside \[0, 3\).*num_labels"):
+                model(ids, labels=torch.tensor([0, 3]))
+            with pytest.raises(ValueError, match=r"labels has shape \(3,\)"):
+                model(ids, labels=torch.tensor([0, 1, 2]))
+            assert torch.isfinite(model(ids, labels=torch.tensor([[2], [0]])).loss)  # (batch, 1) as transformers
+
     def test_bad_inputs_raise_value_error(self):
         model = self.model("base", False)
         ids = self.ids(2, 10)
