@@ -703,14 +703,18 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     if to_run and WARM_UP_ARCHITECTURE in longctx.ARCHITECTURES and chosen_preset.language_modeling is not None:
         warm_up(chosen_preset, output_dir / "trainer" / "warm-up", data)
     rows = dict(kept)
-    for name in to_run:
-        rows[name] = {**run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data),
-                      "environment": environment(chosen_preset.device), "command": command_line()}
+
+    def save() -> dict:
         results = study_results(settings, chosen_preset, data, metrics, rows,
                                 earlier_seconds + time.perf_counter() - started)
         path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    results = study_results(settings, chosen_preset, data, metrics, rows, earlier_seconds + time.perf_counter() - started)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        return results
+
+    for name in to_run:
+        rows[name] = {**run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data),
+                      "environment": environment(chosen_preset.device), "command": command_line()}
+        save()
+    results = save()
     print()
     print(format_table(results["results"]))
     for note in table_notes(chosen_preset, metrics, data, results["results"]):
