@@ -730,11 +730,16 @@ def finished_rows(path: Path, settings: dict) -> tuple[dict, float]:
         return {}, 0.0
     earlier = json.loads(path.read_text(encoding="utf-8"))
     for key, value in settings.items():
-        if earlier.get(key) != value:
+        if _without_prose(earlier.get(key)) != _without_prose(value):
             raise ValueError(f"resume: {path} was written with a different {key} ({earlier.get(key)!r}, this run: "
                              f"{value!r}); pass another output_dir, or run without resume to overwrite it")
     rows = {row["architecture"]: row for row in earlier["results"] if not row["errors"]}
     return rows, earlier.get("wall_seconds", 0.0)
+
+
+def _without_prose(setting):
+    """A preset's description is prose, rewritten as measurements come in: not part of what must match."""
+    return {k: v for k, v in setting.items() if k != "description"} if isinstance(setting, dict) else setting
 
 
 def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metrics, rows: dict,

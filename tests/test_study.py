@@ -416,6 +416,9 @@ def test_resume_refuses_results_of_other_settings(monkeypatch, tmp_path):
         study.run_study(output_dir=tmp_path, architectures=first, seed=2, resume=True)
     with pytest.raises(ValueError, match="different preset"):
         study.run_study(output_dir=tmp_path, architectures=first, seed=1, max_steps=3, resume=True)
+    # the description is prose: rewording it does not stop a resume
+    reworded = dataclasses.replace(PRESETS["smoke"], description="reworded")
+    assert study.run_study(reworded, output_dir=tmp_path, architectures=first, seed=1, resume=True)["seed"] == 1
     # without resume the file is overwritten, as before
     assert study.run_study(output_dir=tmp_path, architectures=first, seed=2)["seed"] == 2
 
