@@ -111,21 +111,15 @@ class ForCausalLM(HeadBase):
         """`labels` are the input ids (shifted inside); -100 marks positions without loss."""
         outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
         hidden = outputs.last_hidden_state
+        if labels is not None:  # one label per input position, whatever logits_to_keep keeps
+            check_labels(labels, hidden.shape[:2], self.config.vocab_size, "vocab_size")
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        if labels is not None:
-            check_labels(labels, input_shape_of(input_ids, kwargs), self.config.vocab_size, "vocab_size")
         loss = None if labels is None else shifted_lm_loss(logits, labels)
         return self._finish(CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
-
-
-def input_shape_of(input_ids, kwargs) -> tuple:
-    """(batch, length) of what the head was given: input_ids, or inputs_embeds."""
-    given = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-    return tuple(given.shape[:2])
 
 
 def shifted_lm_loss(logits, labels):

@@ -63,7 +63,6 @@ from .modeling_heads import (
     GeneratesWithOwnCache,
     HeadBase,
     check_labels,
-    input_shape_of,
 )
 
 
@@ -642,7 +641,7 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
         embeddings = self.model.embeddings
         loss = losses = logits = None
         if labels is not None:
-            check_labels(labels, input_shape_of(input_ids, kwargs), self.config.vocab_size, "vocab_size")
+            check_labels(labels, hidden.shape[:2], self.config.vocab_size, "vocab_size")
             targets = labels[:, 1:].to(hidden.device)
             losses = self.lm_head.target_losses(hidden[:, :-1].flatten(0, 1), targets.flatten(), embeddings)
             losses = losses.view_as(targets)
