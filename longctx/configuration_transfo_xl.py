@@ -44,12 +44,14 @@ class LongctxTransfoXLConfig(LongctxConfig):
       `proj_share_all_but_first`, as transformers does); `tie_word_embeddings`: whether the
       softmax reuses the embedding tables.
     - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
-    - `relative_attention_kernel`: "auto" (the CPU block kernel of `attention_relative_cpu` on
+    - `relative_attention_kernel`: "auto" (the block kernel of `attention_relative_blocks` on
       CPU in float32/64 without attention dropout when more than one block of 128 new tokens
-      comes, SDPA with the position scores as a mask otherwise), "blocks" (that CPU kernel; no
-      attention dropout; its backward cannot be differentiated again) or "sdpa" (the mask form,
-      on any device; double backward works).
-      Both are exact: the choice changes speed and memory, not the function computed.
+      comes, SDPA with the position scores as a mask otherwise), "blocks" (that kernel on any
+      device, memory linear in the length -- on CUDA the way to long spans, its speed there not
+      yet measured; no attention dropout; half precision computed in float32; its backward cannot
+      be differentiated again) or "sdpa" (the mask form, memory quadratic in training; double
+      backward works). Both are exact: the choice changes speed and memory, not the function
+      computed.
 
     Defaults follow the paper where they differ from the other longctx models: post-LN
     (`pre_lnorm=False`), ReLU feed-forward, no final LayerNorm. Transformer-XL is causal only:

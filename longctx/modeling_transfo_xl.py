@@ -25,9 +25,10 @@ Differences from transformers 4.35.2 (by design):
 - `attention_mask` is supported (padding, and left-padded `generate()`); transformers had none.
 
 Efficiency: on CPU (no attention dropout, float32/64) relative attention runs the block kernel of
-`attention_relative_cpu` (queries in blocks, causal blocks skipped, a hand-written backward, memory
-linear in the length); elsewhere SDPA with the position term as a mask, whose gradient makes
-training run SDPA's math kernel. Per token, a 2 x 256 training step with a memory of half the
+`attention_relative_blocks` (queries in blocks, causal blocks skipped, a hand-written backward, memory
+linear in the length); elsewhere, unless `relative_attention_kernel="blocks"` asks for that kernel,
+SDPA with the position term as a mask, whose gradient makes training run SDPA's math kernel
+(memory quadratic in the length). Per token, a 2 x 256 training step with a memory of half the
 span costs 1.6-2.0x the dense encoder's at spans of 1K-16K on 2 CPU cores (2.0-3.0x with the SDPA
 path), 0.9-1.3x without memory (causal: half the score blocks skipped); memory grows linearly
 (results/cpu-2026-11-23/README.md). The position scores are a second score matmul in both passes.
@@ -47,7 +48,8 @@ from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.utils import ModelOutput
 
 from .attention_dense import masked_attention_reference, masked_sdpa
-from .attention_relative_cpu import DEFAULT_BLOCK, blockwise_relative_attention, can_run_relative_blocks, shift_padded
+from .attention_relative_blocks import (DEFAULT_BLOCK, DTYPES, blockwise_relative_attention, can_run_relative_blocks,
+                                        fused_forward_applies, shift_padded)
 from .configuration_transfo_xl import RELATIVE_KERNELS, LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
@@ -90,21 +92,26 @@ def relative_attention(q, k, v, r, content_bias, position_bias, visible: "Visibl
                        kernel: str = "auto"):
     """softmax(((q + u) k^T + shift((q + v) r^T)) / sqrt(dim)) v over the `visible` keys; a query
     that sees no key outputs zeros. Kernels, equal up to float rounding:
-    - "blocks" (`attention_relative_cpu`): CPU, no attention dropout, float32/64; query blocks,
-      causal blocks skipped, a hand-written backward; memory linear in the length.
+    - "blocks" (`attention_relative_blocks`): no attention dropout; query blocks, causal blocks
+      skipped, a hand-written backward; memory linear in the length. Any device: on CPU each
+      block's forward is the CPU flash kernel, elsewhere matmuls and a softmax; half precision is
+      computed in float32.
     - "sdpa": SDPA over (q + u) k^T with the position term as an additive float mask. In training
       the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
-      over the materialised (q_len x k_len) scores (CUDA, dropout, bfloat16).
-    "auto" takes "blocks" where it applies and the queries fill more than one block (one block
-    skips nothing and saves no memory; for a token at a time, as `generate()` feeds them, the SDPA
-    call is ~10% faster: 200 tokens after 256, memory 512, 2 x 256 model, 1.5-1.7 s against 1.7-1.8 s)."""
+      over the materialised (q_len x k_len) scores, which autograd keeps (dropout, double backward).
+    "auto" takes "blocks" where it was measured faster -- on CPU in float32/64 without dropout --
+    and the queries fill more than one block (one block skips nothing and saves no memory; for a
+    token at a time, as `generate()` feeds them, the SDPA call is ~10% faster: 200 tokens after
+    256, memory 512, 2 x 256 model, 1.5-1.7 s against 1.7-1.8 s); "sdpa" elsewhere, CUDA
+    included, where "blocks" is untimed (`scripts/run_cuda_transfo_xl.sh` times both)."""
     if kernel not in RELATIVE_KERNELS:
         raise ValueError(f"kernel={kernel!r}; use one of {RELATIVE_KERNELS}")
     blocks_apply = can_run_relative_blocks(q, dropout_p)
     if kernel == "blocks" and not blocks_apply:
-        raise ValueError(f"kernel='blocks' needs a CPU tensor of float32 or float64 and attention dropout 0; got "
-                         f"{q.device.type} {q.dtype}, dropout_p={dropout_p}. Use kernel='auto'.")
-    if kernel == "blocks" or (kernel == "auto" and blocks_apply and q.shape[-2] > DEFAULT_BLOCK):
+        raise ValueError(f"kernel='blocks' needs attention dropout 0 and a floating dtype ({', '.join(map(str, DTYPES))});"
+                         f" got dropout_p={dropout_p}, {q.dtype}. Use kernel='auto' or 'sdpa'.")
+    measured_faster = blocks_apply and fused_forward_applies(q) and q.shape[-2] > DEFAULT_BLOCK
+    if kernel == "blocks" or (kernel == "auto" and measured_faster):
         return blockwise_relative_attention(q + content_bias[:, None], q + position_bias[:, None], k, v, r,
                                             memory_length=visible.memory_length, window=visible.window,
                                             key_padding=visible.key_padding)

@@ -13,7 +13,7 @@ kernel's one-SDPA-over-key-slabs form, which CUDA and dropout use), "band-N" (CP
 form with blocks of N tokens, N dividing the window), plus diagnostic FlexAttention variants on
 CUDA (`flex_variant`). Transformer-XL's relative attention as it trains, span = length: the last
 half of the tokens are the queries, the first half their memory, r random (no gradient asked):
-"xl-sdpa" (SDPA with the position term as a mask), "xl-blocks" (`longctx.attention_relative_cpu`,
+"xl-sdpa" (SDPA with the position term as a mask), "xl-blocks" (`longctx.attention_relative_blocks`,
 CPU, its default block) and "xl-blocks-N" (blocks of N queries). They score half as many queries
 as "dense": their cost per token against dense is 2 x their time / dense's. Median times (CUDA
 events via triton.testing.do_bench on CUDA; wall clock on CPU).
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from longctx.attention_band_cpu import block_band_attention
-from longctx.attention_relative_cpu import blockwise_relative_attention
+from longctx.attention_relative_blocks import blockwise_relative_attention
 from longctx.attention_sliding import default_chunk_size, sliding_window_attention
 from longctx.modeling_transfo_xl import VisibleKeys, relative_attention
 

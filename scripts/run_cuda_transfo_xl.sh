@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 5's GPU figures in one call (a device session has 10 minutes a command):
 # 1. training cost per token of Transformer-XL, with and without memory, against the dense encoder
-#    at the same span (bf16, the benchmark's GPU size, 6 x 512);
+#    at the same span (bf16, the benchmark's GPU size, 6 x 512), through each relative attention
+#    kernel: "auto" (SDPA with the position mask on CUDA) and "blocks" (linear memory; untimed on a
+#    GPU when this script was written);
 # 2. evaluation with memory against the vanilla recomputation at attention length 3,800 (the paper's
 #    1,874x), random weights of the 2 x 256 CPU model, on a Gutenberg book.
 #
@@ -23,6 +25,10 @@ python scripts/benchmark.py --device "$device" --dtype "$dtype" --lengths "$leng
   --models dense,longctx-transfo-xl,longctx-transfo-xl-memory --baseline dense --warmup_steps 2 --steps 5 \
   --no_optimizer_step --no_progress --output "$out/benchmark_transfo_xl_memory.json" 2>&1 \
   | tee "$out/benchmark_transfo_xl_memory.log"
+python scripts/benchmark.py --device "$device" --dtype "$dtype" --lengths "$lengths" \
+  --models dense,longctx-transfo-xl,longctx-transfo-xl-memory --baseline dense --warmup_steps 2 --steps 5 \
+  --no_optimizer_step --no_progress --model_config relative_attention_kernel=blocks \
+  --output "$out/benchmark_transfo_xl_memory_blocks.json" 2>&1 | tee "$out/benchmark_transfo_xl_memory_blocks.log"
 python scripts/run_lm.py --model_type longctx-transfo-xl --config_overrides \
   "hidden_size=256,num_hidden_layers=2,num_attention_heads=4,intermediate_size=1024,mem_len=$memory,cutoffs=[]" \
   --validation_file "$book" --max_eval_chars 20000 --max_seq_length "$segment" --do_eval \

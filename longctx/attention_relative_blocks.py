@@ -1,20 +1,24 @@
-"""Transformer-XL's relative attention on CPU, block by block over the queries, with linear memory.
+"""Transformer-XL's relative attention block by block over the queries, with linear memory.
 
 score(i, j) = ((q_i + u) . k_j + (q_i + v) . r[i - j]) * scale, causal over memory + segment.
 PyTorch's fused SDPA kernels give no gradient for an additive mask, so passing the position term
 as one (`modeling_transfo_xl.relative_attention`) makes training run SDPA's math kernel over the
 whole (q_len x k_len) score matrix, its softmax and their gradients: about ten passes over a
-matrix that, at 2,048 queries x 4,096 keys x 8 heads, is far larger than any cache.
+matrix that, at 2,048 queries x 4,096 keys x 8 heads, is far larger than any cache, and that
+autograd keeps for the backward pass (memory quadratic in the length).
 
 Here the queries are cut into blocks of a few dozen. A block needs only the keys up to its last
 query (causal: the future blocks are skipped, a quarter of the work with a memory of half the
 span, half of it without) and the distances those keys are at, so its position scores are one
-small matmul and one relative shift. The forward pass is one call of the CPU flash kernel per
-block with the position scores as its mask, keeping the log-sum-exp; the backward pass recomputes
-each block's probabilities from it and writes the gradients by hand -- of the content scores to
-q + u and k, of the position scores (un-shifted) to q + v and r, of the probabilities to v -- so
-every block's matrices stay in the last-level cache and nothing of size (q_len x k_len) is stored.
-With dropout on the attention weights `relative_attention` uses its SDPA kernel instead.
+small matmul and one relative shift. The forward pass computes each block's softmax and keeps
+only its log-sum-exp -- on CPU by one call of the CPU flash kernel per block with the position
+scores as its mask; on other devices (CUDA) with plain matmuls and a softmax. The
+backward pass recomputes each block's probabilities from it and writes the gradients by hand -- of
+the content scores to q + u and k, of the position scores (un-shifted) to q + v and r, of the
+probabilities to v -- so every block's matrices stay in the last-level cache and nothing of size
+(q_len x k_len) is stored. float16/bfloat16 inputs are computed in float32 (autocast off), as a
+flash kernel accumulates, and the gradients returned in the inputs' dtypes. With dropout on the
+attention weights `relative_attention` uses its SDPA kernel instead.
 
 Shapes: q_content = q + u, q_position = q + v: (batch, heads, q_len, dim); k, v: (batch, heads,
 memory + q_len, dim); r: (heads, memory + q_len, dim), the projected encodings of the distances
@@ -31,7 +35,9 @@ from torch.autograd.function import once_differentiable
 
 from .attention_band_cpu import _flash_forward
 
-DTYPES = (torch.float32, torch.float64)
+# computed as they are; half precision is computed in float32
+NATIVE_DTYPES = (torch.float32, torch.float64)
+DTYPES = NATIVE_DTYPES + (torch.float16, torch.bfloat16)
 # Queries per block. Small blocks keep a block's (heads x batch x block x keys) matrices in cache,
 # large ones run the matmuls at a better rate. The 2 x 256 training step of scripts/benchmark.py
 # (longctx-transfo-xl-memory, 4 heads, 4,096 tokens a step; DEFAULT_BLOCK set to N, two runs each
@@ -42,9 +48,14 @@ DEFAULT_BLOCK = 128
 
 
 def can_run_relative_blocks(q, dropout_p: float) -> bool:
-    """CPU, no attention dropout (the flash kernel's CPU forward has none that a hand-written
-    backward could replay), float32 or float64."""
-    return q.device.type == "cpu" and dropout_p == 0 and q.dtype in DTYPES and _flash_forward is not None
+    """No attention dropout (the flash kernel's CPU forward has none that a hand-written backward
+    could replay) and a floating dtype it computes; any device."""
+    return dropout_p == 0 and q.dtype in DTYPES
+
+
+def fused_forward_applies(q) -> bool:
+    """Whether a block's forward runs the CPU flash kernel (else matmuls and a softmax)."""
+    return q.device.type == "cpu" and q.dtype in NATIVE_DTYPES and _flash_forward is not None
 
 
 def blockwise_relative_attention(q_content, q_position, k, v, r, *, memory_length: int, window: int | None = None,
@@ -58,7 +69,12 @@ def blockwise_relative_attention(q_content, q_position, k, v, r, *, memory_lengt
         raise ValueError(f"block={block}: a block holds at least one query (None: {DEFAULT_BLOCK})")
     block = block or DEFAULT_BLOCK
     plan = _BlockPlan(q_len, memory_length, window, key_padding, block)
-    out = _RelativeBlocks.apply(q_content, q_position, k, v, r, plan)
+    # Under autocast the inputs mix dtypes (q + u is float32, k bfloat16): all are computed in
+    # float32 (float64 if one is), autograd casting each gradient back; the output takes v's dtype.
+    inputs = (q_content, q_position, k, v, r)
+    compute = torch.float64 if any(t.dtype == torch.float64 for t in inputs) else torch.float32
+    with torch.autocast(q_content.device.type, enabled=False):
+        out = _RelativeBlocks.apply(*(t.to(compute) for t in inputs), plan).to(v.dtype)
     sees = plan.sees_something
     return out if sees is None else out * sees[:, None, :, None]
 
@@ -161,8 +177,8 @@ class _RelativeBlocks(torch.autograd.Function):
         for rows, keys in plan.blocks():
             _, bias, _, _ = _position_scores(q_position, r_extended, rows, keys, scale)
             plan.hide(bias, rows, keys)
-            out[:, :, rows], lse[:, :, rows] = _flash_forward(q_content[:, :, rows], k[:, :, keys], v[:, :, keys],
-                                                              attn_mask=bias, scale=scale)
+            out[:, :, rows], lse[:, :, rows] = _block_forward(q_content[:, :, rows], k[:, :, keys], v[:, :, keys],
+                                                              bias, scale)
         ctx.save_for_backward(q_content, q_position, k, v, r_extended, out, lse)
         ctx.plan = plan
         return out.transpose(0, 1)
@@ -170,6 +186,11 @@ class _RelativeBlocks(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the hand-written backward is not itself differentiated: say so, not silently
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):  # float32 in, float32 out
+            return _RelativeBlocks._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q_content, q_position, k, v, r_extended, out, lse = ctx.saved_tensors
         plan, scale = ctx.plan, 1.0 / math.sqrt(q_content.shape[-1])
         grad_out = _heads_first(grad_out)
@@ -202,6 +223,16 @@ class _RelativeBlocks(torch.autograd.Function):
         grad_r[:, 0] += grad_r_extended[:, 0]  # row 0 was a copy of r's first row
         return (grad_qc.transpose(0, 1), grad_qp.transpose(0, 1), grad_k.transpose(0, 1), grad_v.transpose(0, 1),
                 grad_r, None)
+
+
+def _block_forward(q, k, v, bias, scale):
+    """One block's attention output and log-sum-exp: q (heads, batch, queries, dim), k and v
+    (heads, batch, keys, dim), bias the block's scaled position scores, -inf where hidden."""
+    if fused_forward_applies(q):
+        return _flash_forward(q, k, v, attn_mask=bias, scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(bias)
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul(scores.sub_(lse[..., None]).exp_(), v), lse
 
 
 def _lse_dtype(q):

@@ -1,12 +1,15 @@
-"""Transformer-XL's block kernel on CPU (`longctx.attention_relative_cpu`) against the explicit
+"""Transformer-XL's block kernel (`longctx.attention_relative_blocks`) against the explicit
 reference `relative_attention_reference`: outputs and every gradient, on random shapes, memories,
-windows, padding and block sizes; the dispatch; its memory; a whole model step through both kernels."""
+windows, padding and block sizes, with either block forward (the CPU flash kernel, or the matmuls
+and softmax that other devices run); half precision and autocast; the dispatch; its memory; a whole
+model step through both kernels. tests/test_cuda.py runs it on CUDA."""
 
 import pytest
 import torch
 
+import longctx.attention_relative_blocks as relative_blocks
 import longctx.modeling_transfo_xl as xl
-from longctx.attention_relative_cpu import DEFAULT_BLOCK, blockwise_relative_attention
+from longctx.attention_relative_blocks import DEFAULT_BLOCK, blockwise_relative_attention
 from longctx.modeling_transfo_xl import VisibleKeys, relative_attention, relative_attention_reference
 
 
@@ -52,8 +55,13 @@ def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
     (1, 1, 1, 17, 8, None, False, None),   # one new token after a memory (generation); the default block
     (2, 2, 70, 50, 8, None, True, None),
 ])
-def test_block_kernel_equals_reference(batch, heads, q_len, memory, dim, window, padded, block):
+@pytest.mark.parametrize("block_forward", ["cpu-flash", "matmul-softmax"])
+def test_block_kernel_equals_reference(batch, heads, q_len, memory, dim, window, padded, block, block_forward,
+                                       monkeypatch):
+    if block_forward == "matmul-softmax":  # what CUDA runs
+        monkeypatch.setattr(relative_blocks, "_flash_forward", None)
     inputs = random_inputs(batch, heads, q_len, memory, dim)
+    assert relative_blocks.fused_forward_applies(inputs[0]) == (block_forward == "cpu-flash")
     padding = random_padding(batch, q_len + memory) if padded else None
     visible = VisibleKeys(q_len, memory, window, padding, "cpu")
     want, _ = relative_attention_reference(*inputs, visible.mask())
@@ -65,6 +73,57 @@ def test_block_kernel_float32_is_close_to_the_float64_reference():
     visible = VisibleKeys(300, 200, None, random_padding(2, 500), "cpu")
     want, _ = relative_attention_reference(*inputs, visible.mask())
     assert_same_outputs_and_gradients(blocks(*inputs, visible, 64), want, inputs, rtol=1e-4, atol=1e-4)
+
+
+def kernel_inputs(dtype, batch, heads, q_len, memory, dim):
+    """q + u, q + v, k, v, r as leaves of `dtype` holding the same numbers as their float64 copies."""
+    q, k, v, r, u, v_bias = (t.detach() for t in random_inputs(batch, heads, q_len, memory, dim, dtype=dtype))
+    leaves = [(q + u[:, None]), (q + v_bias[:, None]), k, v, r]
+    return [t.requires_grad_() for t in leaves], [t.double().requires_grad_() for t in leaves]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype(dtype):
+    """Half-precision inputs: the output and gradients are those of the same numbers in float64
+    (which the tests above check against the reference), rounded once to the dtype -- not the
+    error that half-precision scores and probabilities would add."""
+    half, exact = kernel_inputs(dtype, 2, 3, 150, 60, 16)
+    visible = VisibleKeys(150, 60, 90, random_padding(2, 210), "cpu")
+
+    def run(inputs):
+        return blockwise_relative_attention(*inputs, memory_length=60, window=90, key_padding=visible.key_padding,
+                                            block=32)
+
+    got, want = run(half), run(exact)
+    assert got.dtype == dtype
+    one_rounding = 2 ** -8  # bfloat16's relative spacing; float16's is finer
+
+    def assert_rounded_once(g, w, what):
+        w = w.detach()
+        torch.testing.assert_close(g.double(), w, rtol=0, atol=float(w.abs().max()) * one_rounding,
+                                   msg=lambda m: f"{what}: {m}")
+
+    assert_rounded_once(got, want, "output")
+    upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    for name, g, w in zip("q_content q_position k v r".split(), torch.autograd.grad(got, half, upstream),
+                          torch.autograd.grad(want, exact, upstream.double())):
+        assert g.dtype == dtype
+        assert_rounded_once(g, w, f"gradient of {name}")
+
+
+def test_autocast_does_not_lower_the_block_kernel_precision():
+    """Under bf16 autocast (as training on CUDA runs) the kernel's matmuls stay in float32: the
+    same numbers as without autocast, to float32 rounding."""
+    inputs = random_inputs(2, 2, 140, 40, 8, dtype=torch.float32)
+    visible = VisibleKeys(140, 40, None, random_padding(2, 180), "cpu")
+    want = blocks(*inputs, visible, 32)
+    want_grads = torch.autograd.grad(want.sum(), inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = blocks(*inputs, visible, 32)
+        got_grads = torch.autograd.grad(got.sum(), inputs)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
 
 
 def test_queries_that_see_nothing_output_zeros_and_pass_no_gradient():
@@ -168,6 +227,36 @@ def test_model_step_is_the_same_through_either_kernel(monkeypatch):
     assert block_grads.keys() == sdpa_grads.keys() and len(block_grads) > 10
     for name in block_grads:
         torch.testing.assert_close(block_grads[name], sdpa_grads[name], msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("block_forward", ["cpu-flash", "matmul-softmax"])
+def test_model_step_under_bf16_autocast_runs_the_block_kernel_close_to_float32(block_forward, monkeypatch):
+    """Under autocast the kernel gets mixed dtypes (q + u float32, k and v bfloat16, as training on
+    CUDA runs): it computes in float32, so the loss stays close to the float32 step's and every
+    gradient is finite."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if block_forward == "matmul-softmax":
+        monkeypatch.setattr(relative_blocks, "_flash_forward", None)
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, mem_len=200, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, relative_attention_kernel="blocks")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    ids = torch.randint(3, 200, (2, 400))
+
+    def step(autocast):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            memory = model(ids[:, :200]).mems
+            loss = model(ids[:, 200:], labels=ids[:, 200:], mems=memory).loss
+        loss.backward()
+        return float(loss), [p.grad for p in model.parameters() if p.grad is not None]
+
+    full_loss, _ = step(autocast=False)
+    half_loss, half_grads = step(autocast=True)
+    assert abs(half_loss - full_loss) < 1e-2 * abs(full_loss)
+    assert len(half_grads) > 10 and all(torch.isfinite(g).all() for g in half_grads)
 
 
 def test_block_kernel_refuses_a_second_derivative_that_sdpa_gives():
