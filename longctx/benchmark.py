@@ -648,31 +648,38 @@ def environment(device: str) -> dict:
     return env
 
 
-def write_plots(cells: list[dict], output_dir: Path) -> list[str] | str:
-    """Time and memory against length, one line per model; PNGs if matplotlib is importable."""
+PLOTS = (("seconds_per_step", "seconds per step", "time"), ("peak_memory_mib", "peak memory (MiB)", "memory"))
+
+
+def plot_paths(output: Path) -> list[Path]:
+    """Where the plots of the benchmark JSON `output` go: beside it, named after it (two runs in
+    one folder keep their own)."""
+    return [output.with_name(f"{output.stem}_{suffix}.png") for _, _, suffix in PLOTS]
+
+
+def write_plots(cells: list[dict], output: Path) -> list[str] | str:
+    """Time and memory against length, one line per model, at `plot_paths(output)`; a reason
+    instead when matplotlib is not importable (`pip install matplotlib`)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "plots skipped (matplotlib is not installed)"
-    paths = []
-    for key, label, filename in (("seconds_per_step", "seconds per step", "benchmark_time.png"),
-                                 ("peak_memory_mib", "peak memory (MiB)", "benchmark_memory.png")):
+        return "plots skipped (matplotlib is not installed: pip install matplotlib)"
+    for (key, label, _), path in zip(PLOTS, plot_paths(output)):
         figure, axes = plt.subplots(figsize=(6, 4))
         for model in dict.fromkeys(cell["model"] for cell in cells):
-            points = [(c["length"], c[key]) for c in cells if c["model"] == model and c[key] is not None and c[key] > 0]
+            points = [(c["length"], c[key]) for c in cells
+                      if c["model"] == model and c.get(key) is not None and c[key] > 0]
             if points:
                 axes.plot(*zip(*points), marker="o", label=model)
         axes.set(xscale="log", yscale="log", xlabel="sequence length", ylabel=label)
         axes.legend()
         figure.tight_layout()
-        path = output_dir / filename
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same cells, same bytes
         plt.close(figure)
-        paths.append(str(path))
-    return paths
+    return [str(path) for path in plot_paths(output)]
 
 
 # --------------------------------------------------------------------------- the run
@@ -722,7 +729,7 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
         ratio = ratios[(cell["model"], cell["length"])]
         cell["time_vs_baseline"], cell["memory_vs_baseline"] = ratio["time"], ratio["memory"]
     table, table_notes = format_table(cells, settings.baseline), notes(settings, cells)
-    plots = write_plots(cells, output.parent)
+    plots = write_plots(cells, output)
     results = {
         "settings": dataclasses.asdict(settings), "environment": environment(settings.device),
         "memory_measurement": memory_measurement(settings), "loss": LOSS_NOTE, "notes": table_notes,

@@ -130,10 +130,24 @@ def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
                      f"{cell['seconds_per_step'] * 1000:,.1f} | {cell['tokens_per_s']:,.0f} | "
                      f"{cell['peak_memory_mib']:,.0f} |")
     lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
-    plots = benchmark.get("plots")
-    if isinstance(plots, list):
-        lines += [""] + [f"![{Path(p).stem}]({os.path.relpath(p, relative_to)})" for p in plots if Path(p).exists()]
-    return lines + [""]
+    plots = benchmark_plots(benchmark)
+    if isinstance(plots, str):
+        return lines + ["", f"({plots})", ""]
+    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in plots] + [""]
+
+
+def benchmark_plots(benchmark: dict) -> list[Path] | str:
+    """The plots beside the benchmark's JSON, drawn from its cells where they are missing (a run
+    without matplotlib, or one whose plots stayed on the machine that ran it); a reason when
+    they cannot be drawn."""
+    from .benchmark import plot_paths, write_plots
+
+    paths = plot_paths(Path(benchmark["path"]))
+    if not all(path.exists() for path in paths):
+        drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")], Path(benchmark["path"]))
+        if isinstance(drawn, str):
+            return drawn
+    return paths
 
 
 def study_section(study: dict, relative_to: Path) -> list[str]:

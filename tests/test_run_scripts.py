@@ -205,6 +205,10 @@ def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monke
     assert "64 tokens" in row  # --max_seq_length of the run
     assert "run_classification.py --model_type longctx-transformer" in report  # the command that made it
     assert "| dense | 1024 | 4 | 500.0 | 8,192 | 100 |" in report and "- a note" in report
+    # the benchmark wrote no plots (no matplotlib where it ran): the report draws them from its cells
+    for kind in ("time", "memory"):
+        plot = runs / "bench" / f"benchmark_{kind}.png"
+        assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.relative_to(tmp_path)})" in report
     with pytest.raises(ValueError, match="no results"):
         build_report([tmp_path / "empty"], tmp_path / "R.md")
 
