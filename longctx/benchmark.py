@@ -657,7 +657,13 @@ def plot_paths(output: Path) -> list[Path]:
     return [output.with_name(f"{output.stem}_{suffix}.png") for _, _, suffix in PLOTS]
 
 
-def write_plots(cells: list[dict], output: Path) -> list[str] | str:
+def plot_title(settings: dict, environment: dict) -> str:
+    """What the plots of a run measured: the device and the model size (the JSON's sections)."""
+    return (f"{environment.get('device_name', environment.get('device', '?'))}: "
+            f"{settings['num_layers']}×{settings['hidden_size']}, {settings['dtype']}")
+
+
+def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
     """Time and memory against length, one line per model, at `plot_paths(output)`; a reason
     instead when matplotlib is not importable (`pip install matplotlib`)."""
     try:
@@ -674,7 +680,7 @@ def write_plots(cells: list[dict], output: Path) -> list[str] | str:
                       if c["model"] == model and c.get(key) is not None and c[key] > 0]
             if points:
                 axes.plot(*zip(*points), marker="o", label=model)
-        axes.set(xscale="log", yscale="log", xlabel="sequence length", ylabel=label)
+        axes.set(xscale="log", yscale="log", xlabel="sequence length", ylabel=label, title=title)
         axes.legend()
         figure.tight_layout()
         figure.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same cells, same bytes
@@ -729,9 +735,10 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
         ratio = ratios[(cell["model"], cell["length"])]
         cell["time_vs_baseline"], cell["memory_vs_baseline"] = ratio["time"], ratio["memory"]
     table, table_notes = format_table(cells, settings.baseline), notes(settings, cells)
-    plots = write_plots(cells, output)
+    settings_record, environment_record = dataclasses.asdict(settings), environment(settings.device)
+    plots = write_plots(cells, output, plot_title(settings_record, environment_record))
     results = {
-        "settings": dataclasses.asdict(settings), "environment": environment(settings.device),
+        "settings": settings_record, "environment": environment_record,
         "memory_measurement": memory_measurement(settings), "loss": LOSS_NOTE, "notes": table_notes,
         "plots": plots, "wall_seconds": time.perf_counter() - started, "results": cells,
     }

@@ -116,9 +116,9 @@ def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
 
 
 def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
-    settings, environment = benchmark["settings"], benchmark["environment"]
-    lines = [f"### {environment.get('device_name', environment.get('device'))} — "
-             f"{settings['num_layers']}×{settings['hidden_size']}, {settings['dtype']}, "
+    from .benchmark import plot_title
+
+    lines = [f"### {plot_title(benchmark['settings'], benchmark['environment'])}, "
              f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
              "| model | length | batch | ms/step | tokens/s | peak MiB |", "|---|---|---|---|---|---|"]
     for cell in benchmark["results"]:
@@ -140,11 +140,12 @@ def benchmark_plots(benchmark: dict) -> list[Path] | str:
     """The plots beside the benchmark's JSON, drawn from its cells where they are missing (a run
     without matplotlib, or one whose plots stayed on the machine that ran it); a reason when
     they cannot be drawn."""
-    from .benchmark import plot_paths, write_plots
+    from .benchmark import plot_paths, plot_title, write_plots
 
     paths = plot_paths(Path(benchmark["path"]))
     if not all(path.exists() for path in paths):
-        drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")], Path(benchmark["path"]))
+        drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")], Path(benchmark["path"]),
+                            plot_title(benchmark["settings"], benchmark["environment"]))
         if isinstance(drawn, str):
             return drawn
     return paths
