@@ -17,9 +17,8 @@ Presets (`PRESETS`) fix the size, data, budget and device:
 * "smoke" (the default): the tiny samples shipped in longctx/samples, a few minutes on 2 CPU
   cores, a check that everything runs end to end -- its accuracies are not results;
 * "cpu": the real data (a `data_dir` laid out like ../shared/data; IMDb alone may come from
-  the Hub) at 1,024 bytes on CPU, 12-29 minutes per architecture on 2 quiet cores (measured
-  for four; Transformer-XL's classification alone took 18), about two and a half hours for all
-  five, test reviews subsampled;
+  the Hub) at 1,024 bytes on CPU, 12-41 minutes per architecture on 2 quiet cores
+  (Transformer-XL the longest), 2 h 15 min for all five, test reviews subsampled;
 * "gpu-lra": the Long Range Arena text task (IMDb at 4,096 bytes) and the books LM at 4,096
   bytes on a CUDA GPU, for hours; it refuses to run without one.
 
@@ -128,8 +127,8 @@ PRESETS = {
     ),
     "cpu": Preset(
         name="cpu",
-        description="real data (--data_dir): byte-level IMDb and an Austen novel at 1,024 bytes, 12-30 "
-                    "minutes per architecture on 2 quiet CPU cores (about 2.5 hours for all five)",
+        description="real data (--data_dir): byte-level IMDb and an Austen novel at 1,024 bytes, 12-41 "
+                    "minutes per architecture on 2 quiet CPU cores (2 h 15 min for all five)",
         model=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
                    attention_probs_dropout_prob=0.0),  # no attention dropout: same reason as smoke
         # 2,000 test reviews, not 25,000: scoring them all at 1,024 bytes would take longer than
