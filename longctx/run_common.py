@@ -152,6 +152,13 @@ def load_tokenizer(model_args: ModelArguments):
     return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
 
 
+def encode_whole_text(tokenizer, text: str) -> list[int]:
+    """A whole text's token ids, without special tokens, to be cut into blocks by the caller:
+    transformers' warning that the ids exceed `model_max_length` ("will result in indexing
+    errors") is about feeding them to the model at once, which no caller does, so it is off."""
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
 def load_raw_datasets(data_args: DataArguments):
     """A DatasetDict with "train" and/or "validation" from the Hub or the local files."""
     import datasets

@@ -65,7 +65,7 @@ from .language_modeling import (
     trains_with_memory,
 )
 from .metrics import Metrics
-from .run_common import command_line
+from .run_common import command_line, encode_whole_text
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
 CAUSAL_LM_HEAD = "AutoModelForCausalLM"
@@ -197,11 +197,6 @@ def classification_dataset(rows: list[dict], tokenizer, max_length: int):
     return datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],
                                        "attention_mask": encoded["attention_mask"],
                                        "labels": [int(row["label"]) for row in rows]})
-
-
-def byte_ids(text: str, tokenizer) -> list[int]:
-    """The text's UTF-8 bytes as token ids, without <s>/</s>."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def real_token_fraction(dataset, max_length: int) -> float:
@@ -491,7 +486,7 @@ def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed
 def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
                           data: StudyData) -> dict:
     tokenizer = longctx.byte_tokenizer(model_max_length=10**9)  # whole books, chunked below
-    train_ids, valid_ids = byte_ids(data.book_train, tokenizer), byte_ids(data.book_valid, tokenizer)
+    train_ids, valid_ids = encode_whole_text(tokenizer, data.book_train), encode_whole_text(tokenizer, data.book_valid)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=True)
     model = AutoModelForCausalLM.from_config(config)

@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser, set_seed
 
 from longctx.generation_eval import TextSimilarity, passages, reference_scores
-from longctx.run_common import ModelArguments, build_model, load_tokenizer, run_info, write_run_info
+from longctx.run_common import ModelArguments, build_model, encode_whole_text, load_tokenizer, run_info, write_run_info
 
 
 @dataclass
@@ -74,7 +74,7 @@ def main(argv=None):
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model.to(device).eval()
     text = Path(args.validation_file).read_text(encoding="utf-8")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = encode_whole_text(tokenizer, text)
     items = passages(ids, args.num_passages, args.prompt_length, args.continuation_length)
     generated = generate(model, tokenizer, items, args)
     decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)  # noqa: E731

@@ -46,7 +46,8 @@ from longctx.language_modeling import (
     stream_segments,
     trains_with_memory,
 )
-from longctx.run_common import DataArguments, ModelArguments, build_model, evaluation_split, finish, load_tokenizer
+from longctx.run_common import (DataArguments, ModelArguments, build_model, encode_whole_text, evaluation_split, finish,
+                                load_tokenizer)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     auto_class, task_fields = (AutoModelForMaskedLM, {}) if data_args.mlm else (AutoModelForCausalLM, {"is_decoder": True})
     model = build_model(model_args, auto_class, tokenizer, **(task_fields if model_args.model_type else {}))
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = lambda text: encode_whole_text(tokenizer, text)  # noqa: E731
     train, trainer_class = None, Trainer
     if training_args.do_train:
         ids = encode(clipped(read_text(data_args, "train"), data_args.max_train_chars))
