@@ -485,7 +485,7 @@ def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed
 
 def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
                           data: StudyData) -> dict:
-    tokenizer = longctx.byte_tokenizer(model_max_length=10**9)  # whole books, chunked below
+    tokenizer = longctx.byte_tokenizer()
     train_ids, valid_ids = encode_whole_text(tokenizer, data.book_train), encode_whole_text(tokenizer, data.book_valid)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=True)

@@ -2,7 +2,7 @@
 
     python scripts/run_study.py                                   # preset "smoke": a few minutes on CPU
     python scripts/run_study.py --architectures longctx-transformer --max_steps 2 --output_dir /tmp/study
-    python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, ~2.5 h on 2 CPU cores
+    python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, ~2 h 15 min on 2 CPU cores
     python scripts/run_study.py --preset cpu --data_dir ../shared/data --resume  # goes on after a stop
     python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # needs a CUDA GPU, hours
 
