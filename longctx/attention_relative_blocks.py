@@ -18,7 +18,9 @@ the content scores to q + u and k, of the position scores (un-shifted) to q + v 
 probabilities to v -- so every block's matrices stay in the last-level cache and nothing of size
 (q_len x k_len) is stored. float16/bfloat16 inputs are computed in float32 (autocast off), as a
 flash kernel accumulates, and the gradients returned in the inputs' dtypes. With dropout on the
-attention weights `relative_attention` uses its SDPA kernel instead.
+attention weights `relative_attention` uses its SDPA kernel instead. On CPU in float32/64 it uses
+`attention_relative_fused` (the same computation as one C++ kernel over cache-sized tiles) where
+that can be built; this kernel is its fallback, and the one for other devices and half precision.
 
 Shapes: q_content = q + u, q_position = q + v: (batch, heads, q_len, dim); k, v: (batch, heads,
 memory + q_len, dim); r: (heads, memory + q_len, dim), the projected encodings of the distances

@@ -96,11 +96,13 @@ class LongctxConfig(PreTrainedConfig):
                              f"disagree; pass only one of them.")
         setattr(self, field, value)
 
-    def _require_kernel(self, field: str, kernels: tuple, without_dropout: str, auto_under_dropout: str):
-        """`field` names one of `kernels`; the kernel `without_dropout` has no attention dropout,
-        so it needs attention_probs_dropout_prob 0 ('auto' takes `auto_under_dropout` then)."""
+    def _require_kernel(self, field: str, kernels: tuple, without_dropout: str | tuple, auto_under_dropout: str):
+        """`field` names one of `kernels`; the kernels `without_dropout` (one name or a tuple) have no
+        attention dropout, so they need attention_probs_dropout_prob 0 ('auto' takes
+        `auto_under_dropout` then)."""
+        without_dropout = (without_dropout,) if isinstance(without_dropout, str) else without_dropout
         self._require(getattr(self, field) in kernels, field, f"must be one of {kernels}")
-        self._require(getattr(self, field) != without_dropout or not self.attention_probs_dropout_prob, field,
+        self._require(getattr(self, field) not in without_dropout or not self.attention_probs_dropout_prob, field,
                       f"has no attention dropout, but attention_probs_dropout_prob="
                       f"{self.attention_probs_dropout_prob}: set that to 0, or use 'auto' ({auto_under_dropout} "
                       "while dropout is on)")

@@ -7,7 +7,7 @@ import logging
 from .configuration_common import LongctxConfig
 
 logger = logging.getLogger(__name__)
-RELATIVE_KERNELS = ("auto", "blocks", "sdpa")
+RELATIVE_KERNELS = ("auto", "fused", "blocks", "sdpa")
 
 # transformers' `TransfoXLConfig` name -> the common longctx field it is (an alias both ways:
 # `config.d_model` reads and writes `config.hidden_size`, and either name works as a keyword).
@@ -44,14 +44,17 @@ class LongctxTransfoXLConfig(LongctxConfig):
       `proj_share_all_but_first`, as transformers does); `tie_word_embeddings`: whether the
       softmax reuses the embedding tables.
     - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
-    - `relative_attention_kernel`: "auto" (the block kernel of `attention_relative_blocks` on
-      CPU in float32/64 without attention dropout when more than one block of 128 new tokens
-      comes, SDPA with the position scores as a mask otherwise), "blocks" (that kernel on any
-      device, memory linear in the length -- on CUDA the way to long spans, its speed there not
-      yet measured; no attention dropout; half precision computed in float32; its backward cannot
-      be differentiated again) or "sdpa" (the mask form, memory quadratic in training; double
-      backward works). Both are exact: the choice changes speed and memory, not the function
-      computed.
+    - `relative_attention_kernel`: "auto" (on CPU in float32/64 without attention dropout, when
+      more than one block of 128 new tokens comes: "fused"; SDPA with the position scores as a
+      mask otherwise), "fused" (`attention_relative_fused`: one C++ kernel, forward and backward,
+      compiled on first use; CPU, float32/64, no attention dropout; memory linear in the length;
+      where it cannot be built -- no compiler, or remote code, which lacks the C++ source -- a
+      warning, once, and "blocks", the same values more slowly), "blocks" (`attention_relative_blocks`: query blocks
+      of eager PyTorch ops and a hand-written backward, on any device, memory linear in the length
+      -- on CUDA the way to long spans, its speed there not yet measured; no attention dropout;
+      half precision computed in float32) or "sdpa" (the mask form, memory quadratic in training;
+      the one whose backward can be differentiated again). All are exact: the choice changes
+      speed and memory, not the function computed.
 
     Defaults follow the paper where they differ from the other longctx models: post-LN
     (`pre_lnorm=False`), ReLU feed-forward, no final LayerNorm. Transformer-XL is causal only:
@@ -150,5 +153,5 @@ class LongctxTransfoXLConfig(LongctxConfig):
         self._require(self.attn_type in (0, 2), "attn_type",
                       "must be 0 (the paper's relative positional attention) or 2 (its absolute-position ablation)")
         self._require(self.sample_softmax <= 0, "sample_softmax", "must be <= 0 (no sampled softmax)")
-        self._require_kernel("relative_attention_kernel", RELATIVE_KERNELS, "blocks", "SDPA")
+        self._require_kernel("relative_attention_kernel", RELATIVE_KERNELS, ("fused", "blocks"), "SDPA")
         self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Transformer-XL has no token types")

@@ -24,14 +24,17 @@ Differences from transformers 4.35.2 (by design):
 - Memory tensors are (batch, length, d_model), transformers' (length, batch, d_model).
 - `attention_mask` is supported (padding, and left-padded `generate()`); transformers had none.
 
-Efficiency: on CPU (no attention dropout, float32/64) relative attention runs the block kernel of
-`attention_relative_blocks` (queries in blocks, causal blocks skipped, a hand-written backward, memory
-linear in the length); elsewhere, unless `relative_attention_kernel="blocks"` asks for that kernel,
-SDPA with the position term as a mask, whose gradient makes training run SDPA's math kernel
-(memory quadratic in the length). Per token, a 2 x 256 training step with a memory of half the
-span costs 1.6-2.0x the dense encoder's at spans of 1K-16K on 2 CPU cores (2.0-3.0x with the SDPA
-path), 0.9-1.3x without memory (causal: half the score blocks skipped); memory grows linearly
-(results/cpu-2026-11-23/README.md). The position scores are a second score matmul in both passes.
+Efficiency: on CPU (no attention dropout, float32/64) relative attention runs the fused C++ kernel
+of `attention_relative_fused` (flash-style tiles, forward and backward; compiled on first use),
+or where that cannot be built the block kernel of `attention_relative_blocks` (eager ops over
+query blocks, a hand-written backward); both skip future keys and keep memory linear in the
+length. Elsewhere, unless `relative_attention_kernel="blocks"` asks for the block kernel, SDPA
+with the position term as a mask, whose gradient makes training run SDPA's math kernel (memory
+quadratic in the length). Per new token, a 2 x 256 training step with a memory of half the span
+costs 1.0-1.6x the dense encoder's at spans of 1K-8K on 2 CPU cores (1.4-2.0x with the block
+kernel, 2.0-3.0x with SDPA); the attention FLOPs alone are 1.18x dense's and the linear layers'
+1.33x (keys and values of the memory). Without memory: 0.9-1.1x (causal: half the score tiles
+skipped). results/cpu-2026-11-23/README.md has the runs.
 """
 
 import math
@@ -50,6 +53,7 @@ from transformers.utils import ModelOutput
 from .attention_dense import masked_attention_reference, masked_sdpa
 from .attention_relative_blocks import (DEFAULT_BLOCK, DTYPES, blockwise_relative_attention, can_run_relative_blocks,
                                         fused_forward_applies, shift_padded)
+from .attention_relative_fused import fused_applies, fused_kernel, fused_relative_attention
 from .configuration_transfo_xl import RELATIVE_KERNELS, LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
@@ -92,29 +96,39 @@ def relative_attention(q, k, v, r, content_bias, position_bias, visible: "Visibl
                        kernel: str = "auto"):
     """softmax(((q + u) k^T + shift((q + v) r^T)) / sqrt(dim)) v over the `visible` keys; a query
     that sees no key outputs zeros. Kernels, equal up to float rounding:
-    - "blocks" (`attention_relative_blocks`): no attention dropout; query blocks, causal blocks
-      skipped, a hand-written backward; memory linear in the length. Any device: on CPU each
-      block's forward is the CPU flash kernel, elsewhere matmuls and a softmax; half precision is
-      computed in float32.
+    - "fused" (`attention_relative_fused`): CPU, float32/64, no attention dropout; one C++ kernel
+      (compiled on first use) over cache-sized tiles, forward and backward; memory linear in the
+      length. Where it cannot be built (no compiler; remote code, which lacks the C++ source) it
+      warns once and "blocks" runs: a saved config asking for it loads anywhere.
+    - "blocks" (`attention_relative_blocks`): no attention dropout; query blocks of eager ops,
+      causal blocks skipped, a hand-written backward; memory linear in the length. Any device: on
+      CPU each block's forward is the CPU flash kernel, elsewhere matmuls and a softmax; half
+      precision is computed in float32.
     - "sdpa": SDPA over (q + u) k^T with the position term as an additive float mask. In training
       the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
       over the materialised (q_len x k_len) scores, which autograd keeps (dropout, double backward).
-    "auto" takes "blocks" where it was measured faster -- on CPU in float32/64 without dropout --
-    and the queries fill more than one block (one block skips nothing and saves no memory; for a
-    token at a time, as `generate()` feeds them, the SDPA call is ~10% faster: 200 tokens after
-    256, memory 512, 2 x 256 model, 1.5-1.7 s against 1.7-1.8 s); "sdpa" elsewhere, CUDA
-    included, where "blocks" is untimed (`scripts/run_cuda_transfo_xl.sh` times both)."""
+    "auto", on CPU in float32/64 without dropout when the queries fill more than one block of 128,
+    takes "fused" (so "blocks" where that cannot be built); "sdpa" elsewhere: for a token at a time, as `generate()` feeds them, the SDPA call was measured ~10%
+    faster than "blocks" (200 tokens after 256, memory 512, 2 x 256 model, 1.5-1.7 s against
+    1.7-1.8 s), and on CUDA "blocks" is untimed (`scripts/run_cuda_transfo_xl.sh` times both)."""
     if kernel not in RELATIVE_KERNELS:
         raise ValueError(f"kernel={kernel!r}; use one of {RELATIVE_KERNELS}")
+    if kernel == "fused" and not fused_applies(q, dropout_p):
+        raise ValueError(f"kernel='fused' needs CPU tensors in float32/float64 and attention dropout 0; got "
+                         f"{q.device.type}, {q.dtype}, dropout_p={dropout_p}. Use kernel='auto', 'blocks' or 'sdpa'.")
     blocks_apply = can_run_relative_blocks(q, dropout_p)
     if kernel == "blocks" and not blocks_apply:
         raise ValueError(f"kernel='blocks' needs attention dropout 0 and a floating dtype ({', '.join(map(str, DTYPES))});"
                          f" got dropout_p={dropout_p}, {q.dtype}. Use kernel='auto' or 'sdpa'.")
     measured_faster = blocks_apply and fused_forward_applies(q) and q.shape[-2] > DEFAULT_BLOCK
-    if kernel == "blocks" or (kernel == "auto" and measured_faster):
-        return blockwise_relative_attention(q + content_bias[:, None], q + position_bias[:, None], k, v, r,
-                                            memory_length=visible.memory_length, window=visible.window,
-                                            key_padding=visible.key_padding)
+    if kernel == "auto" and measured_faster:
+        kernel = "fused"
+    if kernel == "fused" and fused_kernel() is None:  # it warned, once: the same values, more slowly
+        kernel = "blocks"
+    if kernel in ("fused", "blocks"):
+        attend = fused_relative_attention if kernel == "fused" else blockwise_relative_attention
+        return attend(q + content_bias[:, None], q + position_bias[:, None], k, v, r,
+                      memory_length=visible.memory_length, window=visible.window, key_padding=visible.key_padding)
     scale = 1.0 / math.sqrt(q.shape[-1])
     position = relative_shift(torch.matmul((q + position_bias[:, None]) * scale, r.transpose(-1, -2)))
     return masked_sdpa(q + content_bias[:, None], k, v, visible.mask(), dropout_p=dropout_p, scale=scale,

@@ -1,15 +1,19 @@
-"""Transformer-XL's block kernel (`longctx.attention_relative_blocks`) against the explicit
+"""Transformer-XL's linear-memory kernels -- the block kernel (`longctx.attention_relative_blocks`)
+and the fused CPU kernel (`longctx.attention_relative_fused`, C++) -- against the explicit
 reference `relative_attention_reference`: outputs and every gradient, on random shapes, memories,
-windows, padding and block sizes, with either block forward (the CPU flash kernel, or the matmuls
-and softmax that other devices run); half precision and autocast; the dispatch; its memory; a whole
-model step through both kernels. tests/test_cuda.py runs it on CUDA."""
+windows, padding and block/tile sizes, with either block forward (the CPU flash kernel, or the
+matmuls and softmax that other devices run); half precision and autocast; the dispatch and the
+fallback where the fused kernel cannot be built; their memory; a whole model step through each
+kernel. tests/test_cuda.py runs the block kernel on CUDA."""
 
 import pytest
 import torch
 
 import longctx.attention_relative_blocks as relative_blocks
+import longctx.attention_relative_fused as relative_fused
 import longctx.modeling_transfo_xl as xl
 from longctx.attention_relative_blocks import DEFAULT_BLOCK, blockwise_relative_attention
+from longctx.attention_relative_fused import fused_relative_attention
 from longctx.modeling_transfo_xl import VisibleKeys, relative_attention, relative_attention_reference
 
 
@@ -35,6 +39,16 @@ def blocks(q, k, v, r, u, v_bias, visible, block):
                                         window=visible.window, key_padding=visible.key_padding, block=block)
 
 
+def fused(q, k, v, r, u, v_bias, visible, block):
+    """The fused kernel with tiles of `block` queries and fewer keys (None: its default tiles)."""
+    tiles = None if block is None else (block, max(1, block // 2 + 3))
+    return fused_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r, memory_length=visible.memory_length,
+                                    window=visible.window, key_padding=visible.key_padding, tiles=tiles)
+
+
+KERNELS = {"blocks": blocks, "fused": fused}
+
+
 def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
     torch.testing.assert_close(got, want, **tolerance)
     upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1), dtype=got.dtype)
@@ -55,24 +69,25 @@ def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
     (1, 1, 1, 17, 8, None, False, None),   # one new token after a memory (generation); the default block
     (2, 2, 70, 50, 8, None, True, None),
 ])
-@pytest.mark.parametrize("block_forward", ["cpu-flash", "matmul-softmax"])
-def test_block_kernel_equals_reference(batch, heads, q_len, memory, dim, window, padded, block, block_forward,
-                                       monkeypatch):
-    if block_forward == "matmul-softmax":  # what CUDA runs
+@pytest.mark.parametrize("kernel", ["blocks, cpu-flash forward", "blocks, matmul-softmax forward", "fused"])
+def test_linear_memory_kernels_equal_reference(batch, heads, q_len, memory, dim, window, padded, block, kernel,
+                                               monkeypatch):
+    if kernel == "blocks, matmul-softmax forward":  # what CUDA runs
         monkeypatch.setattr(relative_blocks, "_flash_forward", None)
     inputs = random_inputs(batch, heads, q_len, memory, dim)
-    assert relative_blocks.fused_forward_applies(inputs[0]) == (block_forward == "cpu-flash")
+    assert relative_blocks.fused_forward_applies(inputs[0]) == (kernel != "blocks, matmul-softmax forward")
     padding = random_padding(batch, q_len + memory) if padded else None
     visible = VisibleKeys(q_len, memory, window, padding, "cpu")
     want, _ = relative_attention_reference(*inputs, visible.mask())
-    assert_same_outputs_and_gradients(blocks(*inputs, visible, block), want, inputs)
+    assert_same_outputs_and_gradients(KERNELS[kernel.split(",")[0]](*inputs, visible, block), want, inputs)
 
 
-def test_block_kernel_float32_is_close_to_the_float64_reference():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_float32_is_close_to_the_float64_reference(kernel):
     inputs = random_inputs(2, 4, 300, 200, 16, dtype=torch.float32)
     visible = VisibleKeys(300, 200, None, random_padding(2, 500), "cpu")
     want, _ = relative_attention_reference(*inputs, visible.mask())
-    assert_same_outputs_and_gradients(blocks(*inputs, visible, 64), want, inputs, rtol=1e-4, atol=1e-4)
+    assert_same_outputs_and_gradients(KERNELS[kernel](*inputs, visible, 64), want, inputs, rtol=1e-4, atol=1e-4)
 
 
 def kernel_inputs(dtype, batch, heads, q_len, memory, dim):
@@ -126,11 +141,12 @@ def test_autocast_does_not_lower_the_block_kernel_precision():
         torch.testing.assert_close(g, w)
 
 
-def test_queries_that_see_nothing_output_zeros_and_pass_no_gradient():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_queries_that_see_nothing_output_zeros_and_pass_no_gradient(kernel):
     inputs = random_inputs(1, 2, 6, 4, 8)
     padding = torch.ones(1, 10, dtype=torch.bool)
     padding[0, :7] = False  # queries 0-2 (keys 4-6) see only padding
-    out = blocks(*inputs, VisibleKeys(6, 4, None, padding, "cpu"), 4)
+    out = KERNELS[kernel](*inputs, VisibleKeys(6, 4, None, padding, "cpu"), 4)
     assert out[0, :, :3].abs().max() == 0 and out[0, :, 3:].abs().min() > 0
     q_grad, k_grad = torch.autograd.grad(out.sum(), inputs[:2])
     assert q_grad[0, :, :3].abs().max() == 0 and k_grad[0, :, :7].abs().max() == 0
@@ -149,33 +165,73 @@ def largest_saved_tensor(function):
     return max(sizes)
 
 
-def test_block_kernel_keeps_no_score_matrix_for_the_backward_pass():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_linear_memory_kernels_keep_no_score_matrix_for_the_backward_pass(kernel):
     batch, heads, q_len, memory, dim = 2, 2, 256, 256, 8
     inputs = random_inputs(batch, heads, q_len, memory, dim, dtype=torch.float32)
     visible = VisibleKeys(q_len, memory, None, None, "cpu")
     scores = batch * heads * q_len * (q_len + memory)
     # the probe sees the score matrices when a kernel keeps them
     assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel="sdpa")) >= scores
-    assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel="blocks")) <= \
+    assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel=kernel)) <= \
         batch * heads * (q_len + memory + 1) * dim
 
 
-def test_auto_takes_the_block_kernel_only_where_it_applies(monkeypatch):
-    calls = []
-    real = xl.blockwise_relative_attention
-    monkeypatch.setattr(xl, "blockwise_relative_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+def count_calls(monkeypatch, *names):
+    """Counts the calls the dispatcher makes to each kernel function named."""
+    calls = {name: 0 for name in names}
+    for name in names:
+        real = getattr(xl, name)
+
+        def counted(*args, name=name, real=real, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(xl, name, counted)
+    return calls
+
+
+def test_auto_takes_the_fused_kernel_only_where_it_applies(monkeypatch):
+    calls = count_calls(monkeypatch, "fused_relative_attention", "blockwise_relative_attention")
     q_len = DEFAULT_BLOCK + 1  # more than one block of queries
     visible = VisibleKeys(q_len, 3, None, None, "cpu")
     relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible)
-    assert calls == [1]
+    assert calls == {"fused_relative_attention": 1, "blockwise_relative_attention": 0}
     relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible, dropout_p=0.1)
     relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.bfloat16), visible)
     relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible, kernel="sdpa")
     one_block = VisibleKeys(DEFAULT_BLOCK, 3, None, None, "cpu")
     relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block)
-    assert calls == [1]
+    assert calls == {"fused_relative_attention": 1, "blockwise_relative_attention": 0}
     relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block, kernel="blocks")
-    assert calls == [1, 1]
+    relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block, kernel="fused")
+    assert calls == {"fused_relative_attention": 2, "blockwise_relative_attention": 1}
+
+
+def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kernel_runs(monkeypatch):
+    """A failed build (no compiler, or remote code without the C++ source) warns once, naming the
+    reason; 'auto' and 'fused' then run the block kernel (same values), so that a saved config
+    asking for 'fused' loads anywhere; the kernel function itself raises."""
+    def no_compiler():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(relative_fused, "_build", no_compiler)
+    relative_fused.fused_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built .*no C\\+\\+ compiler found.*block kernel"):
+            assert relative_fused.fused_kernel() is None
+        calls = count_calls(monkeypatch, "fused_relative_attention", "blockwise_relative_attention")
+        q_len = DEFAULT_BLOCK + 1
+        inputs = random_inputs(1, 2, q_len, 3, 8)
+        visible = VisibleKeys(q_len, 3, None, None, "cpu")
+        want, _ = relative_attention_reference(*inputs, visible.mask())
+        torch.testing.assert_close(relative_attention(*inputs, visible), want)
+        torch.testing.assert_close(relative_attention(*inputs, visible, kernel="fused"), want)
+        assert calls == {"fused_relative_attention": 0, "blockwise_relative_attention": 2}
+        with pytest.raises(RuntimeError, match="could not be built"):
+            fused(*inputs, visible, None)
+    finally:
+        relative_fused.fused_kernel.cache_clear()  # the next caller builds (or loads) it again
 
 
 def test_unusable_kernel_choices_raise_value_error():
@@ -189,21 +245,26 @@ def test_unusable_kernel_choices_raise_value_error():
         blocks(*inputs, visible, 0)
     with pytest.raises(ValueError, match="kernel='flash'"):
         relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, kernel="flash")
+    for dtype, dropout_p in ((torch.bfloat16, 0.0), (torch.float32, 0.1)):
+        with pytest.raises(ValueError, match="kernel='fused' needs CPU tensors in float32/float64 and attention dropout"):
+            relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=dtype), visible, dropout_p=dropout_p, kernel="fused")
+    with pytest.raises(ValueError, match="tiles=\\(0, 4\\)"):
+        fused_relative_attention(inputs[0], inputs[0], *inputs[1:4], memory_length=3, tiles=(0, 4))
 
 
-def test_model_step_is_the_same_through_either_kernel(monkeypatch):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_model_step_is_the_same_through_each_kernel(kernel, monkeypatch):
     """Loss and every parameter gradient of a Transformer-XL step with memory, padding, a
-    same_length window and clamped distances: config.relative_attention_kernel 'blocks' vs 'sdpa'
-    (float64)."""
+    same_length window and clamped distances: config.relative_attention_kernel 'blocks' or
+    'fused' vs 'sdpa' (float64)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    calls = []
-    real = xl.blockwise_relative_attention
-    monkeypatch.setattr(xl, "blockwise_relative_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    function = {"blocks": "blockwise_relative_attention", "fused": "fused_relative_attention"}[kernel]
+    calls = count_calls(monkeypatch, function)
     config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, mem_len=24, same_length=True, clamp_len=20,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                  relative_attention_kernel="blocks")
+                                  relative_attention_kernel=kernel)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).double()
     ids = torch.randint(3, 200, (2, 30))
@@ -218,11 +279,11 @@ def test_model_step_is_the_same_through_either_kernel(monkeypatch):
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     block_loss, block_grads = step()
-    assert len(calls) == 4  # two calls of two layers
+    assert calls[function] == 4  # two calls of two layers
     for layer in model.model.layers:
         layer.attention.kernel = "sdpa"
     sdpa_loss, sdpa_grads = step()
-    assert len(calls) == 4
+    assert calls[function] == 4
     torch.testing.assert_close(block_loss, sdpa_loss)
     assert block_grads.keys() == sdpa_grads.keys() and len(block_grads) > 10
     for name in block_grads:
@@ -259,12 +320,12 @@ def test_model_step_under_bf16_autocast_runs_the_block_kernel_close_to_float32(b
     assert len(half_grads) > 10 and all(torch.isfinite(g).all() for g in half_grads)
 
 
-def test_block_kernel_refuses_a_second_derivative_that_sdpa_gives():
-    """Its backward is written by hand and not differentiable: a gradient of a gradient raises
+def test_linear_memory_kernels_refuse_a_second_derivative_that_sdpa_gives():
+    """Their backward is written by hand and not differentiable: a gradient of a gradient raises
     (never a silently wrong one); the SDPA kernel gives it, and the dispatcher lets users choose."""
     inputs = random_inputs(1, 2, 5, 3, 8)
     visible = VisibleKeys(5, 3, None, None, "cpu")
-    for kernel in ("sdpa", "blocks"):
+    for kernel in ("sdpa", "blocks", "fused"):
         q_grad, = torch.autograd.grad(relative_attention(*inputs, visible, kernel=kernel).square().sum(), inputs[0],
                                       create_graph=True)
         if kernel == "sdpa":
@@ -284,14 +345,16 @@ def test_attention_benchmark_times_the_transformer_xl_kernels(monkeypatch, capsy
     script = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_attention.py"
     module = runpy.run_path(str(script))
     q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
-    outputs = [module["transfo_xl_kernel"](*spec)(q, k, v) for spec in (("sdpa",), ("blocks",), ("blocks", 8))]
+    make = module["transfo_xl_kernel"]
+    outputs = [make(*spec)(q, k, v) for spec in (("sdpa",), ("blocks",), ("blocks", 8), ("fused",))]
+    outputs.append(make("fused", tiles=(8, 4))(q, k, v))
     assert outputs[0].shape == (1, 2, 20, 8)
     for out in outputs[1:]:
         torch.testing.assert_close(out, outputs[0], rtol=1e-4, atol=1e-4)
+    names = ("xl-sdpa", "xl-blocks", "xl-blocks-16", "xl-fused", "xl-fused-16-8")
     monkeypatch.setattr(sys, "argv", ["benchmark_attention.py", "--device", "cpu", "--dtype", "fp32", "--heads", "2",
-                                      "--lengths", "64", "--kernels", "dense,xl-sdpa,xl-blocks,xl-blocks-16",
-                                      "--repeats", "1"])
+                                      "--lengths", "64", "--kernels", ",".join(("dense",) + names), "--repeats", "1"])
     runpy.run_path(str(script), run_name="__main__")
     printed = capsys.readouterr().out
     assert "failed" not in printed
-    assert all(f"{name} " in printed for name in ("xl-sdpa", "xl-blocks", "xl-blocks-16"))
+    assert all(f"{name} " in printed for name in names)

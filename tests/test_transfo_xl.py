@@ -39,6 +39,7 @@ class TransfoXLHarness(ModelHarness):
         (dict(hidden_size=33, num_attention_heads=3), "hidden_size"),
         (dict(relative_attention_kernel="flash"), "relative_attention_kernel"),
         (dict(relative_attention_kernel="blocks", attention_probs_dropout_prob=0.1), "relative_attention_kernel"),
+        (dict(relative_attention_kernel="fused", attention_probs_dropout_prob=0.1), "relative_attention_kernel"),
     ]
 
     def model(self, head, is_decoder, seed=0, **overrides):
@@ -88,6 +89,13 @@ class TestTransfoXLBlockKernel(TransfoXLHarness):
     queries, longer than the harness's inputs): every head, padding, generation through it."""
     config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                          mem_len=16, same_length=True, relative_attention_kernel="blocks",
+                         attention_probs_dropout_prob=0.0)
+
+
+class TestTransfoXLFusedKernel(TransfoXLHarness):
+    """The fused CPU kernel forced for every call, as the block kernel above."""
+    config_kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         mem_len=16, same_length=True, relative_attention_kernel="fused",
                          attention_probs_dropout_prob=0.0)
 
 

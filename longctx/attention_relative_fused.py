@@ -1,0 +1,115 @@
+"""Transformer-XL's relative attention as one fused CPU kernel (C++, compiled on first use).
+
+Same inputs, outputs and masks as `attention_relative_blocks.blockwise_relative_attention`, which
+it replaces on CPU in float32/float64. That kernel runs eager PyTorch ops over blocks of 128
+queries x all their keys: every block's scores, probabilities and gradients make a round trip
+through memory between ops, and it ran at about two thirds of the FLOP rate of the fused flash
+kernel that dense attention uses. The C++ kernel (`attention_relative_fused_cpp`) does what that
+flash kernel does, with the position term added. Per tile of 64 queries, one matmul gives the
+position scores against every distance its keys are at; then per tile of 256 keys, buffers of
+64 x 256 that stay in a core's cache hold the content scores plus the shifted position scores,
+and an online softmax accumulates the output. The backward pass recomputes each key tile's probabilities from the saved
+log-sum-exp and forms the gradients of q + u, k and v there; the gradient of the scores, shifted
+back into a per-query-tile matrix, gives those of q + v and r in two matmuls. All matmuls are BLAS
+calls; the forward pass is parallel over (batch, head, query tile), the backward over (batch,
+head). Nothing of size (q_len x k_len) exists at any time.
+
+The extension is compiled with `torch.utils.cpp_extension.load_inline` (a C++ compiler and ninja,
+about a minute, once: it is cached under ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). The
+source is a Python string, so a saved model's code (trust_remote_code) carries it and compiles it
+where it loads. Where
+it cannot be built (no compiler), `fused_kernel()` warns once and returns None, and callers run
+the block kernel, which computes the same values up to float rounding.
+"""
+
+import functools
+import hashlib
+import logging
+import os
+import warnings
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .attention_relative_fused_cpp import SOURCE
+
+logger = logging.getLogger(__name__)
+DTYPES = (torch.float32, torch.float64)
+# Tile sizes of the kernel. `scripts/benchmark_attention.py --kernels xl-fused-Q-K` times others.
+# At span 4,096 (2,048 queries after a memory of 2,048, 4 heads x 64, fp32, 2 CPU threads), the
+# minimum of 7 interleaved fwd+bwd repeats: 317 ms at 64 x 256, 324 at 64 x 512, 314 at 128 x 512
+# (dense SDPA over 4,096 queries: 516 ms; the block kernel: 433 ms) -- equal within this machine's
+# noise; smaller tiles (32 x 256, 64 x 128) were slower in other runs.
+QUERY_TILE, KEY_TILE = 64, 256
+
+
+@functools.lru_cache(maxsize=None)
+def fused_kernel():
+    """The compiled extension, or None (with one warning) where it cannot be built."""
+    try:
+        return _build()
+    except Exception as error:  # noqa: BLE001 -- any build failure means: use the block kernel
+        warnings.warn(f"longctx: the fused CPU kernel of Transformer-XL's relative attention could not be built "
+                      f"({type(error).__name__}: {str(error).strip()[:300]}); using the block kernel "
+                      "(longctx.attention_relative_blocks), which computes the same values up to float rounding, "
+                      "more slowly", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _build():
+    from torch.utils.cpp_extension import _get_build_directory, load_inline
+
+    # the source's hash in the name: a changed source never meets an old build of the same name
+    name = f"longctx_relative_attention_cpu_{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}"
+    flags = ["-O3", "-fopenmp"]
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # ATen's vectorised exp
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    if not os.path.exists(os.path.join(_get_build_directory(name, verbose=False), f"{name}.so")):
+        logger.warning("longctx: compiling the fused CPU kernel of Transformer-XL's relative attention "
+                       "(once, about a minute; cached afterwards)")
+    return load_inline(name=name, cpp_sources=[SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                       verbose=False)
+
+def fused_applies(q, dropout_p: float = 0.0) -> bool:
+    """CPU, float32/float64, no attention dropout; whether it is built is `fused_kernel()`'s answer."""
+    return q.device.type == "cpu" and q.dtype in DTYPES and dropout_p == 0
+
+
+def fused_relative_attention(q_content, q_position, k, v, r, *, memory_length: int, window: int | None = None,
+                             key_padding: torch.Tensor | None = None, tiles: tuple[int, int] | None = None):
+    """`blockwise_relative_attention` (see its module for shapes and masks) through the fused kernel.
+    Raises RuntimeError where `fused_kernel()` is None; `tiles`: (query tile, key tile)."""
+    kernel = fused_kernel()
+    if kernel is None:
+        raise RuntimeError("the fused CPU kernel could not be built (see the warning); use blockwise_relative_attention")
+    q_len = q_content.shape[-2]
+    if k.shape[-2] != memory_length + q_len or r.shape[-2] != k.shape[-2]:
+        raise ValueError(f"k has {k.shape[-2]} and r {r.shape[-2]} rows; both need memory_length + q_len = "
+                         f"{memory_length + q_len}")
+    query_tile, key_tile = tiles or (QUERY_TILE, KEY_TILE)
+    if query_tile < 1 or key_tile < 1:
+        raise ValueError(f"tiles={tiles}: a tile holds at least one query and one key")
+    if not all(fused_applies(t) and t.dtype == q_content.dtype for t in (q_content, q_position, k, v, r)):
+        raise ValueError("the fused kernel takes CPU tensors of one dtype, float32 or float64; got "
+                         f"{[(t.device.type, t.dtype) for t in (q_content, q_position, k, v, r)]}")
+    padding = None if key_padding is None else key_padding.to(torch.bool).contiguous()
+    settings = (memory_length, window or 0, padding, query_tile, key_tile)
+    return _FusedRelative.apply(q_content, q_position, k, v, r, kernel, settings)
+
+
+class _FusedRelative(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_content, q_position, k, v, r, kernel, settings):
+        inputs = [t.contiguous() for t in (q_content, q_position, k, v, r)]
+        out, lse = kernel.forward(*inputs, *settings)
+        ctx.save_for_backward(*inputs, out, lse)
+        ctx.kernel, ctx.settings = kernel, settings
+        return out
+
+    @staticmethod
+    @once_differentiable  # the backward is not itself differentiable: a second derivative raises
+    def backward(ctx, grad_out):
+        q_content, q_position, k, v, r, out, lse = ctx.saved_tensors
+        grads = ctx.kernel.backward(grad_out.contiguous(), q_content, q_position, k, v, r, out, lse, *ctx.settings)
+        return (*grads, None, None)
+
