@@ -35,13 +35,14 @@ from .attention_relative_fused_cpp import SOURCE
 
 logger = logging.getLogger(__name__)
 DTYPES = (torch.float32, torch.float64)
-# Tile sizes of the kernel. `scripts/benchmark_attention.py --kernels xl-fused-Q-K` times others.
-# At span 4,096 (2,048 queries after a memory of 2,048, 4 heads x 64, fp32, 2 CPU threads), the
-# minimum of 7 interleaved fwd+bwd repeats: 317 ms at 64 x 256, 324 at 64 x 512, 314 at 128 x 512
-# (dense SDPA over 4,096 queries: 516 ms; the block kernel: 433 ms) -- equal within this machine's
-# noise; smaller tiles (32 x 256, 64 x 128) were slower in other runs.
-QUERY_TILE, KEY_TILE = 64, 256
-
+# Tile sizes of the kernel: queries, keys, and key tiles per span (the keys whose position scores
+# one matmul computes; the span's matrices, 64 x 1,087 here, stay in cache). `scripts/
+# benchmark_attention.py --kernels xl-fused-Q-K-S` times others. At span 4,096 (2,048 queries
+# after a memory of 2,048, 4 heads x 64, fp32, 2 CPU threads), the minimum of 7 interleaved
+# fwd+bwd repeats, with one span covering all keys: 317 ms at 64 x 256, 324 at 64 x 512, 314 at
+# 128 x 512 (dense SDPA over 4,096 queries: 516 ms; the block kernel: 433 ms); smaller tiles
+# (32 x 256, 64 x 128) were slower in other runs. One span for all keys fell behind at 8,192.
+QUERY_TILE, KEY_TILE, SPAN_TILES = 64, 256, 4
 
 @functools.lru_cache(maxsize=None)
 def fused_kernel():
@@ -76,9 +77,10 @@ def fused_applies(q, dropout_p: float = 0.0) -> bool:
 
 
 def fused_relative_attention(q_content, q_position, k, v, r, *, memory_length: int, window: int | None = None,
-                             key_padding: torch.Tensor | None = None, tiles: tuple[int, int] | None = None):
+                             key_padding: torch.Tensor | None = None, tiles: tuple[int, int, int] | None = None):
     """`blockwise_relative_attention` (see its module for shapes and masks) through the fused kernel.
-    Raises RuntimeError where `fused_kernel()` is None; `tiles`: (query tile, key tile)."""
+    Raises RuntimeError where `fused_kernel()` is None; `tiles`: (query tile, key tile, key tiles
+    per span)."""
     kernel = fused_kernel()
     if kernel is None:
         raise RuntimeError("the fused CPU kernel could not be built (see the warning); use blockwise_relative_attention")
@@ -86,14 +88,14 @@ def fused_relative_attention(q_content, q_position, k, v, r, *, memory_length: i
     if k.shape[-2] != memory_length + q_len or r.shape[-2] != k.shape[-2]:
         raise ValueError(f"k has {k.shape[-2]} and r {r.shape[-2]} rows; both need memory_length + q_len = "
                          f"{memory_length + q_len}")
-    query_tile, key_tile = tiles or (QUERY_TILE, KEY_TILE)
-    if query_tile < 1 or key_tile < 1:
-        raise ValueError(f"tiles={tiles}: a tile holds at least one query and one key")
+    tiles = tiles or (QUERY_TILE, KEY_TILE, SPAN_TILES)
+    if len(tiles) != 3 or min(tiles) < 1:
+        raise ValueError(f"tiles={tiles}: (query tile, key tile, key tiles per span), each at least 1")
     if not all(fused_applies(t) and t.dtype == q_content.dtype for t in (q_content, q_position, k, v, r)):
         raise ValueError("the fused kernel takes CPU tensors of one dtype, float32 or float64; got "
                          f"{[(t.device.type, t.dtype) for t in (q_content, q_position, k, v, r)]}")
     padding = None if key_padding is None else key_padding.to(torch.bool).contiguous()
-    settings = (memory_length, window or 0, padding, query_tile, key_tile)
+    settings = (memory_length, window or 0, padding, *tiles)
     return _FusedRelative.apply(q_content, q_position, k, v, r, kernel, settings)
 
 

@@ -14,13 +14,13 @@ SOURCE = r"""
 // ever written. Python side and semantics: longctx/attention_relative_fused.py.
 //
 // score(i, j) = ((q_i + u) . k_j + (q_i + v) . r[dist]) * scale, dist = memory + i - j >= 0,
-// r row c holding distance k_len - 1 - c. For a tile of queries, the position scores against all
-// the distances its keys are at are one matmul of its q + v against the contiguous r rows of
-// those distances (`QueryTile`): a "wide" matrix in which query ii meets key j at column
-// (rows - 1 - ii) + j - key_start, a row-dependent shift that is only pointer arithmetic. The
-// gradient of the scores is written back through the same shift into a zeroed wide matrix,
-// which is at once the gradient of the content scores (a strided view) and of the position
-// scores, whose two matmuls with r and q + v give the gradients of q + v and r.
+// r row c holding distance k_len - 1 - c. For a tile of queries and a span of a few key tiles,
+// the position scores against all the distances between them are one matmul of the tile's q + v
+// against the contiguous r rows of those distances (`Span`): a "wide" matrix in which query ii
+// meets key j at column (rows - 1 - ii) + j - key_start, a row-dependent shift that is only
+// pointer arithmetic. The gradient of the scores is written back through the same shift into a
+// zeroed wide matrix, which is at once the gradient of the content scores (a strided view) and of
+// the position scores, whose two matmuls with r and q + v give the gradients of q + v and r.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -71,7 +71,7 @@ void gemm_rows(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T al
 
 struct Shape {
   int64_t batch, heads, q_len, k_len, dim, memory, window;  // window 0: none
-  int64_t query_tile, key_tile;
+  int64_t query_tile, key_tile, span_keys;  // span_keys: a multiple of key_tile
   double scale;
   const bool* key_padding;  // (batch, k_len), true for a real key; nullptr: none
 };
@@ -81,17 +81,16 @@ inline int64_t first_key(const Shape& s, int64_t query) {
   return s.window > 0 ? std::max<int64_t>(0, query - s.window + 1) : 0;
 }
 
-// A tile of `rows` queries from i0 and the keys [key_start, key_end) they may see. Its position
+// A tile of `rows` queries from i0 and a span of the keys they may see, [key_start, key_end) (at
+// most span_keys of them: so that the span's matrices below stay in a core's cache). Its position
 // scores are one "wide" (rows x width) matrix: column c against distance d_max - c, so query ii
 // meets key j at column (rows - 1 - ii) + (j - key_start). Columns past `r_rows` would be negative
 // distances (future keys, always hidden) and are never computed.
-struct QueryTile {
+struct Span {
   int64_t i0, rows, key_start, key_end, width, r_first, r_rows;
 
-  QueryTile(const Shape& s, int64_t start) : i0(start) {
-    rows = std::min(s.query_tile, s.q_len - i0);
-    key_start = first_key(s, s.memory + i0);
-    key_end = s.memory + i0 + rows;
+  Span(const Shape& s, int64_t first_query, int64_t query_count, int64_t start, int64_t end)
+      : i0(first_query), rows(query_count), key_start(start), key_end(end) {
     width = key_end - key_start + rows - 1;
     const int64_t d_max = s.memory + i0 + rows - 1 - key_start;
     r_first = s.k_len - 1 - d_max;  // r row of distance d_max
@@ -101,9 +100,18 @@ struct QueryTile {
   int64_t column(int64_t ii, int64_t j) const { return (rows - 1 - ii) + (j - key_start); }
 };
 
-// The tile's scaled position scores (q + v) . r[distance] * scale into `wide` (rows x width).
+// Calls visit(span) for each span of the keys that the tile of queries from i0 may see.
+template <typename Visit>
+void for_each_span(const Shape& s, int64_t i0, Visit visit) {
+  const int64_t rows = std::min(s.query_tile, s.q_len - i0), key_end = s.memory + i0 + rows;
+  for (int64_t start = first_key(s, s.memory + i0); start < key_end; start += s.span_keys) {
+    visit(Span(s, i0, rows, start, std::min(start + s.span_keys, key_end)));
+  }
+}
+
+// The span's scaled position scores (q + v) . r[distance] * scale into `wide` (rows x width).
 template <typename T>
-void position_scores(const Shape& s, const QueryTile& t, const T* qp, const T* r, T* wide) {
+void position_scores(const Shape& s, const Span& t, const T* qp, const T* r, T* wide) {
   gemm_rows<T>(false, true, t.rows, t.r_rows, s.dim, static_cast<T>(s.scale), qp + t.i0 * s.dim, s.dim,
                r + t.r_first * s.dim, s.dim, T(0), wide, t.width);
 }
@@ -131,7 +139,7 @@ T add_and_max(T* row, const T* shifted, int64_t n) {
 // `scores` (rows x cols): content scores by one matmul plus the shifted position scores. The
 // maximum of each row goes to `row_max` (-inf where all are hidden).
 template <typename T>
-void key_tile_scores(const Shape& s, const QueryTile& t, int64_t b, const T* qc, const T* k, const T* wide,
+void key_tile_scores(const Shape& s, const Span& t, int64_t b, const T* qc, const T* k, const T* wide,
                      int64_t j0, int64_t cols, T* scores, T* row_max) {
   gemm_rows<T>(false, true, t.rows, cols, s.dim, static_cast<T>(s.scale), qc + t.i0 * s.dim, s.dim, k + j0 * s.dim,
                s.dim, T(0), scores, cols);
@@ -190,37 +198,37 @@ void scale_row(T* x, int64_t n, T factor) {
 // Output rows and log-sum-exp of one query tile: an online softmax over its key tiles.
 template <typename T>
 void forward_tile(const Shape& s, int64_t bh, int64_t tile, const T* qc_all, const T* qp_all, const T* k_all,
-                  const T* v_all, const T* r_all, T* out_all, T* lse_all, std::vector<T>& work) {
+                  const T* v_all, const T* r_all, T* out_all, T* lse_all, T* scores, T* wide) {
   const int64_t D = s.dim, b = bh / s.heads, h = bh % s.heads;
-  const QueryTile t(s, tile * s.query_tile);
+  const int64_t i0 = tile * s.query_tile, rows = std::min(s.query_tile, s.q_len - i0);
   const T *qc = qc_all + bh * s.q_len * D, *qp = qp_all + bh * s.q_len * D;
   const T *k = k_all + bh * s.k_len * D, *v = v_all + bh * s.k_len * D, *r = r_all + h * s.k_len * D;
-  T* out = out_all + (bh * s.q_len + t.i0) * D;
-  T* lse = lse_all + bh * s.q_len + t.i0;
-  work.resize(t.rows * s.key_tile + t.rows * t.width);
-  T *scores = work.data(), *wide = scores + t.rows * s.key_tile;
+  T* out = out_all + (bh * s.q_len + i0) * D;
+  T* lse = lse_all + bh * s.q_len + i0;
   const T minus_inf = -std::numeric_limits<T>::infinity();
-  std::vector<T> row_max(t.rows, minus_inf), row_sum(t.rows, T(0)), tile_max(t.rows);
-  std::fill(out, out + t.rows * D, T(0));
-  position_scores<T>(s, t, qp, r, wide);
-  for (int64_t j0 = t.key_start; j0 < t.key_end; j0 += s.key_tile) {
-    const int64_t cols = std::min(s.key_tile, t.key_end - j0);
-    key_tile_scores<T>(s, t, b, qc, k, wide, j0, cols, scores, tile_max.data());
-    for (int64_t ii = 0; ii < t.rows; ++ii) {
-      T* row = scores + ii * cols;
-      const T new_max = std::max(row_max[ii], tile_max[ii]);
-      if (new_max == minus_inf) {  // nothing visible yet: contributes nothing
-        std::fill(row, row + cols, T(0));
-        continue;
+  std::vector<T> row_max(rows, minus_inf), row_sum(rows, T(0)), tile_max(rows);
+  std::fill(out, out + rows * D, T(0));
+  for_each_span(s, i0, [&](const Span& t) {
+    position_scores<T>(s, t, qp, r, wide);
+    for (int64_t j0 = t.key_start; j0 < t.key_end; j0 += s.key_tile) {
+      const int64_t cols = std::min(s.key_tile, t.key_end - j0);
+      key_tile_scores<T>(s, t, b, qc, k, wide, j0, cols, scores, tile_max.data());
+      for (int64_t ii = 0; ii < rows; ++ii) {
+        T* row = scores + ii * cols;
+        const T new_max = std::max(row_max[ii], tile_max[ii]);
+        if (new_max == minus_inf) {  // nothing visible yet: contributes nothing
+          std::fill(row, row + cols, T(0));
+          continue;
+        }
+        const T rescale = std::exp(row_max[ii] - new_max);  // 0 when the row had nothing
+        row_sum[ii] = row_sum[ii] * rescale + exp_shifted_and_sum<T>(row, cols, new_max);
+        if (rescale != T(1)) scale_row<T>(out + ii * D, D, rescale);
+        row_max[ii] = new_max;
       }
-      const T rescale = std::exp(row_max[ii] - new_max);  // 0 when the row had nothing
-      row_sum[ii] = row_sum[ii] * rescale + exp_shifted_and_sum<T>(row, cols, new_max);
-      if (rescale != T(1)) scale_row<T>(out + ii * D, D, rescale);
-      row_max[ii] = new_max;
+      gemm_rows<T>(false, false, rows, D, cols, T(1), scores, cols, v + j0 * D, D, T(1), out, D);
     }
-    gemm_rows<T>(false, false, t.rows, D, cols, T(1), scores, cols, v + j0 * D, D, T(1), out, D);
-  }
-  for (int64_t ii = 0; ii < t.rows; ++ii) {
+  });
+  for (int64_t ii = 0; ii < rows; ++ii) {
     if (row_sum[ii] == T(0)) {  // sees no key: zeros out, and lse +inf makes its probabilities 0
       std::fill(out + ii * D, out + (ii + 1) * D, T(0));
       lse[ii] = std::numeric_limits<T>::infinity();
@@ -235,7 +243,7 @@ void forward_tile(const Shape& s, int64_t bh, int64_t tile, const T* qc_all, con
 // from the log-sum-exp, then dV, dP, and dS = scale * P * (dP - delta). dS is written into a
 // zeroed wide matrix at the position scores' columns, where it is at once the gradient of the
 // content scores (as a rows x cols view: offset, leading dimension width - 1) and, after the
-// query tile's last key tile, of the position scores (two matmuls for q + v and r).
+// span's last key tile, of the position scores (two matmuls for q + v and r).
 template <typename T>
 void backward_head(const Shape& s, int64_t bh, const T* qc_all, const T* qp_all, const T* k_all, const T* v_all,
                    const T* r_all, const T* grad_out_all, const T* lse_all, const T* delta_all, T* grad_qc_all,
@@ -247,49 +255,52 @@ void backward_head(const Shape& s, int64_t bh, const T* qc_all, const T* qp_all,
   const T *lse = lse_all + bh * s.q_len, *delta = delta_all + bh * s.q_len;
   T *grad_qc = grad_qc_all + q_off, *grad_qp = grad_qp_all + q_off;
   T *grad_k = grad_k_all + k_off, *grad_v = grad_v_all + k_off, *grad_r = grad_r_all + bh * s.k_len * D;
-  const int64_t kt = s.key_tile, max_width = s.k_len + s.query_tile - 1;
+  const int64_t kt = s.key_tile, max_width = s.span_keys + s.query_tile - 1;
   std::vector<T> work(2 * s.query_tile * kt + 2 * s.query_tile * max_width);
   T *probs = work.data(), *grad_probs = probs + s.query_tile * kt, *wide = grad_probs + s.query_tile * kt;
   T* grad_wide = wide + s.query_tile * max_width;
   std::vector<T> unused_max(s.query_tile);
   const T scale = static_cast<T>(s.scale);
   for (int64_t i0 = 0; i0 < s.q_len; i0 += s.query_tile) {
-    const QueryTile t(s, i0);
     const T* grad_out_rows = grad_out + i0 * D;
-    position_scores<T>(s, t, qp, r, wide);
-    std::fill(grad_wide, grad_wide + t.rows * t.width, T(0));
-    for (int64_t j0 = t.key_start; j0 < t.key_end; j0 += kt) {
-      const int64_t cols = std::min(kt, t.key_end - j0);
-      key_tile_scores<T>(s, t, b, qc, k, wide, j0, cols, probs, unused_max.data());
-      for (int64_t ii = 0; ii < t.rows; ++ii) exp_shifted<T>(probs + ii * cols, cols, lse[i0 + ii]);
-      gemm_rows<T>(true, false, cols, D, t.rows, T(1), probs, cols, grad_out_rows, D, T(1), grad_v + j0 * D, D);
-      gemm_rows<T>(false, true, t.rows, cols, D, T(1), grad_out_rows, D, v + j0 * D, D, T(0), grad_probs, cols);
-      for (int64_t ii = 0; ii < t.rows; ++ii) {
-        const T d = delta[i0 + ii];
-        at::vec::map2<T>([d, scale](auto p, auto dp) {
-          return p * (dp - at::vec::Vectorized<T>(d)) * at::vec::Vectorized<T>(scale);
-        }, grad_wide + ii * t.width + t.column(ii, j0), probs + ii * cols, grad_probs + ii * cols, cols);
+    for_each_span(s, i0, [&](const Span& t) {
+      position_scores<T>(s, t, qp, r, wide);
+      std::fill(grad_wide, grad_wide + t.rows * t.width, T(0));
+      for (int64_t j0 = t.key_start; j0 < t.key_end; j0 += kt) {
+        const int64_t cols = std::min(kt, t.key_end - j0);
+        key_tile_scores<T>(s, t, b, qc, k, wide, j0, cols, probs, unused_max.data());
+        for (int64_t ii = 0; ii < t.rows; ++ii) exp_shifted<T>(probs + ii * cols, cols, lse[i0 + ii]);
+        gemm_rows<T>(true, false, cols, D, t.rows, T(1), probs, cols, grad_out_rows, D, T(1), grad_v + j0 * D, D);
+        gemm_rows<T>(false, true, t.rows, cols, D, T(1), grad_out_rows, D, v + j0 * D, D, T(0), grad_probs, cols);
+        for (int64_t ii = 0; ii < t.rows; ++ii) {
+          const T d = delta[i0 + ii];
+          at::vec::map2<T>([d, scale](auto p, auto dp) {
+            return p * (dp - at::vec::Vectorized<T>(d)) * at::vec::Vectorized<T>(scale);
+          }, grad_wide + ii * t.width + t.column(ii, j0), probs + ii * cols, grad_probs + ii * cols, cols);
+        }
+        const T* grad_scores = grad_wide + t.column(0, j0);  // (row 0, key j0); row ii is width - 1 further
+        gemm_rows<T>(false, false, t.rows, D, cols, T(1), grad_scores, t.width - 1, k + j0 * D, D, T(1),
+                     grad_qc + i0 * D, D);
+        gemm_rows<T>(true, false, cols, D, t.rows, T(1), grad_scores, t.width - 1, qc + i0 * D, D, T(1),
+                     grad_k + j0 * D, D);
       }
-      const T* grad_scores = grad_wide + t.column(0, j0);  // (row 0, key j0); row ii is width - 1 further
-      gemm_rows<T>(false, false, t.rows, D, cols, T(1), grad_scores, t.width - 1, k + j0 * D, D, T(1),
-                   grad_qc + i0 * D, D);
-      gemm_rows<T>(true, false, cols, D, t.rows, T(1), grad_scores, t.width - 1, qc + i0 * D, D, T(1), grad_k + j0 * D, D);
-    }
-    gemm_rows<T>(false, false, t.rows, D, t.r_rows, T(1), grad_wide, t.width, r + t.r_first * D, D, T(1),
-                 grad_qp + i0 * D, D);
-    gemm_rows<T>(true, false, t.r_rows, D, t.rows, T(1), grad_wide, t.width, qp + i0 * D, D, T(1),
-                 grad_r + t.r_first * D, D);
+      gemm_rows<T>(false, false, t.rows, D, t.r_rows, T(1), grad_wide, t.width, r + t.r_first * D, D, T(1),
+                   grad_qp + i0 * D, D);
+      gemm_rows<T>(true, false, t.r_rows, D, t.rows, T(1), grad_wide, t.width, qp + i0 * D, D, T(1),
+                   grad_r + t.r_first * D, D);
+    });
   }
 }
 
 // The shapes the kernels index by: a wrong one would read or write out of bounds.
 Shape make_shape(const torch::Tensor& qc, const torch::Tensor& qp, const torch::Tensor& k, const torch::Tensor& v,
                  const torch::Tensor& r, int64_t memory, int64_t window, const c10::optional<torch::Tensor>& key_padding,
-                 int64_t query_tile, int64_t key_tile) {
+                 int64_t query_tile, int64_t key_tile, int64_t span_tiles) {
   TORCH_CHECK(qc.dim() == 4 && qp.sizes() == qc.sizes(), "q_content and q_position: (batch, heads, q_len, dim)");
   const int64_t batch = qc.size(0), heads = qc.size(1), q_len = qc.size(2), dim = qc.size(3);
   const int64_t k_len = memory + q_len;
-  TORCH_CHECK(memory >= 0 && window >= 0 && query_tile >= 1 && key_tile >= 1, "memory, window >= 0; tiles >= 1");
+  TORCH_CHECK(memory >= 0 && window >= 0 && query_tile >= 1 && key_tile >= 1 && span_tiles >= 1,
+              "memory, window >= 0; tiles >= 1");
   TORCH_CHECK(k.sizes() == v.sizes() && k.dim() == 4 && k.size(0) == batch && k.size(1) == heads &&
               k.size(2) == k_len && k.size(3) == dim, "k and v: (batch, heads, memory + q_len, dim)");
   TORCH_CHECK(r.dim() == 3 && r.size(0) == heads && r.size(1) == k_len && r.size(2) == dim,
@@ -301,7 +312,7 @@ Shape make_shape(const torch::Tensor& qc, const torch::Tensor& qp, const torch::
                 "key_padding: contiguous bool (batch, memory + q_len)");
     padding = key_padding->data_ptr<bool>();
   }
-  return Shape{batch, heads, q_len, k_len, dim, memory, window, query_tile, key_tile,
+  return Shape{batch, heads, q_len, k_len, dim, memory, window, query_tile, key_tile, key_tile * span_tiles,
                1.0 / std::sqrt(static_cast<double>(dim)), padding};
 }
 
@@ -317,19 +328,21 @@ void check_inputs(const std::vector<torch::Tensor>& tensors) {
 std::vector<torch::Tensor> relative_attention_forward(torch::Tensor qc, torch::Tensor qp, torch::Tensor k,
                                                       torch::Tensor v, torch::Tensor r, int64_t memory,
                                                       int64_t window, c10::optional<torch::Tensor> key_padding,
-                                                      int64_t query_tile, int64_t key_tile) {
+                                                      int64_t query_tile, int64_t key_tile, int64_t span_tiles) {
   check_inputs({qc, qp, k, v, r});
-  const Shape s = make_shape(qc, qp, k, v, r, memory, window, key_padding, query_tile, key_tile);
+  const Shape s = make_shape(qc, qp, k, v, r, memory, window, key_padding, query_tile, key_tile, span_tiles);
   auto out = torch::empty_like(qc);
   auto lse = torch::empty({s.batch, s.heads, s.q_len}, qc.options());
   const int64_t tiles = (s.q_len + query_tile - 1) / query_tile;
   AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "relative_attention_forward", [&] {
     at::parallel_for(0, s.batch * s.heads * tiles, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> work;
+      // one allocation per thread: the scores of a key tile and the wide matrix of a span
+      std::vector<scalar_t> work(s.query_tile * s.key_tile + s.query_tile * (s.span_keys + s.query_tile - 1));
+      scalar_t *scores = work.data(), *wide = scores + s.query_tile * s.key_tile;
       for (int64_t task = begin; task < end; ++task) {
         forward_tile<scalar_t>(s, task / tiles, task % tiles, qc.data_ptr<scalar_t>(), qp.data_ptr<scalar_t>(),
                                k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                               out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), work);
+                               out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), scores, wide);
       }
     });
   });
@@ -341,9 +354,9 @@ std::vector<torch::Tensor> relative_attention_backward(torch::Tensor grad_out, t
                                                        torch::Tensor k, torch::Tensor v, torch::Tensor r,
                                                        torch::Tensor out, torch::Tensor lse, int64_t memory,
                                                        int64_t window, c10::optional<torch::Tensor> key_padding,
-                                                       int64_t query_tile, int64_t key_tile) {
+                                                       int64_t query_tile, int64_t key_tile, int64_t span_tiles) {
   check_inputs({grad_out, qc, qp, k, v, r, out, lse});
-  const Shape s = make_shape(qc, qp, k, v, r, memory, window, key_padding, query_tile, key_tile);
+  const Shape s = make_shape(qc, qp, k, v, r, memory, window, key_padding, query_tile, key_tile, span_tiles);
   TORCH_CHECK(grad_out.sizes() == qc.sizes() && out.sizes() == qc.sizes(), "grad_out and out: q's shape");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == s.batch && lse.size(1) == s.heads && lse.size(2) == s.q_len,
               "lse: (batch, heads, q_len)");

@@ -4,7 +4,7 @@ against dense SDPA.
     python scripts/benchmark_attention.py                      # CUDA: bf16, 8 heads x 64, window 512
     python scripts/benchmark_attention.py --lengths 4096 --batch 1 --device cpu --dtype fp32
     python scripts/benchmark_attention.py --device cpu --batch 2 --heads 4 --lengths 2048,4096 \
-        --kernels dense,xl-sdpa,xl-blocks,xl-fused,xl-fused-32-512
+        --kernels dense,xl-sdpa,xl-blocks,xl-fused,xl-fused-32-512-2
 
 Kernels: "dense" (SDPA over the whole sequence, no mask), "chunked" and "flex" (longctx's two
 exact sliding-window kernels, `longctx.attention_sliding`; on CPU without dropout "chunked" runs
@@ -14,8 +14,9 @@ form with blocks of N tokens, N dividing the window), plus diagnostic FlexAttent
 CUDA (`flex_variant`). Transformer-XL's relative attention as it trains, span = length: the last
 half of the tokens are the queries, the first half their memory, r random (no gradient asked):
 "xl-sdpa" (SDPA with the position term as a mask), "xl-blocks" (`longctx.attention_relative_blocks`,
-its default block), "xl-blocks-N" (blocks of N queries), "xl-fused" (`longctx.attention_relative_fused`,
-CPU, its default tiles) and "xl-fused-Q-K" (tiles of Q queries x K keys). They score half as many queries
+its default block), "xl-blocks-N" (blocks of N queries), "xl-fused"
+(`longctx.attention_relative_fused`, CPU, its default tiles) and "xl-fused-Q-K-S" (tiles of Q
+queries x K keys, S key tiles per span). They score half as many queries
 as "dense": their cost per token against dense is 2 x their time / dense's. Median times (CUDA
 events via triton.testing.do_bench on CUDA; wall clock on CPU).
 """
@@ -67,10 +68,10 @@ def flex_variant(window: int, length: int, batch: int, device, variant: str):
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
 
-def transfo_xl_kernel(kernel: str, block: int | None = None, tiles: tuple[int, int] | None = None):
+def transfo_xl_kernel(kernel: str, block: int | None = None, tiles: tuple[int, int, int] | None = None):
     """Relative attention of the last half of q over k, v (memory = the first half), XL's causal
     visibility; u, v and r fixed random tensors, as a kernel(q, k, v). `block`: the block kernel's
-    query block; `tiles`: the fused kernel's (query, key) tiles."""
+    query block; `tiles`: the fused kernel's (query tile, key tile, key tiles per span)."""
     cache = {}
 
     def run(q, k, v):
@@ -108,9 +109,8 @@ def kernels(names, window, length, batch, device):
             chosen[name] = flex_variant(window, length, batch, device, name[len("flex-"):])
         elif name.startswith("xl-blocks-"):
             chosen[name] = transfo_xl_kernel("blocks", int(name[len("xl-blocks-"):]))
-        elif name.startswith("xl-fused-"):  # xl-fused-Q-K
-            query_tile, key_tile = (int(n) for n in name[len("xl-fused-"):].split("-"))
-            chosen[name] = transfo_xl_kernel("fused", tiles=(query_tile, key_tile))
+        elif name.startswith("xl-fused-"):  # xl-fused-Q-K-S
+            chosen[name] = transfo_xl_kernel("fused", tiles=tuple(int(n) for n in name[len("xl-fused-"):].split("-")))
         elif name.startswith("band-"):
             chosen[name] = functools.partial(block_band_attention, window=window, block=int(name[len("band-"):]))
         elif name in table:
@@ -143,7 +143,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"])
     parser.add_argument("--kernels", default="dense,chunked,chunked-slabs,flex",
-                        help="also xl-sdpa, xl-blocks, xl-blocks-N, xl-fused, xl-fused-Q-K (Transformer-XL, see above); band-N on CPU "
+                        help="also xl-sdpa, xl-blocks, xl-blocks-N, xl-fused, xl-fused-Q-K-S (Transformer-XL, see above); band-N on CPU "
                              "(blocks of N); on CUDA flex-canonical, flex-ours-plain-mask, "
                              "flex-ours-dynamic (see flex_variant)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU")

@@ -40,8 +40,9 @@ def blocks(q, k, v, r, u, v_bias, visible, block):
 
 
 def fused(q, k, v, r, u, v_bias, visible, block):
-    """The fused kernel with tiles of `block` queries and fewer keys (None: its default tiles)."""
-    tiles = None if block is None else (block, max(1, block // 2 + 3))
+    """The fused kernel with tiles of `block` queries, fewer keys, and spans of two key tiles (None:
+    its default tiles)."""
+    tiles = None if block is None else (block, max(1, block // 2 + 3), 2)
     return fused_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r, memory_length=visible.memory_length,
                                     window=visible.window, key_padding=visible.key_padding, tiles=tiles)
 
@@ -248,8 +249,9 @@ def test_unusable_kernel_choices_raise_value_error():
     for dtype, dropout_p in ((torch.bfloat16, 0.0), (torch.float32, 0.1)):
         with pytest.raises(ValueError, match="kernel='fused' needs CPU tensors in float32/float64 and attention dropout"):
             relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=dtype), visible, dropout_p=dropout_p, kernel="fused")
-    with pytest.raises(ValueError, match="tiles=\\(0, 4\\)"):
-        fused_relative_attention(inputs[0], inputs[0], *inputs[1:4], memory_length=3, tiles=(0, 4))
+    for tiles in ((0, 4, 1), (4, 4)):
+        with pytest.raises(ValueError, match="tiles=.*each at least 1"):
+            fused_relative_attention(inputs[0], inputs[0], *inputs[1:4], memory_length=3, tiles=tiles)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -347,11 +349,11 @@ def test_attention_benchmark_times_the_transformer_xl_kernels(monkeypatch, capsy
     q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
     make = module["transfo_xl_kernel"]
     outputs = [make(*spec)(q, k, v) for spec in (("sdpa",), ("blocks",), ("blocks", 8), ("fused",))]
-    outputs.append(make("fused", tiles=(8, 4))(q, k, v))
+    outputs.append(make("fused", tiles=(8, 4, 2))(q, k, v))
     assert outputs[0].shape == (1, 2, 20, 8)
     for out in outputs[1:]:
         torch.testing.assert_close(out, outputs[0], rtol=1e-4, atol=1e-4)
-    names = ("xl-sdpa", "xl-blocks", "xl-blocks-16", "xl-fused", "xl-fused-16-8")
+    names = ("xl-sdpa", "xl-blocks", "xl-blocks-16", "xl-fused", "xl-fused-16-8-2")
     monkeypatch.setattr(sys, "argv", ["benchmark_attention.py", "--device", "cpu", "--dtype", "fp32", "--heads", "2",
                                       "--lengths", "64", "--kernels", ",".join(("dense",) + names), "--repeats", "1"])
     runpy.run_path(str(script), run_name="__main__")
