@@ -5,21 +5,21 @@ it replaces on CPU in float32/float64. That kernel runs eager PyTorch ops over b
 queries x all their keys: every block's scores, probabilities and gradients make a round trip
 through memory between ops, and it ran at about two thirds of the FLOP rate of the fused flash
 kernel that dense attention uses. The C++ kernel (`attention_relative_fused_cpp`) does what that
-flash kernel does, with the position term added. Per tile of 64 queries, one matmul gives the
-position scores against every distance its keys are at; then per tile of 256 keys, buffers of
-64 x 256 that stay in a core's cache hold the content scores plus the shifted position scores,
-and an online softmax accumulates the output. The backward pass recomputes each key tile's probabilities from the saved
-log-sum-exp and forms the gradients of q + u, k and v there; the gradient of the scores, shifted
-back into a per-query-tile matrix, gives those of q + v and r in two matmuls. All matmuls are BLAS
-calls; the forward pass is parallel over (batch, head, query tile), the backward over (batch,
-head). Nothing of size (q_len x k_len) exists at any time.
+flash kernel does, with the position term added. For a tile of 64 queries and a span of 1,024 of
+the keys they see, one matmul gives the position scores against every distance between them;
+then per tile of 256 keys, buffers of 64 x 256 that stay in a core's cache hold the content
+scores plus the shifted position scores, and an online softmax accumulates the output. The
+backward pass recomputes each key tile's probabilities from the saved log-sum-exp and forms the
+gradients of q + u, k and v there; the gradient of the scores, shifted back into the span's
+matrix, gives those of q + v and r in two matmuls. All matmuls are BLAS calls; the forward pass
+is parallel over (batch, head, query tile), the backward over (batch, head). Nothing of size
+(q_len x k_len) exists at any time.
 
 The extension is compiled with `torch.utils.cpp_extension.load_inline` (a C++ compiler and ninja,
 about a minute, once: it is cached under ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR). The
 source is a Python string, so a saved model's code (trust_remote_code) carries it and compiles it
-where it loads. Where
-it cannot be built (no compiler), `fused_kernel()` warns once and returns None, and callers run
-the block kernel, which computes the same values up to float rounding.
+where it loads. Where it cannot be built (no compiler), `fused_kernel()` warns once and returns
+None, and callers run the block kernel, which computes the same values up to float rounding.
 """
 
 import functools
@@ -36,13 +36,14 @@ from .attention_relative_fused_cpp import SOURCE
 logger = logging.getLogger(__name__)
 DTYPES = (torch.float32, torch.float64)
 # Tile sizes of the kernel: queries, keys, and key tiles per span (the keys whose position scores
-# one matmul computes; the span's matrices, 64 x 1,087 here, stay in cache). `scripts/
+# one matmul computes: the span's 64 x 1,087 matrices stay in cache). `scripts/
 # benchmark_attention.py --kernels xl-fused-Q-K-S` times others. At span 4,096 (2,048 queries
-# after a memory of 2,048, 4 heads x 64, fp32, 2 CPU threads), the minimum of 7 interleaved
-# fwd+bwd repeats, with one span covering all keys: 317 ms at 64 x 256, 324 at 64 x 512, 314 at
-# 128 x 512 (dense SDPA over 4,096 queries: 516 ms; the block kernel: 433 ms); smaller tiles
-# (32 x 256, 64 x 128) were slower in other runs. One span for all keys fell behind at 8,192.
+# after a memory of 2,048, 4 heads x 64, fp32, 2 CPU threads), fwd+bwd with one span for all
+# keys, minimum of 7 interleaved repeats: 317 ms at 64 x 256, 324 at 64 x 512, 314 at 128 x 512
+# (dense SDPA over 4,096 queries: 516 ms); 32-256 queries x 128-1,024 keys were within noise of
+# these in other runs. At 8,192 one span for all keys took 1,747 ms, spans of 4 x 256 keys 1,354.
 QUERY_TILE, KEY_TILE, SPAN_TILES = 64, 256, 4
+
 
 @functools.lru_cache(maxsize=None)
 def fused_kernel():
@@ -58,18 +59,28 @@ def fused_kernel():
 
 
 def _build():
-    from torch.utils.cpp_extension import _get_build_directory, load_inline
+    from torch.utils.cpp_extension import load_inline
 
     # the source's hash in the name: a changed source never meets an old build of the same name
     name = f"longctx_relative_attention_cpu_{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}"
     flags = ["-O3", "-fopenmp"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # ATen's vectorised exp
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    if not os.path.exists(os.path.join(_get_build_directory(name, verbose=False), f"{name}.so")):
+    if not _is_built(name):
         logger.warning("longctx: compiling the fused CPU kernel of Transformer-XL's relative attention "
                        "(once, about a minute; cached afterwards)")
     return load_inline(name=name, cpp_sources=[SOURCE], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                        verbose=False)
+
+
+def _is_built(name: str) -> bool:
+    """Whether torch's extension cache holds this build (only to announce a compilation)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: may change
+        return os.path.exists(os.path.join(_get_build_directory(name, verbose=False), f"{name}.so"))
+    except Exception:  # noqa: BLE001
+        return True
+
 
 def fused_applies(q, dropout_p: float = 0.0) -> bool:
     """CPU, float32/float64, no attention dropout; whether it is built is `fused_kernel()`'s answer."""

@@ -33,7 +33,7 @@ with the position term as a mask, whose gradient makes training run SDPA's math 
 quadratic in the length). Per new token, a 2 x 256 training step with a memory of half the span
 costs 1.0-1.6x the dense encoder's at spans of 1K-8K on 2 CPU cores (1.4-2.0x with the block
 kernel, 2.0-3.0x with SDPA); the attention FLOPs alone are 1.18x dense's and the linear layers'
-1.33x (keys and values of the memory). Without memory: 0.9-1.1x (causal: half the score tiles
+1.33x (keys and values of the memory). Without memory: 0.7-1.1x (causal: half the score tiles
 skipped). results/cpu-2026-11-23/README.md has the runs.
 """
 
