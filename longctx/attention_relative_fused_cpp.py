@@ -164,14 +164,7 @@ void key_tile_scores(const Shape& s, const Span& t, int64_t b, const T* qc, cons
   }
 }
 
-// exp(x - shift) in place over n values; -inf -> 0.
-template <typename T>
-void exp_shifted(T* x, int64_t n, T shift) {
-  using Vec = at::vec::Vectorized<T>;
-  at::vec::map<T>([shift](Vec v) { return (v - Vec(shift)).exp(); }, x, x, n);
-}
-
-// exp(x - shift) in place over n values, returning their sum.
+// exp(x - shift) in place over n values (-inf -> 0), returning their sum.
 template <typename T>
 T exp_shifted_and_sum(T* x, int64_t n, T shift) {
   using Vec = at::vec::Vectorized<T>;
@@ -269,7 +262,7 @@ void backward_head(const Shape& s, int64_t bh, const T* qc_all, const T* qp_all,
       for (int64_t j0 = t.key_start; j0 < t.key_end; j0 += kt) {
         const int64_t cols = std::min(kt, t.key_end - j0);
         key_tile_scores<T>(s, t, b, qc, k, wide, j0, cols, probs, unused_max.data());
-        for (int64_t ii = 0; ii < t.rows; ++ii) exp_shifted<T>(probs + ii * cols, cols, lse[i0 + ii]);
+        for (int64_t ii = 0; ii < t.rows; ++ii) exp_shifted_and_sum<T>(probs + ii * cols, cols, lse[i0 + ii]);
         gemm_rows<T>(true, false, cols, D, t.rows, T(1), probs, cols, grad_out_rows, D, T(1), grad_v + j0 * D, D);
         gemm_rows<T>(false, true, t.rows, cols, D, T(1), grad_out_rows, D, v + j0 * D, D, T(0), grad_probs, cols);
         for (int64_t ii = 0; ii < t.rows; ++ii) {

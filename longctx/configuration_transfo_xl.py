@@ -47,10 +47,11 @@ class LongctxTransfoXLConfig(LongctxConfig):
     - `relative_attention_kernel`: "auto" (on CPU in float32/64 without attention dropout, when
       more than one block of 128 new tokens comes: "fused"; SDPA with the position scores as a
       mask otherwise), "fused" (`attention_relative_fused`: one C++ kernel, forward and backward,
-      compiled on first use; CPU, float32/64, no attention dropout; memory linear in the length;
-      where it cannot be built -- no compiler, or remote code, which lacks the C++ source -- a
-      warning, once, and "blocks", the same values more slowly), "blocks" (`attention_relative_blocks`: query blocks
-      of eager PyTorch ops and a hand-written backward, on any device, memory linear in the length
+      compiled on first use, also from a saved model's remote code; CPU, float32/64, no attention
+      dropout; memory linear in the length; where it cannot be built, without a C++ compiler, a
+      warning, once, and "blocks", the same values more slowly), "blocks"
+      (`attention_relative_blocks`: query blocks of eager PyTorch ops and a hand-written backward,
+      on any device, memory linear in the length
       -- on CUDA the way to long spans, its speed there not yet measured; no attention dropout;
       half precision computed in float32) or "sdpa" (the mask form, memory quadratic in training;
       the one whose backward can be differentiated again). All are exact: the choice changes

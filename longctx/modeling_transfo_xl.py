@@ -98,8 +98,8 @@ def relative_attention(q, k, v, r, content_bias, position_bias, visible: "Visibl
     that sees no key outputs zeros. Kernels, equal up to float rounding:
     - "fused" (`attention_relative_fused`): CPU, float32/64, no attention dropout; one C++ kernel
       (compiled on first use) over cache-sized tiles, forward and backward; memory linear in the
-      length. Where it cannot be built (no compiler; remote code, which lacks the C++ source) it
-      warns once and "blocks" runs: a saved config asking for it loads anywhere.
+      length. Where it cannot be built (no C++ compiler) it warns once and "blocks" runs: a saved
+      config asking for it loads anywhere.
     - "blocks" (`attention_relative_blocks`): no attention dropout; query blocks of eager ops,
       causal blocks skipped, a hand-written backward; memory linear in the length. Any device: on
       CPU each block's forward is the CPU flash kernel, elsewhere matmuls and a softmax; half
@@ -108,8 +108,8 @@ def relative_attention(q, k, v, r, content_bias, position_bias, visible: "Visibl
       the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
       over the materialised (q_len x k_len) scores, which autograd keeps (dropout, double backward).
     "auto", on CPU in float32/64 without dropout when the queries fill more than one block of 128,
-    takes "fused" (so "blocks" where that cannot be built); "sdpa" elsewhere: for a token at a time, as `generate()` feeds them, the SDPA call was measured ~10%
-    faster than "blocks" (200 tokens after 256, memory 512, 2 x 256 model, 1.5-1.7 s against
+    takes "fused" (so "blocks" where that cannot be built); "sdpa" elsewhere: for a token at a
+    time, as `generate()` feeds them, the SDPA call was measured ~10% faster than "blocks" (200 tokens after 256, memory 512, 2 x 256 model, 1.5-1.7 s against
     1.7-1.8 s), and on CUDA "blocks" is untimed (`scripts/run_cuda_transfo_xl.sh` times both)."""
     if kernel not in RELATIVE_KERNELS:
         raise ValueError(f"kernel={kernel!r}; use one of {RELATIVE_KERNELS}")

@@ -16,8 +16,8 @@ half of the tokens are the queries, the first half their memory, r random (no gr
 "xl-sdpa" (SDPA with the position term as a mask), "xl-blocks" (`longctx.attention_relative_blocks`,
 its default block), "xl-blocks-N" (blocks of N queries), "xl-fused"
 (`longctx.attention_relative_fused`, CPU, its default tiles) and "xl-fused-Q-K-S" (tiles of Q
-queries x K keys, S key tiles per span). They score half as many queries
-as "dense": their cost per token against dense is 2 x their time / dense's. Median times (CUDA
+queries x K keys, S key tiles per span). They score half as many queries as "dense": their cost
+per token against dense is 2 x their time / dense's. Median times (CUDA
 events via triton.testing.do_bench on CUDA; wall clock on CPU).
 """
 
@@ -143,8 +143,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16" if cuda else "fp32", choices=["fp32", "bf16"])
     parser.add_argument("--kernels", default="dense,chunked,chunked-slabs,flex",
-                        help="also xl-sdpa, xl-blocks, xl-blocks-N, xl-fused, xl-fused-Q-K-S (Transformer-XL, see above); band-N on CPU "
-                             "(blocks of N); on CUDA flex-canonical, flex-ours-plain-mask, "
+                        help="also xl-sdpa, xl-blocks, xl-blocks-N, xl-fused, xl-fused-Q-K-S (Transformer-XL, "
+                             "see above); band-N on CPU (blocks of N); on CUDA flex-canonical, flex-ours-plain-mask, "
                              "flex-ours-dynamic (see flex_variant)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats on CPU")
     args = parser.parse_args(argv)

@@ -210,7 +210,7 @@ def test_auto_takes_the_fused_kernel_only_where_it_applies(monkeypatch):
 
 
 def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kernel_runs(monkeypatch):
-    """A failed build (no compiler, or remote code without the C++ source) warns once, naming the
+    """A failed build (no C++ compiler, or a failing one) warns once, naming the
     reason; 'auto' and 'fused' then run the block kernel (same values), so that a saved config
     asking for 'fused' loads anywhere; the kernel function itself raises."""
     def no_compiler():
