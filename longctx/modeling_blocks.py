@@ -8,6 +8,11 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import logging
+
+from .compat import cache_field, given_cache
+
+logger = logging.get_logger(__name__)
 
 
 class LongctxPreTrainedModel(PreTrainedModel):
@@ -16,7 +21,7 @@ class LongctxPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     # Filled by `longctx.register()`: every Auto class of the architecture -> "module.Class".
     # Written into config.json's `auto_map` on save, so a checkpoint saved from any head loads
     # through every other Auto class with trust_remote_code=True.
@@ -186,20 +191,21 @@ def key_padding_mask(attention_mask) -> torch.Tensor | None:
     return attention_mask.bool()
 
 
-def backbone_output(config, return_dict, last_hidden_state, past_key_values, hidden_states, attentions):
+def backbone_output(config, return_dict, last_hidden_state, cache, hidden_states, attentions):
     """The backbone's output, as an object or (return_dict False) a tuple."""
-    output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, past_key_values=past_key_values,
+    output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_field(cache),
                                      hidden_states=hidden_states, attentions=attentions)
     return_dict = config.return_dict if return_dict is None else return_dict
     return output if return_dict else output.to_tuple()
 
 
-def is_encoder_without_cache(config, past_key_values) -> bool:
+def is_encoder_without_cache(config, cache) -> bool:
     """True for encoders, which have nothing to cache (and refuse a cache given to them)."""
     if config.is_decoder:
         return False
-    if past_key_values is not None:
-        raise ValueError("past_key_values is only for decoders; this model has is_decoder=False.")
+    if cache is not None:
+        raise ValueError("A cache (cache / past_key_values) is only for decoders; this model has "
+                         "is_decoder=False.")
     return True
 
 
@@ -218,7 +224,7 @@ class StackedBackbone(WordEmbeddingsAccess):
 
     Mixed in before an architecture's pretrained base: `class XModel(StackedBackbone, XPreTrainedModel)`
     with `attention_class = ...`; the attention module is built as `attention_class(config, layer_idx)`
-    and called as `attention(hidden, key_padding_mask=, past_key_values=, output_attentions=,
+    and called as `attention(hidden, key_padding_mask=, cache=, output_attentions=,
     **layer_inputs)`. An architecture with inputs of its own (e.g. Longformer's global attention
     mask) overrides `forward` and passes them on in `layer_inputs`.
     """
@@ -237,9 +243,12 @@ class StackedBackbone(WordEmbeddingsAccess):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, layer_inputs: dict | None = None):
+                output_hidden_states=None, return_dict=None, layer_inputs: dict | None = None,
+                cache=None):
+        """`cache` (or `past_key_values`, its name before transformers 5.24): a decoder's
+        DynamicCache from the previous call."""
         batch, length = input_shape(input_ids, inputs_embeds)
-        cache = self._cache(past_key_values, use_cache)
+        cache = self._cache(given_cache(cache, past_key_values), use_cache)
         past_length = cache.get_seq_length() if cache is not None else 0
         check_attention_mask(attention_mask, batch, past_length + length)
         device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -255,7 +264,7 @@ class StackedBackbone(WordEmbeddingsAccess):
         padding = key_padding_mask(attention_mask)
         for layer in self.layers:
             all_hidden += (hidden,)
-            hidden, weights = layer(hidden, key_padding_mask=padding, past_key_values=cache,
+            hidden, weights = layer(hidden, key_padding_mask=padding, cache=cache,
                                     output_attentions=output_attentions, **(layer_inputs or {}))
             all_weights += (weights,)
         hidden = self.final_norm(hidden)
@@ -263,11 +272,24 @@ class StackedBackbone(WordEmbeddingsAccess):
                               all_hidden + (hidden,) if output_hidden_states else None,
                               all_weights if output_attentions else None)
 
-    def _cache(self, past_key_values, use_cache):
+    def _cache(self, cache, use_cache):
         """Decoders keep keys and values for `generate()`; encoders have nothing to cache."""
-        if is_encoder_without_cache(self.config, past_key_values):
+        if is_encoder_without_cache(self.config, cache):
+            return None
+        if self._recomputes_layers():
             return None
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is None and use_cache:
+        if cache is None and use_cache:
             return DynamicCache(config=self.config)
-        return past_key_values
+        return cache
+
+    def _recomputes_layers(self) -> bool:
+        """Whether gradient checkpointing will run the layers twice in this call: a cache would
+        then take each layer's keys twice, so it is left out, as transformers' own models do."""
+        checkpointing = any(getattr(layer, "gradient_checkpointing", False)
+                            for layer in self.layers)
+        if not (checkpointing and self.training and torch.is_grad_enabled()):
+            return False
+        logger.warning_once("Gradient checkpointing recomputes the layers: this training forward "
+                            "keeps no cache (use_cache=False).")
+        return True

@@ -23,6 +23,8 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
+from .compat import CACHE_NAME, cache_field, cache_of, given_cache
+
 WORD_EMBEDDINGS = "model.embeddings.word_embeddings.weight"
 IGNORE_INDEX = -100  # a label that takes no loss (transformers' convention)
 
@@ -78,11 +80,14 @@ class GeneratesWithOwnCache:
     def _supports_default_dynamic_cache(cls) -> bool:
         return False
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=None,
-                                      **kwargs):
-        if past_key_values is not None:
-            input_ids = input_ids[:, past_key_values.seen:]
-        return {"input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask,
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      use_cache=None, cache=None, **kwargs):
+        """`generate()` passes the cache as `cache` from transformers 5.24 on, before as
+        `past_key_values`; the model gets it back under the same name."""
+        cache = given_cache(cache, past_key_values)
+        if cache is not None:
+            input_ids = input_ids[:, cache.seen:]
+        return {"input_ids": input_ids, CACHE_NAME: cache, "attention_mask": attention_mask,
                 "use_cache": use_cache, "logits_to_keep": 1}
 
 
@@ -118,7 +123,7 @@ class ForCausalLM(HeadBase):
         logits = self.lm_head(hidden)
         loss = None if labels is None else shifted_lm_loss(logits, labels)
         return self._finish(CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            loss=loss, logits=logits, **cache_field(cache_of(outputs)),
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
 
 
@@ -219,7 +224,8 @@ def pool(hidden, attention_mask, how: str):
 
 class ForSequenceClassification(HeadBase):
     """Pools as `config.pooling` says; regression, single- or multi-label loss as transformers.
-    Returns the backbone's cache as `past_key_values` when it gives one (a decoder with use_cache,
+    Returns the backbone's cache (`cache`; `past_key_values` before transformers 5.24) when it
+    gives one (a decoder with use_cache,
     Transformer-XL's memory), as transformers' GPT-2 and TransfoXL classifiers do."""
 
     output_class = SequenceClassifierOutputWithPast
@@ -235,9 +241,10 @@ class ForSequenceClassification(HeadBase):
         pooled = pool(hidden, self._real_tokens(input_ids, attention_mask, hidden.shape[1]), self.config.pooling)
         logits = self.classifier(pooled)
         loss = None if labels is None else self._loss(logits, labels.to(logits.device))
-        return self._finish(self.output_class(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                              hidden_states=outputs.hidden_states, attentions=outputs.attentions),
-                            as_tuple)
+        output = self.output_class(loss=loss, logits=logits, **cache_field(cache_of(outputs)),
+                                   hidden_states=outputs.hidden_states,
+                                   attentions=outputs.attentions)
+        return self._finish(output, as_tuple)
 
     def _real_tokens(self, input_ids, attention_mask, length: int):
         """The mask pooling reads: `attention_mask` (its last `length` columns: a cache's model may

@@ -128,7 +128,7 @@ class LinformerSelfAttention(nn.Module):
             if config.sharing != "key-value":
                 self.value_projection = SequenceProjection(config, per_head)
 
-    def forward(self, hidden, key_padding_mask=None, past_key_values=None, output_attentions=False,
+    def forward(self, hidden, key_padding_mask=None, cache=None, output_attentions=False,
                 projection_rows=None, layerwise_projection=None):
         q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
         key_matrix, value_matrix = self._matrices(layerwise_projection)

@@ -36,12 +36,12 @@ class LongformerSelfAttention(nn.Module):
         for name in names:
             setattr(self, name, nn.Linear(config.hidden_size, config.hidden_size))
 
-    def forward(self, hidden, key_padding_mask=None, past_key_values=None, output_attentions=False,
+    def forward(self, hidden, key_padding_mask=None, cache=None, output_attentions=False,
                 global_mask=None, block_masks=None):
         q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
         dropout_p = self.dropout_p if self.training else 0.0
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         # block_masks: this forward's memo of Flex block masks, shared by the layers (same masks)
         options = dict(key_padding_mask=key_padding_mask, dropout_p=dropout_p, block_masks=block_masks)
         if self.causal:

@@ -34,6 +34,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 
+from .compat import given_cache
 from .attention_lsh import (
     local_attention,
     local_attention_reference,
@@ -304,7 +305,7 @@ class ReformerRecomputeCache:
         if self.embeddings is None:
             return ReformerRecomputeCache(embeddings, position_ids)
         if self.embeddings.shape[0] != embeddings.shape[0]:
-            raise ValueError(f"past_key_values holds {self.embeddings.shape[0]} rows but the input has "
+            raise ValueError(f"The cache holds {self.embeddings.shape[0]} rows but the input has "
                              f"{embeddings.shape[0]}; pass the cache this model returned for this batch.")
         positions = None
         if self.position_ids is not None and position_ids is not None:
@@ -350,12 +351,14 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, num_hashes=None):
-        """`num_hashes` overrides config.num_hashes for this call (transformers' argument)."""
+                output_hidden_states=None, return_dict=None, num_hashes=None, cache=None):
+        """`num_hashes` overrides config.num_hashes for this call (transformers' argument).
+        `cache` (or `past_key_values`, its name before transformers 5.24): the
+        ReformerRecomputeCache of the previous call."""
         batch, length = input_shape(input_ids, inputs_embeds)
         if token_type_ids is not None:
             check_ids_below(token_type_ids, 1, "token_type_ids", "type_vocab_size")
-        cache = self._cache(past_key_values, use_cache)
+        cache = self._cache(given_cache(cache, past_key_values), use_cache)
         past = cache.seen if cache is not None else 0
         check_attention_mask(attention_mask, batch, past + length)
         tokens = self.embeddings.tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -375,16 +378,17 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
                                all_hidden if output_hidden_states else None,
                                all_weights if output_attentions else None)
 
-    def _cache(self, past_key_values, use_cache):
-        if is_encoder_without_cache(self.config, past_key_values):
+    def _cache(self, cache, use_cache):
+        if is_encoder_without_cache(self.config, cache):
             return None
-        if past_key_values is not None and not isinstance(past_key_values, ReformerRecomputeCache):
-            raise ValueError(f"past_key_values is a {type(past_key_values).__name__}; longctx-reformer takes the "
-                             f"ReformerRecomputeCache a previous call returned (or None to start).")
+        if cache is not None and not isinstance(cache, ReformerRecomputeCache):
+            raise ValueError(f"cache (past_key_values) is a {type(cache).__name__}; "
+                             f"longctx-reformer takes the ReformerRecomputeCache a previous call "
+                             f"returned (or None to start).")
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if past_key_values is None and use_cache:
+        if cache is None and use_cache:
             return ReformerRecomputeCache()
-        return past_key_values
+        return cache
 
     def _encode(self, tokens, attention_mask, position_ids, output_attentions, output_hidden_states, num_hashes):
         """The stack over whole rows: right-aligns, pads to the chunk multiple, runs, undoes both."""

@@ -3,7 +3,7 @@ TransfoXL (checkpoints convert with `python -m longctx.convert`; tests/test_conv
 
 - Segment-level recurrence: each layer keeps the hidden states of the last `mem_len` tokens it
   saw (its inputs, without gradient) and attends them as extra keys and values in the next
-  segment. The memory is `past_key_values` (also readable as `mems`): pass it back to continue.
+  segment. The memory is `mems` (also `cache`, transformers' name): pass it back to continue.
 - Relative positional attention: score(i, j) = (q_i + u) . k_j + (q_i + v) . W_r R[i - j], with R
   the sinusoidal encoding of the distance (clamped at `clamp_len`), u and v learned per head.
 - Adaptive input and adaptive softmax over the vocabulary clusters of `cutoffs` / `div_val`.
@@ -47,13 +47,13 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import SequenceClassifierOutputWithPast
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 
 from .attention_dense import masked_attention_reference, masked_sdpa
 from .attention_relative_blocks import (DEFAULT_BLOCK, DTYPES, blockwise_relative_attention, can_run_relative_blocks,
                                         fused_forward_applies, shift_padded)
 from .attention_relative_fused import fused_applies, fused_kernel, fused_relative_attention
+from .compat import cache_field, cache_of, given_cache
 from .configuration_transfo_xl import RELATIVE_KERNELS, LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
@@ -514,7 +514,7 @@ class LongctxTransfoXLPreTrainedModel(LongctxPreTrainedModel):
 
 class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
     """Adaptive embeddings -> `n_layer` relative-attention blocks over memory + segment (no final
-    norm, as the paper). Returns the new memory as `past_key_values` whenever mem_len > 0 (as
+    norm, as the paper). Returns the new memory (`mems`, `cache`) whenever mem_len > 0 (as
     transformers' TransfoXL always returned `mems`), unless the call itself passes use_cache=False.
     `config.use_cache` does not switch it off: transformers' Trainer sets it to False on every model
     it trains (and saves it so), which would silently turn the recurrence off in evaluation."""
@@ -538,12 +538,14 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, mems=None, past_key_values=None, inputs_embeds=None,
                 token_type_ids=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        """`mems` / `past_key_values` (the same: the memory a previous call returned) continue a
-        sequence. `attention_mask`: (batch, length) of the new tokens, or (batch, all tokens seen
-        + length) as `generate()` passes it; the memory remembers its own padding."""
+                return_dict=None, cache=None):
+        """`mems`, `cache` or `past_key_values` (three names of one thing: the memory a previous
+        call returned) continue a sequence. `attention_mask`: (batch, length) of the new tokens, or
+        (batch, all tokens seen + length) as `generate()` passes it; the memory remembers its own
+        padding."""
         batch, length = input_shape(input_ids, inputs_embeds)
-        memory = TransfoXLMemory.wrap(mems if mems is not None else past_key_values, self.config.num_hidden_layers)
+        memory = TransfoXLMemory.wrap(given_cache(mems, given_cache(cache, past_key_values)),
+                                      self.config.num_hidden_layers)
         reference = input_ids if input_ids is not None else inputs_embeds
         if token_type_ids is not None:
             check_ids_below(token_type_ids, 1, "token_type_ids", "type_vocab_size")
@@ -621,22 +623,18 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
 
 
 @dataclass
-class TransfoXLLMOutput(ModelOutput):
+class TransfoXLLMOutput(CausalLMOutputWithPast):
     """`losses`: (batch, length - 1) per-token negative log-likelihoods (0 at -100 labels), in token
     order; `loss` their mean over labelled tokens. `logits`: log-probabilities (batch, length,
     vocab_size), computed only without labels (the adaptive softmax then skips the full vocabulary,
-    as transformers' TransfoXL). `past_key_values` (also `mems`): the memory for the next segment."""
+    as transformers' TransfoXL). `mems` (also `cache`; `past_key_values` before transformers
+    5.24): the memory for the next segment."""
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
     losses: torch.Tensor | None = None
-    past_key_values: TransfoXLMemory | None = None
-    hidden_states: tuple | None = None
-    attentions: tuple | None = None
 
     @property
     def mems(self):
-        return self.past_key_values
+        return cache_of(self)
 
 
 class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransfoXLPreTrainedModel, GenerationMixin):
@@ -655,9 +653,8 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
     def forward(self, input_ids=None, attention_mask=None, labels=None, mems=None, logits_to_keep: int = 0,
                 **kwargs):
         """`labels` are the input ids (shifted inside); -100 marks positions without loss."""
-        if mems is not None:
-            kwargs["past_key_values"] = mems
-        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, mems=mems,
+                                                attention_mask=attention_mask))
         hidden = outputs.last_hidden_state
         embeddings = self.model.embeddings
         loss = losses = logits = None
@@ -670,17 +667,18 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
         else:
             logits = self.lm_head.log_probs(hidden[:, -logits_to_keep:] if logits_to_keep else hidden, embeddings)
         return self._finish(TransfoXLLMOutput(
-            loss=loss, logits=logits, losses=losses, past_key_values=outputs.past_key_values,
+            loss=loss, logits=logits, losses=losses, **cache_field(cache_of(outputs)),
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
 
 
 @dataclass
 class TransfoXLSequenceClassifierOutput(SequenceClassifierOutputWithPast):
-    """`past_key_values` (also `mems`, transformers 4.35.2's name): the memory for the next segment."""
+    """`mems` (transformers 4.35.2's name; also `cache`, or `past_key_values` before transformers
+    5.24): the memory for the next segment."""
 
     @property
     def mems(self):
-        return self.past_key_values
+        return cache_of(self)
 
 
 class LongctxTransfoXLForSequenceClassification(ForSequenceClassification, LongctxTransfoXLPreTrainedModel):

@@ -24,10 +24,10 @@ class DenseSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden, key_padding_mask=None, past_key_values=None, output_attentions=False):
+    def forward(self, hidden, key_padding_mask=None, cache=None, output_attentions=False):
         q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (batch, heads, past + new, dim)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (batch, heads, past + new, dim)
         dropout_p = self.dropout_p if self.training else 0.0
         kernel_args = dict(key_padding_mask=key_padding_mask, causal=self.causal, dropout_p=dropout_p)
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 import longctx  # noqa: F401  (registers the model types)
+from longctx.compat import CACHE_NAME, cache_of
 
 AUTO_CLASSES = {
     "base": AutoModel,
@@ -242,7 +243,8 @@ class ModelHarness:
         with pytest.raises(ValueError, match="causal|is_decoder"):
             AutoModelForCausalLM.from_config(self.config(True))
 
-    def test_cached_decoding_equals_full_forward(self):
+    @pytest.mark.parametrize("cache_name", ["cache", "past_key_values"])  # new and old name
+    def test_cached_decoding_equals_full_forward(self, cache_name, transformers_log):
         if not self.decoder_heads:
             return
         model = self.model("causal-lm", True)
@@ -251,14 +253,39 @@ class ModelHarness:
         full = model(ids, attention_mask=mask).logits
         step = 5  # prefill 5 tokens, then one token at a time
         out = model(ids[:, :step], attention_mask=mask[:, :step], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
+        pieces, cache = [out.logits], cache_of(out)
         for t in range(step, ids.shape[1]):
-            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], use_cache=True,
+                        **{cache_name: cache})
             pieces.append(out.logits)
-            cache = out.past_key_values
+            cache = cache_of(out)
         incremental = torch.cat(pieces, dim=1)
         real = mask.bool()
         torch.testing.assert_close(incremental[real], full[real], rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="cache"):  # two different caches
+            model(ids[:, -1:], cache=cache, past_key_values=["another cache"])
+        if cache_name == CACHE_NAME:  # the installed version's name: no deprecation warning
+            assert not [m for m in transformers_log if "deprecated" in m], transformers_log
+
+    def test_generate_feeds_new_tokens_only_and_logs_no_deprecation(self, transformers_log):
+        """`generate()` hands the model's cache back to it (as `cache` from transformers 5.24 on,
+        `past_key_values` before): after the prompt each step runs one new token, and the tokens
+        are those of decoding without a cache."""
+        if not self.decoder_heads:
+            return
+        model = self.model("causal-lm", True)
+        prompts, mask = pad([self.ids(1, n, seed=n) for n in (7, 4)], "left")
+        lengths = []
+        hook = model.model.register_forward_pre_hook(
+            lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+            with_kwargs=True)
+        options = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=None,
+                       pad_token_id=0)
+        cached = model.generate(prompts, **options)
+        hook.remove()
+        assert lengths == [7] + [1] * 5, lengths
+        assert torch.equal(cached, model.generate(prompts, **options, use_cache=False))
+        assert not [m for m in transformers_log if "deprecated" in m], transformers_log
 
     def test_save_load_round_trip_is_bit_identical(self, tmp_path):
         for head, is_decoder in self.cases():

@@ -5,6 +5,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from longctx.compat import cache_of
+
 from model_harness import ModelHarness
 
 
@@ -97,7 +99,7 @@ def test_generation_cache_keeps_only_the_window_and_matches_no_cache():
                               use_cache=False)
     assert torch.equal(cached.sequences, uncached)
     largest_one_sided_window = 4
-    assert all(layer.keys.shape[2] == largest_one_sided_window for layer in cached.past_key_values.layers)
+    assert all(layer.keys.shape[2] == largest_one_sided_window for layer in cache_of(cached).layers)
 
 
 def test_question_answering_pipeline_uses_the_question_as_global_attention():

@@ -11,6 +11,7 @@ from kernel_checks import assert_outputs_and_gradients_match
 from model_harness import ModelHarness, pad
 
 from longctx.attention_lsh import local_attention, local_attention_reference
+from longctx.compat import cache_of
 from longctx.modeling_reformer import ReformerRecomputeCache
 
 TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
@@ -98,10 +99,11 @@ class TestReformerHashed(ReformerHarness):
         ids, mask = pad(samples, "left")
         step = 5
         out = model(ids[:, :step], attention_mask=mask[:, :step], use_cache=True)
-        cache = out.past_key_values
+        cache = cache_of(out)
         for t in range(step, ids.shape[1]):
-            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache,
+                        use_cache=True)
+            cache = cache_of(out)
             prefix = model(ids[:, :t + 1], attention_mask=mask[:, :t + 1]).logits[:, -1:]
             real = mask[:, t].bool()
             torch.testing.assert_close(out.logits[real], prefix[real], rtol=1e-5, atol=1e-6)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from longctx.compat import cache_of
 from longctx.modeling_transfo_xl import (
     VisibleKeys,
     relative_attention,
@@ -114,7 +115,7 @@ class TestTransfoXLAbsolutePositions(TransfoXLHarness):
         full = model(ids).logits
         prefix = model(ids[:, :6], use_cache=True)
         torch.testing.assert_close(prefix.logits, full[:, :6], rtol=1e-5, atol=1e-5)
-        after = model(ids[:, 6:7], past_key_values=prefix.past_key_values).logits
+        after = model(ids[:, 6:7], cache=prefix.mems).logits
         assert not torch.allclose(after, full[:, 6:7], rtol=1e-3, atol=1e-3)
 
 
@@ -268,7 +269,7 @@ def test_generate_with_memory_equals_greedy_decoding_without(mem_len, same_lengt
     cached = model.generate(prompts, **options, return_dict_in_generate=True)
     uncached = model.generate(prompts, **options, use_cache=False)
     assert torch.equal(cached.sequences, uncached)
-    assert cached.past_key_values.length == min(mem_len, 7 + 24)
+    assert cache_of(cached).length == min(mem_len, 7 + 24)
 
 
 # ---------------------------------------------------------------------------- adaptive softmax
@@ -316,7 +317,7 @@ def test_absolute_positions_are_plain_attention_over_memory_and_segment():
     model = tiny(attn_type=2, mem_len=8, num_hidden_layers=1).model
     first, second = torch.randint(5, 261, (2, 5)), torch.randint(5, 261, (2, 4))
     with torch.no_grad():
-        memory = model(first).past_key_values
+        memory = cache_of(model(first))
         got = model(second, mems=memory).last_hidden_state
         embed = lambda ids: model.embeddings(ids) + sinusoid_encoding(torch.arange(ids.shape[1]).float(), 32,
                                                                       torch.float32)  # noqa: E731
@@ -350,7 +351,8 @@ def test_classifier_returns_its_memory_and_classifies_a_document_segment_by_segm
     mask[1, 17:] = 0  # row 1 ends in padding: pooled at its last real token
     whole = model(ids, attention_mask=mask).logits
     first = model(ids[:, :12], attention_mask=mask[:, :12])
-    assert first.mems is first.past_key_values and len(first.mems) == 2 and first.mems[0].shape == (2, 12, 32)
+    assert first.mems is cache_of(first)
+    assert len(first.mems) == 2 and first.mems[0].shape == (2, 12, 32)
     for later_mask in (mask[:, 12:], mask):  # the new tokens' mask, or one over every token seen
         later = model(ids[:, 12:], attention_mask=later_mask, mems=first.mems)
         torch.testing.assert_close(later.logits, whole, rtol=1e-5, atol=1e-5)
