@@ -18,8 +18,9 @@ longctx counts positions from attention_mask: pass the mask the tokenizer return
 
 Reformer: outputs match transformers' within float error for right-padded (or unpadded) batches
 with a fixed `hash_seed` (without one, both draw new random rotations every forward). The LM
-heads add `lm_head.bias`, as transformers 4 and the original model did; transformers 5 keeps the
-parameter but no longer adds it.
+heads' output bias is the one the version that saved (or holds) the source adds, read from the
+config's `transformers_version`: `lm_head.bias` before 5.0 (tied to `lm_head.decoder.bias`), none
+in 5.0-5.23 (the parameter is kept but not added), `lm_head.decoder.bias` from 5.24 on.
 """
 
 import argparse
@@ -171,8 +172,6 @@ REFORMER_TOP = {  # theirs (prefix removed) -> ours
     "embeddings.": "model.embeddings.",
     "encoder.layer_norm.": "model.final_norm.",
     "lm_head.decoder.weight": "lm_head.decoder.weight",
-    "lm_head.bias": "lm_head.decoder.bias",
-    "lm_head.decoder.bias": "lm_head.decoder.bias",
     "classifier.": "classifier.",
     "qa_outputs.": "qa_outputs.",
 }
@@ -209,19 +208,53 @@ def reformer_key(short: str) -> str | None:
 
 
 def reformer_state_dict(source_state: dict, source_config: dict) -> tuple[dict, dict, set]:
-    """Maps a transformers Reformer state dict. transformers 4 saved the LM head bias twice
-    (`lm_head.bias` and the tied `lm_head.decoder.bias`) and older versions the mask constants
-    (`*mask_value_float16/32`): the copy and the constants are dropped."""
+    """Maps a transformers Reformer state dict. Older versions saved the mask constants
+    (`*mask_value_float16/32`): they are dropped. The LM heads' bias: `reformer_lm_bias`."""
     ours, origin, dropped = {}, {}, set()
     for key, tensor in source_state.items():
         short = key.removeprefix(REFORMER_PREFIX)
-        if (short == "lm_head.decoder.bias" and "lm_head.bias" in source_state) or "mask_value_float" in short:
+        if short in ("lm_head.bias", "lm_head.decoder.bias") or "mask_value_float" in short:
             dropped.add(key)
             continue
         name = reformer_key(short)
         if name is not None:
             ours[name], origin[name] = tensor, key
+    if "lm_head.decoder.weight" in source_state:
+        ours["lm_head.decoder.bias"], origin["lm_head.decoder.bias"] = reformer_lm_bias(
+            source_state, source_config.get("transformers_version"))
     return ours, origin, dropped
+
+
+def reformer_lm_bias(source_state: dict, version: str | None) -> tuple[torch.Tensor, str]:
+    """(the bias the source's LM head adds to its logits, the key it came from). transformers 4
+    added `lm_head.bias` (tied to `lm_head.decoder.bias`: both keys, or one, saved); 5.0-5.23
+    kept `lm_head.bias` but added no bias; 5.24 gave `lm_head.decoder` a bias of its own, added,
+    and left `lm_head.bias` unused."""
+    vocab_size = source_state["lm_head.decoder.weight"].shape[0]
+    zeros = source_state["lm_head.decoder.weight"].new_zeros(vocab_size)
+    major_minor = parse_major_minor(version)
+    if major_minor is None or major_minor < (5, 0):
+        key = "lm_head.bias" if "lm_head.bias" in source_state else "lm_head.decoder.bias"
+    elif major_minor < (5, 24):
+        key = None
+    else:
+        key = "lm_head.decoder.bias" if "lm_head.decoder.bias" in source_state else None
+    unused = source_state.get("lm_head.bias") if key != "lm_head.bias" else None
+    if unused is not None and bool(unused.any()):
+        logger.warning("Dropping lm_head.bias: transformers %s, which saved this model, does not "
+                       "add it to the logits, so the converted model does not either.", version)
+    if version is None:
+        logger.warning("The source config has no transformers_version; converting its LM head as "
+                       "transformers 4 computed it (adding lm_head.bias).")
+    return (source_state[key], key) if key is not None else (zeros, "lm_head.decoder.weight")
+
+
+def parse_major_minor(version: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a version string such as '5.24.0' or '4.35.2'; None if absent."""
+    if not version:
+        return None
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
 # Imported here, not at the top: convert_transfo_xl must not import this module at load time

@@ -12,7 +12,7 @@ import transformers
 from transformers import ReformerConfig
 
 import longctx
-from longctx.convert import CONVERTERS, convert_transformers_model
+from longctx.convert import CONVERTERS, convert_state, convert_transformers_model
 
 VOCAB, PAD, LENGTH = 60, 0, 21
 AUTO = CONVERTERS["reformer"].heads
@@ -45,12 +45,8 @@ def reference(class_name: str, is_decoder=False, attn_layers=("local", "lsh"), n
         for name, parameter in model.named_parameters():
             if "layer_norm.weight" in name:
                 parameter.copy_(1 + 0.1 * torch.randn_like(parameter))
-            else:
+            else:  # also lm_head.bias, which transformers 5 keeps without adding it
                 parameter.normal_(0, 0.3)
-        if hasattr(model, "lm_head"):
-            # transformers 5 no longer adds lm_head.bias to the logits (4 did, and longctx does):
-            # zero it so that the comparison is about everything else.
-            model.lm_head.bias.zero_()
     return model
 
 
@@ -102,16 +98,46 @@ def test_in_memory_conversion_matches_transformers(case):
     assert_same(outputs(hf, class_name, input_ids=full), outputs(ours, class_name, input_ids=full), class_name, None)
 
 
-def test_lm_head_bias_is_converted_and_added():
+# The LM head's output bias as each transformers version computed it: 4.x added `lm_head.bias`
+# (tied to `lm_head.decoder.bias`; a safetensors file keeps one of the two), 5.0-5.23 added none
+# (`lm_head.bias` kept, unused), 5.24+ adds `lm_head.decoder.bias` (`lm_head.bias` kept, unused).
+BIAS_LAYOUTS = {  # saving version -> (the bias keys its checkpoint holds, the key it adds or None)
+    "4.35.2": (["lm_head.bias"], "lm_head.bias"),
+    "4.30.0": (["lm_head.bias", "lm_head.decoder.bias"], "lm_head.bias"),  # pytorch_model.bin
+    "5.0.0": (["lm_head.bias"], None),
+    "5.23.0": (["lm_head.bias"], None),
+    "5.24.0": (["lm_head.bias", "lm_head.decoder.bias"], "lm_head.decoder.bias"),
+    "5.25.0": (["lm_head.bias", "lm_head.decoder.bias"], "lm_head.decoder.bias"),
+}
+
+
+@pytest.mark.parametrize("version", sorted(BIAS_LAYOUTS))
+def test_lm_head_bias_is_the_one_the_saving_version_adds(version):
+    keys, added = BIAS_LAYOUTS[version]
     hf = reference("ReformerForMaskedLM")
-    with torch.no_grad():
-        hf.lm_head.bias.normal_()
-    ours = convert_transformers_model(hf)
-    torch.testing.assert_close(ours.lm_head.decoder.bias, hf.lm_head.bias, rtol=0, atol=0)
+    state = {k: v for k, v in hf.state_dict().items() if not k.startswith("lm_head.")}
+    state["lm_head.decoder.weight"] = hf.lm_head.decoder.weight.detach()
+    tied = torch.randn(VOCAB)
+    for key in keys:  # 4.x's two keys are one tensor; 5.x's are two
+        state[key] = tied if version < "5" else torch.randn(VOCAB)
+    source_config = {**hf.config.to_dict(), "transformers_version": version}
+    ours = convert_state(source_config, state, "ReformerForMaskedLM")
+    expected_bias = state[added] if added else torch.zeros(VOCAB)
     ids, mask = batch()
     hidden = ours.model(ids, attention_mask=mask).last_hidden_state
     torch.testing.assert_close(ours(ids, attention_mask=mask).logits,
-                               hidden @ hf.lm_head.decoder.weight.T + hf.lm_head.bias)
+                               hidden @ hf.lm_head.decoder.weight.T + expected_bias)
+
+
+def test_lm_head_bias_of_the_installed_transformers_is_reproduced():
+    """In memory, whatever transformers is installed: the converted LM logits are its own, with
+    both bias parameters random (whichever it adds, the other must not be)."""
+    hf = reference("ReformerForMaskedLM")
+    ours = convert_transformers_model(hf)
+    ids, mask = batch()
+    assert_same(outputs(hf, "ReformerForMaskedLM", input_ids=ids, attention_mask=mask),
+                outputs(ours, "ReformerForMaskedLM", input_ids=ids, attention_mask=mask),
+                "ReformerForMaskedLM", mask)
 
 
 def test_num_buckets_none_is_kept_for_the_model_to_choose():
