@@ -1,7 +1,13 @@
 """Issue 18, conformance with transformers' example scripts (run_clm.py, run_mlm.py):
-Transformer-XL's input embeddings answer `.weight` as an nn.Embedding does (run_clm reads
-`model.get_input_embeddings().weight.shape[0]`), and `resize_token_embeddings` works for every
-head, growing or cutting the last cluster of the adaptive embedding and softmax."""
+
+- Transformer-XL's input embeddings answer `.weight` as an nn.Embedding does (run_clm reads
+  `model.get_input_embeddings().weight.shape[0]`), and `resize_token_embeddings` works for every
+  head, growing or cutting the last cluster of the adaptive embedding and softmax;
+- `--config_overrides` (`config.update_from_string`) on a built config: the fields derived from
+  others follow them, given ones stay, and one that no longer fits raises ValueError naming it
+  when the model is built; derived fields stay derived through config.json."""
+
+import json
 
 import pytest
 import torch
@@ -27,6 +33,12 @@ XL_VARIANTS = {  # name -> the adaptive input and softmax fields
     "clusters-one-table": dict(cutoffs=[100, 200]),
     "clusters-own-tables": dict(cutoffs=[100, 200], div_val=2, tie_word_embeddings=False),
 }
+XL_DERIVED = ("d_embed", "d_head", "tie_projs")
+REFORMER_DERIVED = ("attn_layers", "attention_head_size", "lsh_attention_probs_dropout_prob",
+                    "local_attention_probs_dropout_prob", "axial_pos_shape", "axial_pos_embds_dim")
+REFORMER_TINY = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=64, hash_seed=5, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
 
 
 def xl_model(head: str, variant: str, **fields):
@@ -177,3 +189,119 @@ def test_resize_below_a_special_token_raises_naming_it():
     with pytest.raises(ValueError, match="eos_token_id=250"):
         model.resize_token_embeddings(200)
     assert model.config.vocab_size == VOCAB
+
+
+# ------------------------------------------------------------------------------- config overrides
+def test_transfo_xl_derived_widths_follow_overrides_of_width_and_heads():
+    config = AutoConfig.for_model("longctx-transfo-xl", **XL_TINY)
+    config.update_from_string("d_model=64,n_head=8")
+    assert (config.hidden_size, config.d_embed, config.d_head) == (64, 64, 8)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.get_input_embeddings().weight.shape == (VOCAB, 64)
+    assert not len(model.get_input_embeddings().projections)  # d_embed == d_model: no projection
+    assert model.model.layers[0].attention.content_bias.shape == (8, 8)
+    assert torch.isfinite(model(ids(1, 6), labels=ids(1, 6)).loss)
+
+
+def test_transfo_xl_given_widths_stay_and_none_derives_again():
+    config = AutoConfig.for_model("longctx-transfo-xl", **XL_TINY, d_embed=16, d_head=4)
+    config.update_from_string("hidden_size=64")
+    assert (config.d_embed, config.d_head) == (16, 4)  # given: d_embed != d_model projects
+    assert AutoModel.from_config(config).get_input_embeddings().projections[0].shape == (64, 16)
+    config.d_embed = None
+    assert config.d_embed == 64
+    config.update_from_string("d_embed=48")  # a given value is kept through later overrides
+    config.hidden_size = 96
+    assert config.d_embed == 48
+
+
+def test_transfo_xl_tie_projs_follow_the_cutoffs():
+    config = AutoConfig.for_model("longctx-transfo-xl", **XL_TINY)
+    config.cutoffs = [100, 200]
+    assert config.tie_projs == [False, True, True]
+    assert AutoModelForCausalLM.from_config(config)(ids(1, 5)).logits.shape == (1, 5, VOCAB)
+    config.tie_projs = [False]  # given, and no longer one per cluster
+    with pytest.raises(ValueError, match="tie_projs"):
+        AutoModel.from_config(config)
+
+
+def test_reformer_derived_fields_follow_overrides():
+    config = AutoConfig.for_model("longctx-reformer", **REFORMER_TINY)
+    config.update_from_string("hidden_size=64,num_hidden_layers=3,num_attention_heads=4,"
+                              "max_position_embeddings=256,attention_probs_dropout_prob=0.2")
+    assert config.attn_layers == ["local", "lsh", "local"]
+    assert config.axial_pos_embds_dim == [32, 32] and config.axial_pos_shape == [16, 16]
+    assert config.attention_head_size == 16
+    assert config.lsh_attention_probs_dropout_prob == 0.2
+    assert config.local_attention_probs_dropout_prob == 0.2
+    model = AutoModel.from_config(config).eval()
+    assert len(model.layers) == 3
+    assert model(ids(1, 40)).last_hidden_state.shape == (1, 40, 128)  # both reversible streams
+
+
+@pytest.mark.parametrize("given, override, field", [
+    (dict(axial_pos_embds_dim=[16, 16]), "hidden_size=64",
+     r"axial_pos_embds_dim=\[16, 16\].*hidden_size=64"),
+    (dict(attn_layers=["local", "lsh"]), "num_hidden_layers=3",
+     r"attn_layers=\['local', 'lsh'\].*num_hidden_layers=3.*None"),
+    (dict(), "num_attention_heads=3", "hidden_size=32.*num_attention_heads=3"),
+])
+def test_reformer_override_a_given_field_no_longer_fits_raises_at_build(given, override, field):
+    config = AutoConfig.for_model("longctx-reformer", **{**REFORMER_TINY, **given})
+    config.update_from_string(override)
+    with pytest.raises(ValueError, match=field):
+        AutoModel.from_config(config)
+
+
+def test_transfo_xl_override_of_a_bad_value_raises_at_build():
+    config = AutoConfig.for_model("longctx-transfo-xl", **XL_TINY)
+    config.update_from_string("mem_len=-4")
+    with pytest.raises(ValueError, match="mem_len=-4"):
+        AutoModelForCausalLM.from_config(config)
+
+
+# ------------------------------------------------------------------------------------ config.json
+@pytest.mark.parametrize("model_type, tiny, derived", [
+    ("longctx-transfo-xl", XL_TINY, XL_DERIVED),
+    ("longctx-reformer", REFORMER_TINY, REFORMER_DERIVED),
+])
+def test_derived_fields_are_saved_as_none_and_stay_derived(model_type, tiny, derived, tmp_path):
+    config = AutoConfig.for_model(model_type, **tiny)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert all(saved[name] is None for name in derived), {name: saved[name] for name in derived}
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    def saved_fields(each):
+        return {key: value for key, value in each.to_dict().items() if key != "_name_or_path"}
+
+    assert saved_fields(loaded) == saved_fields(config)
+    assert all(getattr(loaded, name) == getattr(config, name) for name in derived)
+    for each in (loaded, config):
+        each.update_from_string("hidden_size=64,num_attention_heads=8,max_position_embeddings=256,"
+                                "attention_probs_dropout_prob=0.2,num_hidden_layers=3")
+    assert all(getattr(loaded, name) == getattr(config, name) for name in derived)
+    assert (loaded.hidden_size, loaded.head_dim) == (64, 8)
+    AutoModel.from_config(loaded)
+
+
+@pytest.mark.parametrize("model_type, tiny, derived, override, given", [
+    ("longctx-transfo-xl", XL_TINY, XL_DERIVED, "n_head=8", "d_head"),
+    ("longctx-reformer", dict(REFORMER_TINY, is_decoder=True), REFORMER_DERIVED,
+     "num_attention_heads=4", "attention_head_size"),
+])
+def test_a_checkpoint_whose_config_holds_derived_values_loads_the_same_model(
+        model_type, tiny, derived, override, given, tmp_path):
+    """A guard (it passes before derived fields were saved as None too): checkpoints saved then
+    hold the values; they load as given values, to the same model, and stay through overrides."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **tiny)).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    written = {name: getattr(model.config, name) for name in derived}
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **written}))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert {name: getattr(loaded.config, name) for name in written} == written
+    with torch.no_grad():
+        assert torch.equal(loaded(ids(1, 9)).logits, model(ids(1, 9)).logits)
+    loaded.config.update_from_string(override)
+    assert getattr(loaded.config, given) == written[given]
