@@ -3,6 +3,14 @@
 transformers 5 configs are dataclasses: a subclass declares fields with defaults and extends
 `_check_fields` for its own. Every bad value raises `ValueError` naming the field, the value
 and the fix (the strict-dataclass validators of transformers raise other exception types).
+
+Derived fields (e.g. Transformer-XL's `d_head`, None: hidden_size // num_attention_heads) are
+listed in `derived_fields` and computed by `_derived_value`. The config remembers which were
+derived rather than given: changing a field after the config is built (`config.hidden_size =
+512`, or `config.update_from_string`, the path of `--config_overrides` in transformers'
+example scripts) derives them again, while a given value stays. A derived field is saved as
+None, so that it is derived again on load; the models call `check_fields()` when built, since
+a given value may no longer fit the fields changed after it.
 """
 
 from transformers import PreTrainedConfig
@@ -42,8 +50,49 @@ class LongctxConfig(PreTrainedConfig):
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
 
+    # Fields whose None means "derive from the others"; `_derived_value` computes them.
+    derived_fields = ()
+
     def __post_init__(self, **kwargs):
+        # Architectures normalise their own fields first, then call this: derivations see them.
+        self._derived = {name for name in self.derived_fields if getattr(self, name) is None}
+        self._derive_again()
         super().__post_init__(**kwargs)
+        self._check_fields()
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        derived = self.__dict__.get("_derived")
+        field = self.attribute_map.get(key, key)
+        if derived is None or field.startswith("_"):  # still in __init__, or private state
+            return
+        if field in self.derived_fields and value is None:  # derive it again
+            derived.add(field)
+        elif field in self.derived_fields:  # given now: it stays
+            derived.discard(field)
+        self._derive_again()
+
+    def _derive_again(self):
+        """Sets every field that was derived (not given) from the current values of the others."""
+        for name in self.derived_fields:
+            if name in self._derived:
+                super().__setattr__(name, self._derived_value(name))
+
+    def _derived_value(self, name: str):
+        raise NotImplementedError(f"{type(self).__name__} lists {name} in derived_fields "
+                                  f"but does not derive it")
+
+    def to_dict(self) -> dict:
+        """transformers' dict, with None for the derived fields: loading derives them again from
+        the saved fields (the same values), and they keep following those fields afterwards."""
+        output = super().to_dict()
+        for name in output.pop("_derived", ()):
+            output[name] = None
+        return output
+
+    def check_fields(self):
+        """Raises ValueError naming the first bad field. The models call it when built: fields
+        set after the config was built (`update_from_string`, setattr) are checked only here."""
         self._check_fields()
 
     @property

@@ -14,6 +14,11 @@ ATTENTION_KINDS = ("lsh", "local")
 REFORMER_ALIASES = {"feed_forward_size": "intermediate_size"}
 
 
+def positive_int(value) -> int | None:
+    """The value if it is a positive integer, else None (`_check_fields` then names the field)."""
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def default_axial_shape(max_positions: int) -> tuple[int, int]:
     """Two near-equal factors whose product holds `max_positions` (64 x 64 for 4096)."""
     columns = math.isqrt(max_positions - 1) + 1
@@ -43,6 +48,10 @@ class LongctxReformerConfig(LongctxConfig):
     - `reversible`: the layers' backward recomputes their activations from the outputs (memory
       independent of depth, as transformers always does); False: plain autograd (stores them,
       no recomputation).
+    - The fields above that default from others (None) follow them when they change later
+      (`update_from_string("hidden_size=512,num_hidden_layers=6")`: six alternating layers, axial
+      widths [256, 256]); given ones stay, and one that no longer fits raises ValueError naming it
+      when the model is built. They are saved as None.
 
     The layers are always pre-LayerNorm with a LayerNorm over both reversible streams at the end
     (`pre_norm` must stay True); there are no token types. Defaults follow transformers' where
@@ -51,6 +60,9 @@ class LongctxReformerConfig(LongctxConfig):
 
     model_type = "longctx-reformer"
     attribute_map = REFORMER_ALIASES
+    derived_fields = ("attn_layers", "attention_head_size", "lsh_attention_probs_dropout_prob",
+                      "local_attention_probs_dropout_prob", "axial_pos_shape",
+                      "axial_pos_embds_dim")
 
     hidden_act: str = "relu"
     layer_norm_eps: float = 1e-12
@@ -77,29 +89,35 @@ class LongctxReformerConfig(LongctxConfig):
 
     def __post_init__(self, **kwargs):
         self._apply_aliases(REFORMER_ALIASES, kwargs)
-        self._derive_layers()
-        if self.attention_head_size is None:
-            self.attention_head_size = self.hidden_size // max(1, self.num_attention_heads)
-        for name in ("lsh_attention_probs_dropout_prob", "local_attention_probs_dropout_prob"):
-            if getattr(self, name) is None:
-                setattr(self, name, self.attention_probs_dropout_prob)
-        if self.axial_pos_shape is None and isinstance(self.max_position_embeddings, int) \
-                and self.max_position_embeddings > 0:
-            self.axial_pos_shape = list(default_axial_shape(self.max_position_embeddings))
-        if self.axial_pos_embds_dim is None and isinstance(self.hidden_size, int):
-            self.axial_pos_embds_dim = [self.hidden_size // 2, self.hidden_size - self.hidden_size // 2]
         for name in ("attn_layers", "axial_pos_shape", "axial_pos_embds_dim"):  # tuples from transformers
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
         if isinstance(self.num_buckets, tuple):
             self.num_buckets = list(self.num_buckets)
+        self._depth_from_attn_layers()
         super().__post_init__(**kwargs)
 
-    def _derive_layers(self):
-        """attn_layers and num_hidden_layers describe the same stack: derive one from the other."""
+    def _derived_value(self, name: str):
+        """attn_layers alternate "local" and "lsh" over num_hidden_layers; a head is hidden_size /
+        num_attention_heads wide; each kind's attention dropout is attention_probs_dropout_prob;
+        the axial shape holds max_position_embeddings; the axial widths halve hidden_size."""
+        if name in ("lsh_attention_probs_dropout_prob", "local_attention_probs_dropout_prob"):
+            return self.attention_probs_dropout_prob
+        if name == "attn_layers":
+            layers = positive_int(self.num_hidden_layers) or 0
+            return [ATTENTION_KINDS[(i + 1) % 2] for i in range(layers)]
+        if name == "axial_pos_shape":
+            positions = positive_int(self.max_position_embeddings)
+            return list(default_axial_shape(positions)) if positions else None
+        width, heads = positive_int(self.hidden_size), positive_int(self.num_attention_heads)
+        if name == "attention_head_size":
+            return width // heads if width and heads else None
+        return [width // 2, width - width // 2] if width else None  # axial_pos_embds_dim
+
+    def _depth_from_attn_layers(self):
+        """Given attn_layers fix num_hidden_layers (their number); a different num_hidden_layers
+        given alongside them raises."""
         if self.attn_layers is None:
-            count = self.num_hidden_layers if isinstance(self.num_hidden_layers, int) else 0
-            self.attn_layers = [ATTENTION_KINDS[(i + 1) % 2] for i in range(max(count, 0))]
             return
         default = type(self).__dataclass_fields__["num_hidden_layers"].default
         if self.num_hidden_layers not in (default, len(self.attn_layers)):
@@ -124,6 +142,10 @@ class LongctxReformerConfig(LongctxConfig):
         super()._check_fields()
         self._require(all(kind in ATTENTION_KINDS for kind in self.attn_layers), "attn_layers",
                       f"must list one of {ATTENTION_KINDS} per layer, e.g. ['local', 'lsh', 'local', 'lsh']")
+        self._require(len(self.attn_layers) == self.num_hidden_layers, "attn_layers",
+                      f"lists {len(self.attn_layers)} layers but num_hidden_layers="
+                      f"{self.num_hidden_layers}; give one kind per layer, or set attn_layers "
+                      "to None to alternate 'local' and 'lsh' over num_hidden_layers layers")
         for name in ("attention_head_size", "num_hashes", "lsh_attn_chunk_length", "local_attn_chunk_length"):
             self._require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name,
                           "must be a positive integer")
@@ -165,5 +187,6 @@ class LongctxReformerConfig(LongctxConfig):
         self._require(len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims)
                       and sum(dims) == self.hidden_size, "axial_pos_embds_dim",
                       f"must be two positive integers summing to hidden_size={self.hidden_size}, e.g. "
-                      f"[{self.hidden_size // 2}, {self.hidden_size - self.hidden_size // 2}]")
+                      f"[{self.hidden_size // 2}, {self.hidden_size - self.hidden_size // 2}] "
+                      f"(None: those halves)")
         self._require(self.axial_norm_std > 0, "axial_norm_std", "must be positive")

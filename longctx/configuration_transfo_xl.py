@@ -43,6 +43,9 @@ class LongctxTransfoXLConfig(LongctxConfig):
     - `tie_projs`: per cluster, whether the softmax reuses the input projection (None: from
       `proj_share_all_but_first`, as transformers does); `tie_word_embeddings`: whether the
       softmax reuses the embedding tables.
+    - `d_embed`, `d_head` and `tie_projs` left None follow the fields they derive from when those
+      change later (`update_from_string("d_model=512")`: d_embed 512 too); given ones stay (a
+      d_embed other than d_model adds projections, as in transformers). They are saved as None.
     - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
     - `relative_attention_kernel`: "auto" (on CPU in float32/64 without attention dropout, when
       more than one block of 128 new tokens comes: "fused"; SDPA with the position scores as a
@@ -77,6 +80,7 @@ class LongctxTransfoXLConfig(LongctxConfig):
 
     model_type = "longctx-transfo-xl"
     attribute_map = TRANSFO_XL_ALIASES
+    derived_fields = ("d_embed", "d_head", "tie_projs")
 
     vocab_size: int = 261
     hidden_size: int = 256
@@ -107,13 +111,16 @@ class LongctxTransfoXLConfig(LongctxConfig):
             self.is_decoder = True
         if self.cutoffs is None:
             self.cutoffs = []
-        if self.d_embed is None:
-            self.d_embed = self.hidden_size
-        if self.d_head is None:
-            self.d_head = self.hidden_size // max(1, self.num_attention_heads)
-        if self.tie_projs is None:
-            self.tie_projs = [False] + [bool(self.proj_share_all_but_first)] * len(self.cutoffs)
         super().__post_init__(**kwargs)
+
+    def _derived_value(self, name: str):
+        if name == "tie_projs":  # as transformers: the head cluster never shares its projection
+            return [False] + [bool(self.proj_share_all_but_first)] * len(self.cutoffs or [])
+        if not isinstance(self.hidden_size, int) or not isinstance(self.num_attention_heads, int):
+            return None  # `_check_fields` names the bad field
+        if name == "d_embed":
+            return self.hidden_size
+        return self.hidden_size // max(1, self.num_attention_heads)  # d_head
 
     @property
     def head_dim(self) -> int:

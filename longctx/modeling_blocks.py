@@ -14,6 +14,8 @@ from .compat import cache_field, given_cache
 
 logger = logging.get_logger(__name__)
 
+from .configuration_common import LongctxConfig
+
 
 class LongctxPreTrainedModel(PreTrainedModel):
     """Base of every longctx model; each architecture subclasses it with its `config_class`."""
@@ -26,6 +28,13 @@ class LongctxPreTrainedModel(PreTrainedModel):
     # Written into config.json's `auto_map` on save, so a checkpoint saved from any head loads
     # through every other Auto class with trust_remote_code=True.
     longctx_auto_map: dict = {}
+
+    def __init__(self, config, *args, **kwargs):
+        # Fields changed after the config was built (e.g. `--config_overrides`) are checked here,
+        # as ValueErrors naming the field instead of a shape error deep in the model.
+        if isinstance(config, LongctxConfig):
+            config.check_fields()
+        super().__init__(config, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self.longctx_auto_map:

@@ -356,14 +356,40 @@ class TransfoXLBlock(GradientCheckpointingLayer):
         return self.feed_forward_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
 
 
+def resized_rows(parameter: nn.Parameter, rows: int, cluster_rows: int, mean_resizing: bool,
+                 std: float) -> nn.Parameter:
+    """`parameter` (tokens, ...) cut or grown to `rows` tokens, keeping its first ones. A new row
+    is the mean of the last `cluster_rows` rows, those of the cluster it joins (mean_resizing: a
+    new token then starts with its cluster's average score, the reasoning of transformers' own
+    mean resizing), or else as initialised: N(0, std) for a weight, zero for a bias."""
+    old = parameter.data
+    added = rows - old.shape[0]
+    if added <= 0:
+        new = old[:rows].clone()
+    elif mean_resizing:
+        mean = old[-cluster_rows:].float().mean(dim=0, keepdim=True).to(old.dtype)
+        new = torch.cat([old, mean.expand(added, *old.shape[1:])])
+    elif old.dim() == 1:
+        new = torch.cat([old, old.new_zeros(added)])
+    else:
+        new = torch.cat([old, old.new_empty(added, *old.shape[1:]).normal_(0.0, std)])
+    return nn.Parameter(new, requires_grad=parameter.requires_grad)
+
+
+class NoSingleEmbeddingWeight(AttributeError):
+    """`.weight` of an adaptive embedding that keeps one table per cluster (div_val > 1)."""
+
+
 class AdaptiveEmbedding(nn.Module):
     """Adaptive input (Baevski & Auli 2019): cluster i of the vocabulary embeds in
     d_embed // div_val**i dimensions, projected to d_model; all scaled by sqrt(d_model).
-    With div_val=1, one table (projected only if d_embed != d_model)."""
+    With div_val=1, one table (projected only if d_embed != d_model), which `.weight` returns,
+    (vocab_size, d_embed), as nn.Embedding's: transformers' example scripts read its size."""
 
     def __init__(self, config):
         super().__init__()
         self.vocab_size, self.width = config.vocab_size, config.hidden_size
+        self.div_val, self.cutoffs = config.div_val, list(config.cutoffs)
         self.bounds = config.cluster_bounds() if config.div_val > 1 else [(0, config.vocab_size)]
         self.tables = nn.ModuleList(nn.Embedding(end - start, config.cluster_width(i))
                                     for i, (start, end) in enumerate(self.bounds))
@@ -394,6 +420,41 @@ class AdaptiveEmbedding(nn.Module):
             return self.tables[0].weight[start:end], (self.projections[0] if len(self.projections) else None)
         return self.tables[cluster].weight, self.projections[cluster]
 
+    @property
+    def num_embeddings(self) -> int:
+        return self.vocab_size
+
+    def __getattr__(self, name: str):
+        # nn.Module keeps parameters and submodules out of __dict__, so this runs for every one of
+        # them; `weight` is not one: it is the single table's, or an error that says why not.
+        if name == "weight":
+            return self._single_table_weight()
+        return super().__getattr__(name)
+
+    def _single_table_weight(self) -> nn.Parameter:
+        if len(self.tables) == 1:
+            return self.tables[0].weight
+        widths = [table.embedding_dim for table in self.tables]
+        raise NoSingleEmbeddingWeight(
+            f"AdaptiveEmbedding has no single weight: with div_val={self.div_val} each of its "
+            f"{len(widths)} clusters (cutoffs={self.cutoffs}) has its own table (tables[i].weight, "
+            f"widths {widths}). Read the vocabulary size from config.vocab_size "
+            f"({self.vocab_size}); model.resize_token_embeddings(n) grows the last cluster. A "
+            f"model built with div_val=1 keeps one (vocab_size, d_embed) table, which .weight "
+            f"returns.")
+
+    def resize_vocabulary(self, vocab_size: int, last_cluster_start: int, mean_resizing: bool,
+                          std: float):
+        """Ids added at (or removed from) the end of the vocabulary join (leave) the last cluster,
+        whose rows are the last ones of the last table."""
+        table = self.tables[-1]
+        rows = table.num_embeddings + vocab_size - self.vocab_size
+        cluster_rows = self.vocab_size - last_cluster_start
+        table.weight = resized_rows(table.weight, rows, cluster_rows, mean_resizing, std)
+        table.num_embeddings = rows
+        self.bounds[-1] = (self.bounds[-1][0], vocab_size)
+        self.vocab_size = vocab_size
+
 
 class AdaptiveLogSoftmax(nn.Module):
     """Adaptive softmax (Grave et al. 2017) as transformers' ProjectedAdaptiveLogSoftmax: the head
@@ -423,6 +484,20 @@ class AdaptiveLogSoftmax(nn.Module):
         if self.num_tails:
             self.cluster_weight = nn.Parameter(torch.zeros(self.num_tails, config.d_embed))
             self.cluster_bias = nn.Parameter(torch.zeros(self.num_tails))
+
+    def resize_vocabulary(self, vocab_size: int, last_cluster_start: int, mean_resizing: bool,
+                          std: float):
+        """As AdaptiveEmbedding's: the last cluster's rows are the last ones of the last bias (and
+        of the last weight when untied) in both layouts (div_val 1: one of each, for all ids)."""
+        old_vocab_size = self.bounds[-1][1]
+        cluster_rows = old_vocab_size - last_cluster_start
+        last = len(self.biases) - 1
+        rows = self.biases[last].shape[0] + vocab_size - old_vocab_size
+        self.biases[last] = resized_rows(self.biases[last], rows, cluster_rows, mean_resizing, std)
+        if str(last) in self.weights:
+            self.weights[str(last)] = resized_rows(self.weights[str(last)], rows, cluster_rows,
+                                                   mean_resizing, std)
+        self.bounds[-1] = (self.bounds[-1][0], vocab_size)
 
     def _cluster(self, i: int, embeddings: AdaptiveEmbedding):
         """(weight, bias, projection or None) of cluster i."""
@@ -500,6 +575,55 @@ class LongctxTransfoXLPreTrainedModel(LongctxPreTrainedModel):
             self._init_softmax(module, std)
         else:
             super()._init_weights(module)
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None,
+                                pad_to_multiple_of: int | None = None, mean_resizing: bool = True):
+        """transformers' method (its arguments and result: the input embeddings), for the
+        adaptive embedding and softmax, whose tables transformers' generic version cannot resize.
+        Ids are added at (or removed from) the end of the vocabulary, so they join (leave) the last
+        cluster -- all of it with cutoffs=[] -- in the embedding and in a causal LM's softmax;
+        every other id keeps its rows. mean_resizing: a new row starts at the mean of its
+        cluster's rows; else as initialised. Updates config.vocab_size."""
+        embeddings = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings
+        vocab_size = self._checked_vocab_size(new_num_tokens, pad_to_multiple_of)
+        last_cluster_start = self.config.cutoffs[-1] if self.config.cutoffs else 0
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (AdaptiveEmbedding, AdaptiveLogSoftmax)):
+                module.resize_vocabulary(vocab_size, last_cluster_start, mean_resizing, std)
+        self.config.vocab_size = vocab_size
+        return embeddings
+
+    def _checked_vocab_size(self, new_num_tokens, pad_to_multiple_of) -> int:
+        """The new vocabulary size (rounded up to `pad_to_multiple_of`); ValueError where the last
+        cluster would be left empty or a special token id would fall outside."""
+        vocab_size = self.config.vocab_size if new_num_tokens is None else new_num_tokens
+        if not isinstance(vocab_size, int):
+            raise ValueError(f"new_num_tokens={new_num_tokens!r} must be an integer (or None: the "
+                             f"current vocab_size, padded to pad_to_multiple_of)")
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of!r} must be a positive "
+                                 f"integer (or None)")
+            vocab_size = -(-vocab_size // pad_to_multiple_of) * pad_to_multiple_of
+        cutoffs = self.config.cutoffs
+        if vocab_size <= (cutoffs[-1] if cutoffs else 0):
+            fix = (f"resizing adds or removes ids at the end of the last cluster, which "
+                   f"cutoffs={cutoffs} start at {cutoffs[-1]}: pass more than {cutoffs[-1]}, or "
+                   f"build the model from a config whose vocab_size and cutoffs cover the tokenizer"
+                   if cutoffs else "pass a positive integer")
+            padded = f" (padded to {vocab_size})" if pad_to_multiple_of is not None else ""
+            raise ValueError(f"new_num_tokens={new_num_tokens!r}{padded} would leave the last "
+                             f"cluster without ids; {fix}.")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            token = getattr(self.config, name)
+            if token is not None and token >= vocab_size:
+                raise ValueError(f"new_num_tokens={new_num_tokens!r} leaves out {name}={token}; "
+                                 f"resize to at least {token + 1} tokens, or first set "
+                                 f"config.{name} to an id below {vocab_size}.")
+        return vocab_size
 
     @staticmethod
     def _init_softmax(module, std):
