@@ -1,6 +1,8 @@
 """Blocks every longctx architecture is built from: embeddings, feed-forward, the residual block,
 the pretrained-model base, and the input checks shared by all backbones."""
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -8,6 +10,11 @@ from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+# Imported here so that every checkpoint carries question_answering.py (save_pretrained copies the
+# files a modeling file imports with single-dot relative imports, recursively), which config.json's
+# `custom_pipelines` names: without longctx, pipeline("question-answering", trust_remote_code=True).
+from .question_answering import CUSTOM_PIPELINES as QUESTION_ANSWERING_PIPELINES
 
 
 class LongctxPreTrainedModel(PreTrainedModel):
@@ -26,7 +33,27 @@ class LongctxPreTrainedModel(PreTrainedModel):
         if self.longctx_auto_map:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                     **self.longctx_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        with self._custom_pipelines_in_config():
+            return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _custom_pipelines_in_config(self):
+        """config.json names the question-answering pipeline of an architecture with a QA head
+        (whichever head is saved). The config keeps it only while it is written: one holding
+        `custom_pipelines` makes pipeline() demand trust_remote_code=True even where
+        `import longctx` serves the task (LongctxConfig drops it on load there)."""
+        if "AutoModelForQuestionAnswering" not in (getattr(self.config, "auto_map", None) or {}):
+            yield
+            return
+        own = getattr(self.config, "custom_pipelines", None)
+        self.config.custom_pipelines = {**(own or {}), **QUESTION_ANSWERING_PIPELINES}
+        try:
+            yield
+        finally:
+            if own is None:
+                del self.config.custom_pipelines
+            else:
+                self.config.custom_pipelines = own
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -1,8 +1,13 @@
 """Extractive QA: feature windows, span decoding, the restored pipeline task and its registration."""
 
+import json
 import logging
 import math
 import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +339,72 @@ def test_pipeline_loads_a_saved_model_by_path(model, tokenizer, tmp_path):
     context = "Ada Lovelace wrote the first program."
     assert loaded(question="Who?", context=context)["answer"] == \
         pipeline("question-answering", model=model, tokenizer=tokenizer)(question="Who?", context=context)["answer"]
+
+
+# Tiny sizes every architecture takes; the context below needs several 64-token windows.
+TINY_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=MAX_POSITIONS)
+ARCHITECTURE_FIELDS = {
+    "longctx-longformer": dict(attention_window=8),
+    "longctx-linformer": dict(projection_dim=8),
+    # Chunks shorter than a window, so LSH hashes; hash_seed makes it the same in both processes.
+    "longctx-reformer": dict(lsh_attn_chunk_length=16, local_attn_chunk_length=16, hash_seed=5),
+}
+HEADLESS_QUESTION = "Who met Chloé?"
+
+
+def save_question_answering_model(model_type, folder, tokenizer):
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, **TINY_SIZES, **ARCHITECTURE_FIELDS.get(model_type, {}))
+    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_saved_checkpoint_brings_the_pipeline_where_longctx_is_missing(tokenizer, tmp_path):
+    """Every architecture's QA checkpoint + byte tokenizer: pipeline("question-answering",
+    model=folder, trust_remote_code=True) in a Python where `import longctx` fails builds the
+    checkpoint's own copy of the pipeline, which answers as longctx's does in this process."""
+    expected = {}
+    for model_type in longctx.ARCHITECTURES:
+        model = save_question_answering_model(model_type, tmp_path / model_type, tokenizer)
+        qa_here = pipeline("question-answering", model=model, tokenizer=tokenizer)
+        expected[model_type] = qa_here(question=HEADLESS_QUESTION, context=LONG_CONTEXT, top_k=3)
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["longctx"] = None  # `import longctx` now raises ImportError
+        from transformers import pipeline
+        answers = {{}}
+        for model_type in {list(expected)!r}:
+            qa = pipeline("question-answering", model={str(tmp_path)!r} + "/" + model_type, trust_remote_code=True)
+            assert type(qa).__module__.startswith("transformers_modules."), type(qa).__module__
+            answers[model_type] = qa(question={HEADLESS_QUESTION!r}, context={LONG_CONTEXT!r}, top_k=3)
+        print("ANSWERS", json.dumps(answers))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300)
+    assert "ANSWERS" in result.stdout, result.stderr[-3000:]
+    remote = json.loads(result.stdout.split("ANSWERS", 1)[1])
+    for model_type, answers in expected.items():
+        spans = lambda found: [(a["start"], a["end"], a["answer"]) for a in found]  # noqa: E731
+        assert spans(remote[model_type]) == spans(answers), model_type
+        assert [a["score"] for a in remote[model_type]] == pytest.approx([a["score"] for a in answers],
+                                                                         rel=1e-5), model_type
+
+
+def test_every_head_of_an_architecture_with_a_qa_head_carries_the_pipeline(tmp_path):
+    """A masked-LM checkpoint names the pipeline too (it loads into AutoModelForQuestionAnswering);
+    the model's config in memory does not keep it, nor does a config loaded where longctx is
+    imported (pipeline() would then demand trust_remote_code=True for the task longctx serves)."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForMaskedLM.from_config(tiny_config())
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["custom_pipelines"][TASK]["impl"] == "question_answering.QuestionAnsweringPipeline"
+    assert (tmp_path / "question_answering.py").read_text() == Path(longctx.question_answering.__file__).read_text()
+    assert not hasattr(model.config, "custom_pipelines")
+    assert not hasattr(AutoConfig.from_pretrained(tmp_path), "custom_pipelines")
 
 
 @pytest.fixture(scope="module")
