@@ -79,6 +79,12 @@ class LongctxConfig(PreTrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def input_length_limit(self) -> int | None:
+        """The most tokens one input may hold (what a tokenizer saved with the model states as its
+        `model_max_length`); None: any length."""
+        return self.max_position_embeddings
+
+    @property
     def pooling(self) -> str:
         if self.classifier_pooling is not None:
             return self.classifier_pooling
