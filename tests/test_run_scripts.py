@@ -75,6 +75,20 @@ def saved_tokenizer_limit(folder) -> int:
     return AutoTokenizer.from_pretrained(folder).model_max_length
 
 
+@pytest.mark.parametrize("reversible", [True, False])
+def test_reformer_trains_with_gradient_checkpointing(tmp_path, monkeypatch, reversible):
+    """--gradient_checkpointing (Trainer's activation_checkpointing) used to abort for Reformer."""
+    out = tmp_path / "run"
+    run_script("run_classification.py", ["--model_type", "longctx-reformer",
+                                         "--config_overrides", f"{TINY},reversible={reversible}",
+                                         "--train_file", str(SAMPLES / "imdb_train.jsonl"), "--max_seq_length", "64",
+                                         "--max_train_samples", "16", "--per_device_train_batch_size", "8",
+                                         "--max_steps", "2", "--gradient_checkpointing", "true",
+                                         "--output_dir", str(out), "--do_train"], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_loss"] > 0
+
+
 def test_classification_refuses_labels_other_than_0_and_1(tmp_path, monkeypatch):
     rows = [{"text": "unlabelled review", "label": -1}, {"text": "good", "label": 1}]
     path = tmp_path / "unsup.jsonl"
