@@ -332,17 +332,18 @@ class LongctxReformerPreTrainedModel(LongctxPreTrainedModel):
     _no_split_modules = ["ReformerLayer"]
 
     def activation_checkpointing_enable(self, *args, **kwargs):
-        """Accepted (Trainer's --gradient_checkpointing calls it), and applied to the layers when they
-        run with plain autograd. The reversible layers already recompute their activations in the
-        backward pass, so with `reversible=True` (the default) it changes nothing; a warning says so,
-        once."""
+        """Accepted (Trainer's --gradient_checkpointing calls it), and applied to the layers when
+        they run with plain autograd. The reversible layers already recompute their activations in
+        the backward pass, so with `reversible=True` (the default) it changes nothing; a warning
+        says so, once."""
         super().activation_checkpointing_enable(*args, **kwargs)
         if self.config.reversible:
             logger.warning_once(
-                "longctx-reformer: gradient checkpointing is not applied to the reversible layers (reversible="
-                "True), which already recompute their activations in the backward pass, keeping activation "
-                "memory independent of depth; it applies when the layers run with plain autograd "
-                "(reversible=False, or output_hidden_states / output_attentions asked for in training).")
+                "longctx-reformer: gradient checkpointing is not applied to the reversible layers "
+                "(reversible=True), which already recompute their activations in the backward "
+                "pass, keeping activation memory independent of depth; it applies when the layers "
+                "run with plain autograd (reversible=False, or output_hidden_states / "
+                "output_attentions asked for in training).")
 
     def _init_weights(self, module):
         if isinstance(module, AxialPositionEmbeddings):
@@ -453,7 +454,8 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
             p.requires_grad for p in self.layers.parameters()))
         if self.config.reversible and needs_grad and not (output_attentions or output_hidden_states):
-            *inner, last = [layer.block(replay, **kwargs) for layer, replay in zip(self.layers, replays)]
+            blocks = [layer.block(replay, **kwargs) for layer, replay in zip(self.layers, replays)]
+            *inner, last = blocks
             x1, x2 = reversible_stack(hidden, hidden, inner) if inner else (hidden, hidden)
             # The last layer keeps its activations: the backward would recompute it first thing, and
             # recomputing a layer holds as much memory, so the peak is unchanged with one layer

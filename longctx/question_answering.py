@@ -508,9 +508,9 @@ class QuestionAnsweringPipeline(Pipeline):
 
 # --------------------------------------------------------------------------- registration
 
-# config.json's `custom_pipelines`: "module.Class" of this file's pipeline (transformers loads it from
-# the checkpoint folder with trust_remote_code=True) and the Auto class that loads its model. The
-# module is named by its file alone, which is what it is called inside a checkpoint.
+# config.json's `custom_pipelines`: "module.Class" of this file's pipeline (transformers loads it
+# from the checkpoint folder with trust_remote_code=True) and the Auto class that loads its model.
+# The module is named by its file alone, which is what it is called inside a checkpoint.
 CUSTOM_PIPELINES = {
     TASK: {"impl": f"{__name__.rsplit('.', 1)[-1]}.{QuestionAnsweringPipeline.__name__}",
            "pt": ["AutoModelForQuestionAnswering"], "type": "text"},

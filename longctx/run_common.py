@@ -118,13 +118,13 @@ def build_model(model_args: ModelArguments, auto_class, tokenizer=None, **task_f
     size and special token ids. The tokenizer takes the model's input limit in return
     (`fit_tokenizer_to_model`)."""
     if model_args.model_name_or_path is not None:
-        model = auto_class.from_pretrained(model_args.model_name_or_path,
-                                           trust_remote_code=model_args.trust_remote_code, **task_fields)
+        model = auto_class.from_pretrained(model_args.model_name_or_path, **task_fields,
+                                           trust_remote_code=model_args.trust_remote_code)
     else:
         overrides = parse_config_overrides(model_args.config_overrides)
         from_tokenizer = tokenizer_fields(tokenizer, overrides) if tokenizer is not None else {}
-        config = AutoConfig.for_model(model_args.model_type, **{**from_tokenizer, **overrides, **task_fields})
-        model = auto_class.from_config(config)
+        fields = {**from_tokenizer, **overrides, **task_fields}
+        model = auto_class.from_config(AutoConfig.for_model(model_args.model_type, **fields))
     if tokenizer is not None:
         fit_tokenizer_to_model(tokenizer, model.config)
     return model
@@ -138,7 +138,8 @@ def fit_tokenizer_to_model(tokenizer, config) -> None:
     config that states no limit leaves the tokenizer as it is."""
     limit = longctx.model_max_length_for(config)
     if limit is not None and limit != tokenizer.model_max_length:
-        logger.info(f"tokenizer model_max_length {tokenizer.model_max_length} -> {limit}, the model's limit")
+        logger.info(f"tokenizer model_max_length {tokenizer.model_max_length} -> {limit}, "
+                    f"the model's limit")
         tokenizer.model_max_length = limit
 
 

@@ -355,7 +355,8 @@ HEADLESS_QUESTION = "Who met Chloé?"
 
 def save_question_answering_model(model_type, folder, tokenizer):
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, **TINY_SIZES, **ARCHITECTURE_FIELDS.get(model_type, {}))
+    fields = {**TINY_SIZES, **ARCHITECTURE_FIELDS.get(model_type, {})}
+    config = AutoConfig.for_model(model_type, **fields)
     model = AutoModelForQuestionAnswering.from_config(config).eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -377,20 +378,23 @@ def test_saved_checkpoint_brings_the_pipeline_where_longctx_is_missing(tokenizer
         from transformers import pipeline
         answers = {{}}
         for model_type in {list(expected)!r}:
-            qa = pipeline("question-answering", model={str(tmp_path)!r} + "/" + model_type, trust_remote_code=True)
+            folder = {str(tmp_path)!r} + "/" + model_type
+            qa = pipeline("question-answering", model=folder, trust_remote_code=True)
             assert type(qa).__module__.startswith("transformers_modules."), type(qa).__module__
-            answers[model_type] = qa(question={HEADLESS_QUESTION!r}, context={LONG_CONTEXT!r}, top_k=3)
+            answers[model_type] = qa(question={HEADLESS_QUESTION!r}, context={LONG_CONTEXT!r},
+                                     top_k=3)
         print("ANSWERS", json.dumps(answers))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
     assert "ANSWERS" in result.stdout, result.stderr[-3000:]
     remote = json.loads(result.stdout.split("ANSWERS", 1)[1])
     for model_type, answers in expected.items():
-        spans = lambda found: [(a["start"], a["end"], a["answer"]) for a in found]  # noqa: E731
-        assert spans(remote[model_type]) == spans(answers), model_type
-        assert [a["score"] for a in remote[model_type]] == pytest.approx([a["score"] for a in answers],
-                                                                         rel=1e-5), model_type
+        got = remote[model_type]
+        assert [(a["start"], a["end"], a["answer"]) for a in got] == [
+            (a["start"], a["end"], a["answer"]) for a in answers], model_type
+        assert [a["score"] for a in got] == pytest.approx([a["score"] for a in answers],
+                                                          rel=1e-5), model_type
 
 
 def test_every_head_of_an_architecture_with_a_qa_head_carries_the_pipeline(tmp_path):
@@ -402,7 +406,8 @@ def test_every_head_of_an_architecture_with_a_qa_head_carries_the_pipeline(tmp_p
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["custom_pipelines"][TASK]["impl"] == "question_answering.QuestionAnsweringPipeline"
-    assert (tmp_path / "question_answering.py").read_text() == Path(longctx.question_answering.__file__).read_text()
+    carried = (tmp_path / "question_answering.py").read_text()
+    assert carried == Path(longctx.question_answering.__file__).read_text()
     assert not hasattr(model.config, "custom_pipelines")
     assert not hasattr(AutoConfig.from_pretrained(tmp_path), "custom_pipelines")
 

@@ -32,7 +32,7 @@ class ReformerHarness(ModelHarness):
         (dict(type_vocab_size=2), "type_vocab_size"),
     ]
 
-    @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")  # gradient_checkpointing_enable
+    @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")  # renamed activation_*
     def test_gradient_checkpointing_same_loss_and_gradients(self):
         """The harness's check, per layer kind. Reversible layers recompute in the backward pass by
         themselves (every layer but the last, which keeps its activations): gradient checkpointing
@@ -42,8 +42,9 @@ class ReformerHarness(ModelHarness):
         samples = [self.ids(1, n, seed=n) for n in (15, 9)]
         ids, mask = pad(samples, "left")
         layers = self.config(False).num_hidden_layers
-        expected_calls = {(True, False): 2 * layers - 1, (True, True): 2 * layers - 1,
-                          (False, False): layers, (False, True): 2 * layers}  # (reversible, checkpointing)
+        expected_calls = {  # (reversible, checkpointing) -> calls of the layers' attention
+            (True, False): 2 * layers - 1, (True, True): 2 * layers - 1,
+            (False, False): layers, (False, True): 2 * layers}
         for head, is_decoder in (("classification", False), ("causal-lm", True)):
             runs = {case: self._loss_grads_calls(head, is_decoder, ids, mask, checkpointing=case[1],
                                                  reversible=case[0], hidden_dropout_prob=0.1)
@@ -58,13 +59,14 @@ class ReformerHarness(ModelHarness):
                                                msg=lambda m: f"{head} {case} {name}: {m}")
 
     @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")
-    def test_gradient_checkpointing_on_reversible_layers_says_once_that_it_is_not_applied(self, caplog):
+    def test_checkpointing_reversible_layers_says_once_that_it_is_not_applied(self, caplog):
         logging.Logger.warning_once.cache_clear()  # transformers' once-per-message memory
         for reversible in (False, True, True):
             model = self.model("classification", False, reversible=reversible)
             model.gradient_checkpointing_enable()
             assert all(layer.gradient_checkpointing for layer in model.model.layers)
-        said = [r.getMessage() for r in caplog.records if "gradient checkpointing is not applied" in r.getMessage()]
+        said = [record.getMessage() for record in caplog.records
+                if "gradient checkpointing is not applied" in record.getMessage()]
         assert len(said) == 1 and "reversible=True" in said[0], said
 
 

@@ -66,7 +66,8 @@ def test_classification_trains_evaluates_and_reloads(tmp_path, monkeypatch, mode
     assert reloaded["eval_accuracy"] == results["eval_accuracy"]
     assert reloaded["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
     # The tokenizer saved beside the model states the model's limit, not the byte tokenizer's 4096.
-    assert saved_tokenizer_limit(out) == 256 == json.loads((out / "config.json").read_text())["max_position_embeddings"]
+    config = json.loads((out / "config.json").read_text())
+    assert saved_tokenizer_limit(out) == config["max_position_embeddings"] == 256
 
 
 def saved_tokenizer_limit(folder) -> int:
@@ -79,12 +80,11 @@ def saved_tokenizer_limit(folder) -> int:
 def test_reformer_trains_with_gradient_checkpointing(tmp_path, monkeypatch, reversible):
     """--gradient_checkpointing (Trainer's activation_checkpointing) used to abort for Reformer."""
     out = tmp_path / "run"
-    run_script("run_classification.py", ["--model_type", "longctx-reformer",
-                                         "--config_overrides", f"{TINY},reversible={reversible}",
-                                         "--train_file", str(SAMPLES / "imdb_train.jsonl"), "--max_seq_length", "64",
-                                         "--max_train_samples", "16", "--per_device_train_batch_size", "8",
-                                         "--max_steps", "2", "--gradient_checkpointing", "true",
-                                         "--output_dir", str(out), "--do_train"], monkeypatch)
+    run_script("run_classification.py", [
+        "--model_type", "longctx-reformer", "--config_overrides", f"{TINY},reversible={reversible}",
+        "--train_file", str(SAMPLES / "imdb_train.jsonl"), "--max_seq_length", "64",
+        "--max_train_samples", "16", "--per_device_train_batch_size", "8", "--max_steps", "2",
+        "--gradient_checkpointing", "true", "--output_dir", str(out), "--do_train"], monkeypatch)
     results = json.loads((out / "all_results.json").read_text())
     assert results["train_loss"] > 0
 
@@ -271,12 +271,15 @@ def test_the_tokenizer_takes_the_models_input_limit():
     from longctx import byte_tokenizer, model_max_length_for
     from longctx.run_common import build_model
 
-    for model_type, limit in (("longctx-transformer", 256), ("longctx-transfo-xl", VERY_LARGE_INTEGER)):
+    limits = (("longctx-transformer", 256), ("longctx-transfo-xl", VERY_LARGE_INTEGER))
+    for model_type, limit in limits:
         tokenizer = byte_tokenizer()
-        build_model(ModelArguments(model_type=model_type, config_overrides=TINY), AutoModel, tokenizer)
+        model_args = ModelArguments(model_type=model_type, config_overrides=TINY)
+        build_model(model_args, AutoModel, tokenizer)
         assert tokenizer.model_max_length == limit, model_type
-    assert model_max_length_for(BertConfig(max_position_embeddings=512)) == 512  # not a longctx config
-    assert model_max_length_for(object()) is None  # states no limit: the caller keeps the tokenizer's
+    # Not a longctx config: its max_position_embeddings; no limit stated: None (tokenizer kept).
+    assert model_max_length_for(BertConfig(max_position_embeddings=512)) == 512
+    assert model_max_length_for(object()) is None
 
 
 def test_a_vocab_size_override_below_the_tokenizer_raises():
