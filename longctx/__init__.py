@@ -52,7 +52,12 @@ from .modeling_transfo_xl import (
     LongctxTransfoXLModel,
 )
 from .question_answering import QuestionAnsweringPipeline, register_question_answering_pipeline
-from .tokenization_bytes import SPECIAL_TOKENS, byte_tokenizer, train_bpe_tokenizer
+from .tokenization_bytes import (
+    SPECIAL_TOKENS,
+    byte_tokenizer,
+    model_max_length_for,
+    train_bpe_tokenizer,
+)
 
 __version__ = "0.1.0"
 
@@ -179,5 +184,6 @@ __all__ = [
     "QuestionAnsweringPipeline",
     "SPECIAL_TOKENS",
     "byte_tokenizer",
+    "model_max_length_for",
     "train_bpe_tokenizer",
 ]

@@ -13,11 +13,35 @@ None, so that it is derived again on load; the models call `check_fields()` when
 a given value may no longer fit the fields changed after it.
 """
 
+import sys
+
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
 POOLING_CHOICES = ("first", "last", "mean")
 CLASSIFIER_HEADS = ("pooler", "linear")
+
+
+def pipelines_served_elsewhere(custom_pipelines: dict) -> dict:
+    """The entries of a config's `custom_pipelines` (task -> {"impl": "module.Class", ...}) whose
+    class this process has not registered for that task itself.
+
+    pipeline() builds a task named in the config's `custom_pipelines` from the checkpoint's copy of
+    the code, and refuses without trust_remote_code=True, before it looks at its registry. Where
+    `import longctx` registered the very class a longctx checkpoint names (the question-answering
+    pipeline), the entry would only make pipeline("question-answering", model=folder) fail, so
+    the config drops it; the file keeps it for processes without longctx."""
+    pipelines = sys.modules.get("transformers.pipelines")
+    if pipelines is None:  # never imported: nothing is registered (the registry lives there)
+        return dict(custom_pipelines)
+    registered = pipelines.PIPELINE_REGISTRY.supported_tasks
+    return {task: entry for task, entry in custom_pipelines.items()
+            if _class_name(registered.get(task, {}).get("impl")) != entry.get("impl")}
+
+
+def _class_name(cls) -> str | None:
+    """"module_file.Class", the form `custom_pipelines` names classes in (None for no class)."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" if isinstance(cls, type) else None
 
 
 class LongctxConfig(PreTrainedConfig):
@@ -57,6 +81,10 @@ class LongctxConfig(PreTrainedConfig):
         # Architectures normalise their own fields first, then call this: derivations see them.
         self._derived = {name for name in self.derived_fields if getattr(self, name) is None}
         self._derive_again()
+        if kwargs.get("custom_pipelines"):
+            kwargs["custom_pipelines"] = pipelines_served_elsewhere(kwargs["custom_pipelines"])
+            if not kwargs["custom_pipelines"]:
+                del kwargs["custom_pipelines"]
         super().__post_init__(**kwargs)
         self._check_fields()
 
@@ -98,6 +126,12 @@ class LongctxConfig(PreTrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def input_length_limit(self) -> int | None:
+        """The most tokens one input may hold (what a tokenizer saved with the model states as its
+        `model_max_length`); None: any length."""
+        return self.max_position_embeddings
 
     @property
     def pooling(self) -> str:

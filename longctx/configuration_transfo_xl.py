@@ -126,6 +126,10 @@ class LongctxTransfoXLConfig(LongctxConfig):
     def head_dim(self) -> int:
         return self.d_head
 
+    @property
+    def input_length_limit(self) -> None:
+        return None  # relative positions: max_position_embeddings is unused
+
     def cluster_bounds(self) -> list[tuple[int, int]]:
         """[(first id, end id)] of the head and each tail cluster."""
         ends = [0, *self.cutoffs, self.vocab_size]

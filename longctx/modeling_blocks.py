@@ -1,6 +1,8 @@
 """Blocks every longctx architecture is built from: embeddings, feed-forward, the residual block,
 the pretrained-model base, and the input checks shared by all backbones."""
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
@@ -11,10 +13,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
 from .compat import cache_field, given_cache
+from .configuration_common import LongctxConfig
+# Imported here so that every checkpoint carries question_answering.py (save_pretrained copies the
+# files a modeling file imports with single-dot relative imports, recursively), which config.json's
+# `custom_pipelines` names: without longctx, pipeline("question-answering", trust_remote_code=True).
+from .question_answering import CUSTOM_PIPELINES as QUESTION_ANSWERING_PIPELINES
 
 logger = logging.get_logger(__name__)
-
-from .configuration_common import LongctxConfig
 
 
 class LongctxPreTrainedModel(PreTrainedModel):
@@ -40,7 +45,32 @@ class LongctxPreTrainedModel(PreTrainedModel):
         if self.longctx_auto_map:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                     **self.longctx_auto_map}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        with self._custom_pipelines_in_config():
+            return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _custom_pipelines_in_config(self):
+        """A question-answering model's config.json names the pipeline (only that head's: with a
+        single custom pipeline, pipeline() without a task picks it, which would turn any other
+        checkpoint into a QA pipeline over a random head). The config keeps it only while it is
+        written: one holding `custom_pipelines` makes pipeline() demand trust_remote_code=True
+        even where `import longctx` serves the task (LongctxConfig drops it on load there)."""
+        if not self._is_question_answering_head():
+            yield
+            return
+        own = getattr(self.config, "custom_pipelines", None)
+        self.config.custom_pipelines = {**(own or {}), **QUESTION_ANSWERING_PIPELINES}
+        try:
+            yield
+        finally:
+            if own is None:
+                del self.config.custom_pipelines
+            else:
+                self.config.custom_pipelines = own
+
+    def _is_question_answering_head(self) -> bool:
+        own_name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        return self.longctx_auto_map.get("AutoModelForQuestionAnswering") == own_name
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

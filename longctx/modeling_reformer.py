@@ -33,6 +33,8 @@ from torch.nn import functional as F
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import logging
 
 from .compat import given_cache
 from .attention_lsh import (
@@ -65,6 +67,8 @@ from .modeling_heads import (
     GeneratesWithOwnCache,
 )
 from .reversible import RandomReplay, ReversibleBlock, reversible_stack
+
+logger = logging.get_logger(__name__)
 
 
 # ------------------------------------------------------------------------------------- embeddings
@@ -255,8 +259,13 @@ class ChunkedFeedForward(nn.Module):
         return self.dropout(self.dense_out(inner))
 
 
-class ReformerLayer(nn.Module):
-    """One reversible layer: Y1 = X1 + attention(X2), Y2 = X2 + feed_forward(Y1)."""
+class ReformerLayer(GradientCheckpointingLayer):
+    """One reversible layer: Y1 = X1 + attention(X2), Y2 = X2 + feed_forward(Y1).
+
+    Called as a module only by the plain-autograd path (`reversible=False`, or hidden states or
+    attention weights asked for), which gradient checkpointing then applies to: the recomputation
+    reuses the forward's LSH buckets (`replay`) and, restored by torch's checkpoint, its dropout
+    masks. The reversible path calls `block`'s branches and is never checkpointed."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -322,8 +331,20 @@ class ReformerRecomputeCache:
 class LongctxReformerPreTrainedModel(LongctxPreTrainedModel):
     config_class = LongctxReformerConfig
     _no_split_modules = ["ReformerLayer"]
-    # The reversible layers already recompute their activations in the backward pass.
-    supports_gradient_checkpointing = False
+
+    def activation_checkpointing_enable(self, *args, **kwargs):
+        """Accepted (Trainer's --gradient_checkpointing calls it), and applied to the layers when
+        they run with plain autograd. The reversible layers already recompute their activations in
+        the backward pass, so with `reversible=True` (the default) it changes nothing; a warning
+        says so, once."""
+        super().activation_checkpointing_enable(*args, **kwargs)
+        if self.config.reversible:
+            logger.warning_once(
+                "longctx-reformer: gradient checkpointing is not applied to the reversible layers "
+                "(reversible=True), which already recompute their activations in the backward "
+                "pass, keeping activation memory independent of depth; it applies when the layers "
+                "run with plain autograd (reversible=False, or output_hidden_states / "
+                "output_attentions asked for in training).")
 
     def _init_weights(self, module):
         if isinstance(module, AxialPositionEmbeddings):
@@ -437,14 +458,15 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
             p.requires_grad for p in self.layers.parameters()))
         if self.config.reversible and needs_grad and not (output_attentions or output_hidden_states):
+            blocks = [layer.block(replay, **kwargs) for layer, replay in zip(self.layers, replays)]
+            *inner, last = blocks
+            x1, x2 = reversible_stack(hidden, hidden, inner) if inner else (hidden, hidden)
             # The last layer keeps its activations: the backward would recompute it first thing, and
             # recomputing a layer holds as much memory, so the peak is unchanged with one layer
-            # fewer recomputed.
-            *inner, (last, last_replay) = list(zip(self.layers, replays))
-            blocks = [layer.block(replay, **kwargs) for layer, replay in inner]
-            x1, x2 = reversible_stack(hidden, hidden, blocks) if blocks else (hidden, hidden)
-            x1, x2, _ = last(x1, x2, last_replay, **kwargs)
-            return (x1, x2), (), ()
+            # fewer recomputed. Its branches run directly, as the others' do: gradient
+            # checkpointing (on the layer's forward) would only add that recomputation back.
+            x1 = x1 + last.f(x2)
+            return (x1, x2 + last.g(x1)), (), ()
         x1, x2, all_hidden, all_weights = hidden, hidden, (), ()
         for layer, replay in zip(self.layers, replays):
             all_hidden += (x2,)

@@ -11,7 +11,10 @@ tokenizer, and exposes the two steps a SQuAD script needs as library code:
 
 `register_question_answering_pipeline()` (called by ``import longctx``) makes
 ``transformers.pipeline("question-answering", model=..., tokenizer=...)`` return
-`QuestionAnsweringPipeline`.
+`QuestionAnsweringPipeline`. Where longctx is not installed, a checkpoint saved by longctx brings
+the pipeline itself: this file travels with the modeling code and config.json names it in
+`custom_pipelines` (`CUSTOM_PIPELINES`), so ``pipeline("question-answering", model=folder,
+trust_remote_code=True)`` builds it. It therefore imports nothing but numpy, torch and transformers.
 
 Score of a span (used everywhere here): inside the window (feature) that holds the span,
 
@@ -504,6 +507,14 @@ class QuestionAnsweringPipeline(Pipeline):
 
 
 # --------------------------------------------------------------------------- registration
+
+# config.json's `custom_pipelines`: "module.Class" of this file's pipeline (transformers loads it
+# from the checkpoint folder with trust_remote_code=True) and the Auto class that loads its model.
+# The module is named by its file alone, which is what it is called inside a checkpoint.
+CUSTOM_PIPELINES = {
+    TASK: {"impl": f"{__name__.rsplit('.', 1)[-1]}.{QuestionAnsweringPipeline.__name__}",
+           "pt": ["AutoModelForQuestionAnswering"], "type": "text"},
+}
 
 
 def _impl_name(impl) -> str:

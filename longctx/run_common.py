@@ -115,14 +115,32 @@ def _literal(value: str):
 def build_model(model_args: ModelArguments, auto_class, tokenizer=None, **task_fields):
     """From the checkpoint, or a fresh longctx model of `--model_type` with the task's fields (e.g.
     num_labels), the overrides and, where the overrides do not set them, the tokenizer's vocabulary
-    size and special token ids."""
+    size and special token ids. The tokenizer takes the model's input limit in return
+    (`fit_tokenizer_to_model`)."""
     if model_args.model_name_or_path is not None:
-        return auto_class.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
-                                          **task_fields)
-    overrides = parse_config_overrides(model_args.config_overrides)
-    from_tokenizer = tokenizer_fields(tokenizer, overrides) if tokenizer is not None else {}
-    config = AutoConfig.for_model(model_args.model_type, **{**from_tokenizer, **overrides, **task_fields})
-    return auto_class.from_config(config)
+        model = auto_class.from_pretrained(model_args.model_name_or_path, **task_fields,
+                                           trust_remote_code=model_args.trust_remote_code)
+    else:
+        overrides = parse_config_overrides(model_args.config_overrides)
+        from_tokenizer = tokenizer_fields(tokenizer, overrides) if tokenizer is not None else {}
+        fields = {**from_tokenizer, **overrides, **task_fields}
+        model = auto_class.from_config(AutoConfig.for_model(model_args.model_type, **fields))
+    if tokenizer is not None:
+        fit_tokenizer_to_model(tokenizer, model.config)
+    return model
+
+
+def fit_tokenizer_to_model(tokenizer, config) -> None:
+    """Sets the tokenizer's `model_max_length` to the model's limit (`longctx.model_max_length_for`:
+    max_position_embeddings, or "no limit" for Transformer-XL). The Trainer saves the tokenizer
+    beside the model, and whoever loads the pair reads the limit from the tokenizer; the byte
+    tokenizer's default (4096) or a --tokenizer_name's own limit need not be the model's. A
+    config that states no limit leaves the tokenizer as it is."""
+    limit = longctx.model_max_length_for(config)
+    if limit is not None and limit != tokenizer.model_max_length:
+        logger.info(f"tokenizer model_max_length {tokenizer.model_max_length} -> {limit}, "
+                    f"the model's limit")
+        tokenizer.model_max_length = limit
 
 
 def tokenizer_fields(tokenizer, overrides: dict) -> dict:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
 PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"  # also the CLS token
@@ -140,8 +141,23 @@ def _build_tokenizer(
     )
 
 
+def model_max_length_for(config) -> int | None:
+    """The `model_max_length` of a tokenizer that goes with a model of `config`: the most tokens
+    the model takes in one input (a longctx config's `input_length_limit`, else the config's
+    `max_position_embeddings`); transformers' VERY_LARGE_INTEGER ("no limit": it then neither
+    warns nor truncates) for a model without a limit (Transformer-XL); None when the config states
+    nothing. E.g. ``byte_tokenizer(model_max_length=model_max_length_for(config))``."""
+    if hasattr(config, "input_length_limit"):
+        limit = config.input_length_limit
+        return VERY_LARGE_INTEGER if limit is None else limit
+    return getattr(config, "max_position_embeddings", None)
+
+
 def byte_tokenizer(model_max_length: int = 4096) -> PreTrainedTokenizerFast:
-    """Fast tokenizer over UTF-8 bytes: specials at ids 0..4, byte ``b`` at id ``5 + b``."""
+    """Fast tokenizer over UTF-8 bytes: specials at ids 0..4, byte ``b`` at id ``5 + b``.
+
+    `model_max_length` should be the model's limit, `model_max_length_for(config)`: the tokenizer
+    saved beside a model tells transformers how long its inputs may be."""
     # No merges: BPE then emits one token per byte-character, i.e. one token per byte.
     return _build_tokenizer([], [], split_words=False, model_max_length=model_max_length)
 

@@ -1,8 +1,13 @@
 """Extractive QA: feature windows, span decoding, the restored pipeline task and its registration."""
 
+import json
 import logging
 import math
 import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +339,84 @@ def test_pipeline_loads_a_saved_model_by_path(model, tokenizer, tmp_path):
     context = "Ada Lovelace wrote the first program."
     assert loaded(question="Who?", context=context)["answer"] == \
         pipeline("question-answering", model=model, tokenizer=tokenizer)(question="Who?", context=context)["answer"]
+
+
+# Tiny sizes every architecture takes; the context below needs several 64-token windows.
+TINY_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=MAX_POSITIONS)
+ARCHITECTURE_FIELDS = {
+    "longctx-longformer": dict(attention_window=8),
+    "longctx-linformer": dict(projection_dim=8),
+    # Chunks shorter than a window, so LSH hashes; hash_seed makes it the same in both processes.
+    "longctx-reformer": dict(lsh_attn_chunk_length=16, local_attn_chunk_length=16, hash_seed=5),
+}
+HEADLESS_QUESTION = "Who met Chloé?"
+
+
+def save_question_answering_model(model_type, folder, tokenizer):
+    torch.manual_seed(0)
+    fields = {**TINY_SIZES, **ARCHITECTURE_FIELDS.get(model_type, {})}
+    config = AutoConfig.for_model(model_type, **fields)
+    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_saved_checkpoint_brings_the_pipeline_where_longctx_is_missing(tokenizer, tmp_path):
+    """Every architecture's QA checkpoint + byte tokenizer: pipeline("question-answering",
+    model=folder, trust_remote_code=True) in a Python where `import longctx` fails builds the
+    checkpoint's own copy of the pipeline, which answers as longctx's does in this process."""
+    expected = {}
+    for model_type in longctx.ARCHITECTURES:
+        model = save_question_answering_model(model_type, tmp_path / model_type, tokenizer)
+        qa_here = pipeline("question-answering", model=model, tokenizer=tokenizer)
+        expected[model_type] = qa_here(question=HEADLESS_QUESTION, context=LONG_CONTEXT, top_k=3)
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["longctx"] = None  # `import longctx` now raises ImportError
+        from transformers import pipeline
+        answers = {{}}
+        for model_type in {list(expected)!r}:
+            folder = {str(tmp_path)!r} + "/" + model_type
+            qa = pipeline("question-answering", model=folder, trust_remote_code=True)
+            assert type(qa).__module__.startswith("transformers_modules."), type(qa).__module__
+            answers[model_type] = qa(question={HEADLESS_QUESTION!r}, context={LONG_CONTEXT!r},
+                                     top_k=3)
+        print("ANSWERS", json.dumps(answers))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert "ANSWERS" in result.stdout, result.stderr[-3000:]
+    remote = json.loads(result.stdout.split("ANSWERS", 1)[1])
+    for model_type, answers in expected.items():
+        got = remote[model_type]
+        assert [(a["start"], a["end"], a["answer"]) for a in got] == [
+            (a["start"], a["end"], a["answer"]) for a in answers], model_type
+        assert [a["score"] for a in got] == pytest.approx([a["score"] for a in answers],
+                                                          rel=1e-5), model_type
+
+
+def test_only_a_question_answering_checkpoint_names_the_pipeline(tmp_path):
+    """A QA checkpoint names the pipeline, another head's does not (with one custom pipeline,
+    pipeline() without a task would pick it); the model's config in memory does not keep it, nor
+    does a config loaded where longctx is imported (pipeline() would then demand
+    trust_remote_code=True for the task longctx serves)."""
+    torch.manual_seed(0)
+    for auto_class, names_it in [(transformers.AutoModelForQuestionAnswering, True),
+                                 (transformers.AutoModelForMaskedLM, False)]:
+        model = auto_class.from_config(tiny_config())
+        folder = tmp_path / auto_class.__name__
+        model.save_pretrained(folder)
+        saved = json.loads((folder / "config.json").read_text())
+        assert ("custom_pipelines" in saved) == names_it, auto_class
+        assert not hasattr(model.config, "custom_pipelines")
+    saved = json.loads((tmp_path / "AutoModelForQuestionAnswering" / "config.json").read_text())
+    assert saved["custom_pipelines"][TASK]["impl"] == "question_answering.QuestionAnsweringPipeline"
+    carried = (tmp_path / "AutoModelForQuestionAnswering" / "question_answering.py").read_text()
+    assert carried == Path(longctx.question_answering.__file__).read_text()
+    reloaded = AutoConfig.from_pretrained(tmp_path / "AutoModelForQuestionAnswering")
+    assert not hasattr(reloaded, "custom_pipelines")
 
 
 @pytest.fixture(scope="module")

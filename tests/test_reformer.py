@@ -3,6 +3,8 @@ Reformer attention is exact plain attention, and short chunks with hashing, wher
 harness's properties do not hold for Reformer and are replaced by the ones that do), plus the
 reversible layers, internal padding, axial positions and generation."""
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -31,22 +33,42 @@ class ReformerHarness(ModelHarness):
         (dict(type_vocab_size=2), "type_vocab_size"),
     ]
 
+    @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")  # renamed activation_*
     def test_gradient_checkpointing_same_loss_and_gradients(self):
-        # Reformer has no gradient checkpointing to switch on: its reversible layers recompute in
-        # the backward pass already. The harness's check becomes: reversible against plain
-        # autograd (reversible=False), same loss and gradients, and every layer but the last (which
-        # keeps its activations) run again in the backward pass.
+        """The harness's check, per layer kind. Reversible layers recompute in the backward pass by
+        themselves (every layer but the last, which keeps its activations): gradient checkpointing
+        is accepted and changes nothing. Plain autograd layers (reversible=False) are checkpointed:
+        each runs twice. Loss and gradients are the same in all four runs, with dropout on (its
+        masks replayed in every recomputation)."""
         samples = [self.ids(1, n, seed=n) for n in (15, 9)]
         ids, mask = pad(samples, "left")
+        layers = self.config(False).num_hidden_layers
+        expected_calls = {  # (reversible, checkpointing) -> calls of the layers' attention
+            (True, False): 2 * layers - 1, (True, True): 2 * layers - 1,
+            (False, False): layers, (False, True): 2 * layers}
         for head, is_decoder in (("classification", False), ("causal-lm", True)):
-            (loss, grads, calls), (loss_rev, grads_rev, calls_rev) = [
-                self._loss_grads_calls(head, is_decoder, ids, mask, reversible=reversible) for reversible in (False, True)]
-            layers = self.config(is_decoder).num_hidden_layers
-            assert calls == layers and calls_rev == 2 * layers - 1, (head, calls, calls_rev)
-            torch.testing.assert_close(loss_rev, loss)
-            for name, grad in grads.items():
-                assert grad is not None and grads_rev[name] is not None, name
-                torch.testing.assert_close(grads_rev[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+            runs = {case: self._loss_grads_calls(head, is_decoder, ids, mask, checkpointing=case[1],
+                                                 reversible=case[0], hidden_dropout_prob=0.1)
+                    for case in expected_calls}
+            loss, grads, _ = runs[False, False]
+            for case, (case_loss, case_grads, calls) in runs.items():
+                assert calls == expected_calls[case], (head, case, calls)
+                torch.testing.assert_close(case_loss, loss, msg=lambda m: f"{head} {case}: {m}")
+                for name, grad in grads.items():
+                    assert grad is not None and case_grads[name] is not None, (head, case, name)
+                    torch.testing.assert_close(case_grads[name], grad, rtol=1e-4, atol=1e-6,
+                                               msg=lambda m: f"{head} {case} {name}: {m}")
+
+    @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")
+    def test_checkpointing_reversible_layers_says_once_that_it_is_not_applied(self, caplog):
+        logging.Logger.warning_once.cache_clear()  # transformers' once-per-message memory
+        for reversible in (False, True, True):
+            model = self.model("classification", False, reversible=reversible)
+            model.gradient_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.model.layers)
+        said = [record.getMessage() for record in caplog.records
+                if "gradient checkpointing is not applied" in record.getMessage()]
+        assert len(said) == 1 and "reversible=True" in said[0], said
 
 
 class TestReformerLongChunks(ReformerHarness):

@@ -65,6 +65,28 @@ def test_classification_trains_evaluates_and_reloads(tmp_path, monkeypatch, mode
     reloaded = json.loads((again / "eval_results.json").read_text())
     assert reloaded["eval_accuracy"] == results["eval_accuracy"]
     assert reloaded["eval_loss"] == pytest.approx(results["eval_loss"], abs=1e-6)
+    # The tokenizer saved beside the model states the model's limit, not the byte tokenizer's 4096.
+    config = json.loads((out / "config.json").read_text())
+    assert saved_tokenizer_limit(out) == config["max_position_embeddings"] == 256
+
+
+def saved_tokenizer_limit(folder) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).model_max_length
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+def test_reformer_trains_with_gradient_checkpointing(tmp_path, monkeypatch, reversible):
+    """--gradient_checkpointing (Trainer's activation_checkpointing) used to abort for Reformer."""
+    out = tmp_path / "run"
+    run_script("run_classification.py", [
+        "--model_type", "longctx-reformer", "--config_overrides", f"{TINY},reversible={reversible}",
+        "--train_file", str(SAMPLES / "imdb_train.jsonl"), "--max_seq_length", "64",
+        "--max_train_samples", "16", "--per_device_train_batch_size", "8", "--max_steps", "2",
+        "--gradient_checkpointing", "true", "--output_dir", str(out), "--do_train"], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_loss"] > 0
 
 
 def test_classification_refuses_labels_other_than_0_and_1(tmp_path, monkeypatch):
@@ -146,7 +168,7 @@ def test_lm_trains_and_evaluates_on_book_text(tmp_path, monkeypatch, capfd, mode
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_perplexity"] > 1
     # the book (20,000 bytes) is encoded whole and then cut into blocks: no warning that its ids
-    # exceed the tokenizer's model_max_length (4,096) and "will result in indexing errors"
+    # exceed the tokenizer's model_max_length (the model's 512) and "will result in indexing errors"
     assert "indexing errors" not in capfd.readouterr().err
     if not mlm:
         assert results["eval_bits_per_character"] >= results["eval_bits_per_byte"] > 0
@@ -242,6 +264,24 @@ def test_bpe_tokenizer_trained_on_reviews_serves_the_classification_script(tmp_p
     assert config["vocab_size"] == len(tokenizer) and config["pad_token_id"] == tokenizer.pad_token_id
 
 
+def test_the_tokenizer_takes_the_models_input_limit():
+    from transformers import AutoModel, BertConfig
+    from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+
+    from longctx import byte_tokenizer, model_max_length_for
+    from longctx.run_common import build_model
+
+    limits = (("longctx-transformer", 256), ("longctx-transfo-xl", VERY_LARGE_INTEGER))
+    for model_type, limit in limits:
+        tokenizer = byte_tokenizer()
+        model_args = ModelArguments(model_type=model_type, config_overrides=TINY)
+        build_model(model_args, AutoModel, tokenizer)
+        assert tokenizer.model_max_length == limit, model_type
+    # Not a longctx config: its max_position_embeddings; no limit stated: None (tokenizer kept).
+    assert model_max_length_for(BertConfig(max_position_embeddings=512)) == 512
+    assert model_max_length_for(object()) is None
+
+
 def test_a_vocab_size_override_below_the_tokenizer_raises():
     from longctx import byte_tokenizer
     from longctx.run_common import build_model
@@ -263,6 +303,9 @@ def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_p
                              "--max_steps", "2", "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_mem_len"] == 64 and results["eval_segment_length"] == 64
+    # Transformer-XL takes any length: its saved tokenizer says so the way transformers does.
+    from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
+    assert saved_tokenizer_limit(out) == VERY_LARGE_INTEGER
     from longctx.report import _size
     assert _size(json.loads((out / "run_info.json").read_text())) == "1×32 (memory 64)"  # the report names the memory
     assert results["eval_comparison_tokens"] == 128 - 2  # the first token of each 64-token segment is unscored
