@@ -21,12 +21,11 @@ slab form serves that case.
 import torch
 import torch.nn.functional as F
 
-_flash_forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_flash_backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+from .attention_flash_cpu import flash_backward, flash_forward
 
-# At window 16 blocks of 16 still beat the slab form (23 vs 27 ms fwd+bwd, 4,096 tokens, 2 cores;
-# results/cpu-2026-11-23/benchmark_attention_4096_window16.log); smaller ones were not measured, so
-# windows without a divisor in [16, 256] keep the slab form.
+# Blocks of 16 still beat the slab form at a window of 16; smaller ones were never measured, so
+# windows without a divisor in [16, 256] keep the slab form
+# (measured: results/cpu-2026-11-23/README.md).
 MIN_BLOCK, MAX_BLOCK = 16, 256
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -35,10 +34,8 @@ def band_block_size(window: int) -> int | None:
     """The block for a window: its largest divisor of at most MAX_BLOCK tokens; None when that
     is below MIN_BLOCK. Larger blocks compute more masked-out pairs (the kernel computes the two
     triangular blocks in full: 3 x 256 keys per query for window 256, against the 513 it needs)
-    but run the flash kernel at a better rate. Forward + backward of one 4-head layer at 4,096
-    tokens, 2 cores (results/cpu-2026-11-23/benchmark_attention_4096*.log): window 256 -- blocks
-    of 256 83 ms, 128 86 ms, 64 109 ms, the slab form 94 ms; window 512 -- blocks of 256 131 ms,
-    512 151 ms, 128 150 ms, the slab form 174 ms."""
+    but run the flash kernel at a better rate: at windows of 256 and 512, blocks of 256 were the
+    fastest measured (measured: results/cpu-2026-11-23/README.md)."""
     for block in range(min(window, MAX_BLOCK), MIN_BLOCK - 1, -1):
         if window % block == 0:
             return block
@@ -48,11 +45,11 @@ def band_block_size(window: int) -> int | None:
 def can_run_block_band(q, dropout_p: float) -> bool:
     """Whether this kernel applies: CPU, no attention dropout, a dtype the flash kernel takes."""
     return (q.device.type == "cpu" and dropout_p == 0 and q.dtype in DTYPES
-            and _flash_forward is not None and _flash_backward is not None)
+            and flash_forward is not None and flash_backward is not None)
 
 
-def block_band_attention(q, k, v, *, window: int, block: int, key_ok=None, global_index=None, global_valid=None,
-                         causal=False):
+def block_band_attention(q, k, v, *, window: int, block: int, key_ok=None, global_index=None,
+                         global_valid=None, causal=False):
     """Sliding-window attention (see `attention_sliding`) with the block decomposition above.
 
     q, k, v: (batch, heads, length, dim); key_ok: (batch, length) bool or None (no padding);
@@ -64,14 +61,16 @@ def block_band_attention(q, k, v, *, window: int, block: int, key_ok=None, globa
     batch, heads, length, dim = q.shape
     blocks = -(-length // block)
     padded = blocks * block
-    valid = _padded_validity(key_ok, length, padded, q.device)
+    valid = _padded_validity(key_ok, length, padded, q.device)  # (batch, padded) or None
+    # (batch x heads, blocks, block, dim) each
     q_b, k_b, v_b = (_as_blocks(x, padded, block) for x in (q, k, v))
     hidden_keys = None
     if valid is not None:  # per (row x head, block, key in block): the layout of the block calls
-        hidden_keys = (~valid)[:, None].expand(batch, heads, -1).reshape(batch * heads, blocks, block)
+        hidden_keys = (~valid)[:, None].expand(batch, heads, -1)  # (batch, heads, padded)
+        hidden_keys = hidden_keys.reshape(batch * heads, blocks, block)
     global_keys = _global_keys(k, v, global_index, global_valid, window, padded)
     out = _BlockBand.apply(q_b, k_b, v_b, hidden_keys, *global_keys, window // block, causal)
-    out = out.reshape(batch, heads, padded, dim)[:, :, :length]
+    out = out.reshape(batch, heads, padded, dim)[:, :, :length]  # (batch, heads, length, dim)
     if valid is None:
         return out
     return out * _sees_something(valid, global_valid, window, causal)[:, None, :length, None]
@@ -88,7 +87,8 @@ def _padded_validity(key_ok, length, padded, device):
 
 
 def _as_blocks(x, padded: int, block: int):
-    """(batch, heads, length, dim) -> (batch * heads, blocks, block, dim), zero-padded at the end."""
+    """(batch, heads, length, dim) -> (batch * heads, blocks, block, dim), zero-padded at the
+    end."""
     batch, heads, length, dim = x.shape
     return F.pad(x, (0, 0, 0, padded - length)).reshape(batch * heads, padded // block, block, dim)
 
@@ -100,15 +100,17 @@ def _global_keys(k, v, index, valid, window: int, padded: int):
     if index is None or not bool(valid.any()):
         return None, None, None
     queries = torch.arange(padded, device=k.device)
+    # (batch, padded, globals)
     inside_window = (queries[None, :, None] - index[:, None, :]).abs() <= window
     hidden = ~valid[:, None, :] | inside_window
+    # (batch, heads, globals, dim)
     positions = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
     return k.gather(2, positions), v.gather(2, positions), hidden[:, None]
 
 
 def _sees_something(valid, global_valid, window: int, causal: bool):
     """(batch, padded) bool: whether a query has a real key in its window or any global key."""
-    counts = F.pad(valid.long().cumsum(dim=1), (1, 0))
+    counts = F.pad(valid.long().cumsum(dim=1), (1, 0))  # (batch, padded + 1): real keys before j
     positions = torch.arange(valid.shape[1], device=valid.device)
     last = (positions if causal else positions + window).clamp(max=valid.shape[1] - 1)
     first = (positions - window).clamp(min=0)
@@ -122,7 +124,8 @@ def _bias(hidden, dtype):
     """Additive mask in the query's dtype (the flash kernel's requirement): 0 where visible, the
     dtype's lowest finite value where hidden -- finite, so a call whose keys are all hidden gives
     a finite output with log-sum-exp ~ -3e38, which weighs exactly 0 in the merge."""
-    return torch.zeros(hidden.shape, dtype=dtype, device=hidden.device).masked_fill(hidden, torch.finfo(dtype).min)
+    zeros = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device)
+    return zeros.masked_fill(hidden, torch.finfo(dtype).min)
 
 
 class _BlockBand(torch.autograd.Function):
@@ -130,35 +133,41 @@ class _BlockBand(torch.autograd.Function):
     flash backward with the merged output and log-sum-exp."""
 
     @staticmethod
-    def forward(ctx, q_b, k_b, v_b, hidden_keys, k_global, v_global, global_hidden, m: int, causal: bool):
+    def forward(ctx, q_b, k_b, v_b, hidden_keys, k_global, v_global, global_hidden, m: int,
+                causal: bool):
         calls = _calls(q_b, k_b, v_b, hidden_keys, m, causal)
-        results = [_flash_forward(q, k, v, 0.0, is_causal, attn_mask=mask) for _, q, k, v, is_causal, mask in calls]
+        results = [flash_forward(q, k, v, 0.0, is_causal, attn_mask=mask)
+                   for _, q, k, v, is_causal, mask in calls]
         global_call = _global_call(q_b, k_global, v_global)
         if global_call is not None:
-            results.append(_flash_forward(*global_call, 0.0, False, attn_mask=_bias(global_hidden, q_b.dtype)))
+            global_mask = _bias(global_hidden, q_b.dtype)
+            results.append(flash_forward(*global_call, 0.0, False, attn_mask=global_mask))
         out, lse = _merge(q_b, calls, results, global_call is not None)
-        ctx.save_for_backward(q_b, k_b, v_b, hidden_keys, k_global, v_global, global_hidden, out, lse)
+        ctx.save_for_backward(q_b, k_b, v_b, hidden_keys, k_global, v_global, global_hidden,
+                              out, lse)
         ctx.m, ctx.causal = m, causal
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q_b, k_b, v_b, hidden_keys, k_global, v_global, global_hidden, out, lse = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.contiguous()  # (batch x heads, blocks, block, dim)
         grad_q, grad_k, grad_v = (torch.zeros_like(x) for x in (q_b, k_b, v_b))
-        for (lo, hi, shift), q, k, v, is_causal, mask in _calls(q_b, k_b, v_b, hidden_keys, ctx.m, ctx.causal):
-            dq, dk, dv = _flash_backward(grad_out[:, lo:hi], q, k, v, out[:, lo:hi], lse[:, lo:hi].contiguous(),
-                                         0.0, is_causal, attn_mask=mask)
+        calls = _calls(q_b, k_b, v_b, hidden_keys, ctx.m, ctx.causal)
+        for (lo, hi, shift), q, k, v, is_causal, mask in calls:
+            dq, dk, dv = flash_backward(grad_out[:, lo:hi], q, k, v, out[:, lo:hi],
+                                        lse[:, lo:hi].contiguous(), 0.0, is_causal,
+                                        attn_mask=mask)
             grad_q[:, lo:hi] += dq
             grad_k[:, lo + shift:hi + shift] += dk
             grad_v[:, lo + shift:hi + shift] += dv
         grad_k_global = grad_v_global = None
         global_call = _global_call(q_b, k_global, v_global)
         if global_call is not None:
-            queries = global_call[0].shape
-            dq, grad_k_global, grad_v_global = _flash_backward(
-                grad_out.reshape(queries), *global_call, out.reshape(queries), lse.reshape(queries[:3]), 0.0, False,
-                attn_mask=_bias(global_hidden, q_b.dtype))
+            queries = global_call[0].shape  # (batch, heads, padded, dim)
+            dq, grad_k_global, grad_v_global = flash_backward(
+                grad_out.reshape(queries), *global_call, out.reshape(queries),
+                lse.reshape(queries[:3]), 0.0, False, attn_mask=_bias(global_hidden, q_b.dtype))
             grad_q += dq.reshape(grad_q.shape)
         return grad_q, grad_k, grad_v, None, grad_k_global, grad_v_global, None, None, None
 
@@ -172,16 +181,18 @@ def _calls(q_b, k_b, v_b, hidden_keys, m: int, causal: bool):
         lo, hi = max(0, -shift), min(blocks, blocks - shift)
         if lo >= hi:
             continue
+        # (batch x heads, hi - lo, 1, block): the keys hidden in each call's key block
         hidden = None if hidden_keys is None else hidden_keys[:, lo + shift:hi + shift, None, :]
         if hidden is not None and not bool(hidden.any()):
             hidden = None
         if shift == -m:  # the farthest block back: key offset >= query offset
             triangle = torch.ones(block, block, dtype=torch.bool, device=q_b.device).tril(-1)
             hidden = triangle if hidden is None else hidden | triangle
-        is_causal = shift == (0 if causal else m)  # the farthest block ahead: key offset <= query offset
+        # the farthest block ahead: key offset <= query offset
+        is_causal = shift == (0 if causal else m)
         mask = None if hidden is None else _bias(hidden, q_b.dtype)
-        calls.append(((lo, hi, shift), q_b[:, lo:hi], k_b[:, lo + shift:hi + shift], v_b[:, lo + shift:hi + shift],
-                      is_causal, mask))
+        keys = slice(lo + shift, hi + shift)
+        calls.append(((lo, hi, shift), q_b[:, lo:hi], k_b[:, keys], v_b[:, keys], is_causal, mask))
     return calls
 
 
@@ -197,15 +208,18 @@ def _merge(q_b, calls, results, with_global: bool):
     """The exact softmax over all calls' keys: lse = logsumexp of the calls' log-sum-exps,
     output = sum of each call's output weighted by exp(its lse - lse)."""
     first_lse = results[0][1]
-    lses = torch.full((len(results),) + tuple(q_b.shape[:3]), float("-inf"), dtype=first_lse.dtype, device=q_b.device)
+    # (calls, batch x heads, blocks, block): -inf where a call has no such query block
+    lses = torch.full((len(results),) + tuple(q_b.shape[:3]), float("-inf"), dtype=first_lse.dtype,
+                      device=q_b.device)
     for index, ((lo, hi, _), *_rest) in enumerate(calls):
         lses[index, :, lo:hi] = results[index][1]
     if with_global:
         lses[-1] = results[-1][1].reshape(q_b.shape[:3])
-    lse = torch.logsumexp(lses, dim=0)
+    lse = torch.logsumexp(lses, dim=0)  # (batch x heads, blocks, block)
     out = torch.zeros(q_b.shape, dtype=first_lse.dtype, device=q_b.device)
     for index, ((lo, hi, _), *_rest) in enumerate(calls):
-        out[:, lo:hi] += torch.exp(lses[index, :, lo:hi] - lse[:, lo:hi])[..., None] * results[index][0]
+        weight = torch.exp(lses[index, :, lo:hi] - lse[:, lo:hi])[..., None]
+        out[:, lo:hi] += weight * results[index][0]
     if with_global:
         out += torch.exp(lses[-1] - lse)[..., None] * results[-1][0].reshape(q_b.shape)
     return out.to(q_b.dtype), lse

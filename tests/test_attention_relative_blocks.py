@@ -74,7 +74,7 @@ def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
 def test_linear_memory_kernels_equal_reference(batch, heads, q_len, memory, dim, window, padded, block, kernel,
                                                monkeypatch):
     if kernel == "blocks, matmul-softmax forward":  # what CUDA runs
-        monkeypatch.setattr(relative_blocks, "_flash_forward", None)
+        monkeypatch.setattr(relative_blocks, "flash_forward", None)
     inputs = random_inputs(batch, heads, q_len, memory, dim)
     assert relative_blocks.fused_forward_applies(inputs[0]) == (kernel != "blocks, matmul-softmax forward")
     padding = random_padding(batch, q_len + memory) if padded else None
@@ -300,7 +300,7 @@ def test_model_step_under_bf16_autocast_runs_the_block_kernel_close_to_float32(b
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if block_forward == "matmul-softmax":
-        monkeypatch.setattr(relative_blocks, "_flash_forward", None)
+        monkeypatch.setattr(relative_blocks, "flash_forward", None)
     config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=128, mem_len=200, hidden_dropout_prob=0.0,
                                   attention_probs_dropout_prob=0.0, relative_attention_kernel="blocks")
