@@ -2,7 +2,7 @@
 
 score(i, j) = ((q_i + u) . k_j + (q_i + v) . r[i - j]) * scale, causal over memory + segment.
 PyTorch's fused SDPA kernels give no gradient for an additive mask, so passing the position term
-as one (`modeling_transfo_xl.relative_attention`) makes training run SDPA's math kernel over the
+as one (`attention_relative.relative_attention`) makes training run SDPA's math kernel over the
 whole (q_len x k_len) score matrix, its softmax and their gradients: about ten passes over a
 matrix that, at 2,048 queries x 4,096 keys x 8 heads, is far larger than any cache, and that
 autograd keeps for the backward pass (memory quadratic in the length).

@@ -4,10 +4,10 @@ adaptive softmax."""
 
 import logging
 
+from .attention_relative import RELATIVE_KERNELS
 from .configuration_common import LongctxConfig
 
 logger = logging.getLogger(__name__)
-RELATIVE_KERNELS = ("auto", "fused", "blocks", "sdpa")
 
 # transformers' `TransfoXLConfig` name -> the common longctx field it is (an alias both ways:
 # `config.d_model` reads and writes `config.hidden_size`, and either name works as a keyword).
@@ -47,18 +47,18 @@ class LongctxTransfoXLConfig(LongctxConfig):
       change later (`update_from_string("d_model=512")`: d_embed 512 too); given ones stay (a
       d_embed other than d_model adds projections, as in transformers). They are saved as None.
     - `untie_r`: one pair of position biases (u, v) per layer, else one pair for all layers.
-    - `relative_attention_kernel`: "auto" (on CPU in float32/64 without attention dropout, when
-      more than one block of 128 new tokens comes: "fused"; SDPA with the position scores as a
-      mask otherwise), "fused" (`attention_relative_fused`: one C++ kernel, forward and backward,
-      compiled on first use, also from a saved model's remote code; CPU, float32/64, no attention
-      dropout; memory linear in the length; where it cannot be built, without a C++ compiler, a
-      warning, once, and "blocks", the same values more slowly), "blocks"
-      (`attention_relative_blocks`: query blocks of eager PyTorch ops and a hand-written backward,
-      on any device, memory linear in the length
-      -- on CUDA the way to long spans, its speed there not yet measured; no attention dropout;
-      half precision computed in float32) or "sdpa" (the mask form, memory quadratic in training;
-      the one whose backward can be differentiated again). All are exact: the choice changes
-      speed and memory, not the function computed.
+    - `relative_attention_kernel`: which exact kernel computes relative attention; the choice
+      changes speed and memory, not the function computed (`attention_relative.relative_attention`
+      has the details). "auto": "fused" on CPU in float32/64 without attention dropout once more
+      than one block of 128 new tokens comes, "sdpa" otherwise. "fused": one C++ kernel
+      (`attention_relative_fused`, compiled on first use, also from a saved model's remote code)
+      for CPU, float32/64 and no attention dropout, memory linear in the length; where it cannot
+      be built (no C++ compiler) a warning, once, and "blocks": the same values, more slowly.
+      "blocks": query blocks of eager PyTorch ops and a hand-written backward
+      (`attention_relative_blocks`) on any device, no attention dropout, memory linear in the
+      length (so the way to long spans on CUDA); half precision is computed in float32. "sdpa":
+      SDPA with the position scores as its mask; memory quadratic in training, but the one
+      kernel whose backward can be differentiated again.
 
     Defaults follow the paper where they differ from the other longctx models: post-LN
     (`pre_lnorm=False`), ReLU feed-forward, no final LayerNorm. Transformer-XL is causal only:

@@ -24,21 +24,20 @@ Differences from transformers 4.35.2 (by design):
 - Memory tensors are (batch, length, d_model), transformers' (length, batch, d_model).
 - `attention_mask` is supported (padding, and left-padded `generate()`); transformers had none.
 
-Efficiency: on CPU (no attention dropout, float32/64) relative attention runs the fused C++ kernel
-of `attention_relative_fused` (flash-style tiles, forward and backward; compiled on first use),
-or where that cannot be built the block kernel of `attention_relative_blocks` (eager ops over
-query blocks, a hand-written backward); both skip future keys and keep memory linear in the
-length. Elsewhere, unless `relative_attention_kernel="blocks"` asks for the block kernel, SDPA
-with the position term as a mask, whose gradient makes training run SDPA's math kernel (memory
-quadratic in the length). Per new token, a 2 x 256 training step with a memory of half the span
-costs 1.0-1.6x the dense encoder's at spans of 1K-8K on 2 CPU cores (1.4-2.0x with the block
-kernel, 2.0-3.0x with SDPA); the attention FLOPs alone are 1.18x dense's and the linear layers'
-1.33x (keys and values of the memory). Without memory: 0.7-1.1x (causal: half the score tiles
-skipped). results/cpu-2026-11-23/README.md has the runs.
+Efficiency: the attention kernels and the choice between them are `attention_relative`'s. On CPU
+(no attention dropout, float32/64) relative attention runs the fused C++ kernel of
+`attention_relative_fused` (flash-style tiles, forward and backward; compiled on first use), or
+where that cannot be built the block kernel of `attention_relative_blocks` (eager ops over query
+blocks, a hand-written backward); both skip future keys and keep memory linear in the length.
+Elsewhere, unless `relative_attention_kernel="blocks"` asks for the block kernel, SDPA with the
+position term as a mask, whose gradient makes training run SDPA's math kernel (memory quadratic
+in the length). With a memory of half the span, a new token costs more than in the dense encoder,
+by arithmetic 1.18x its attention FLOPs and 1.33x its linear layers' (keys and values of the
+memory); without memory, about as much (causal: half the score tiles skipped)
+(measured: results/cpu-2026-11-23/README.md).
 """
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -50,11 +49,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 
 from .attention_dense import masked_attention_reference, masked_sdpa
-from .attention_relative_blocks import (DEFAULT_BLOCK, DTYPES, blockwise_relative_attention, can_run_relative_blocks,
-                                        fused_forward_applies, shift_padded)
-from .attention_relative_fused import fused_applies, fused_kernel, fused_relative_attention
+from .attention_relative import VisibleKeys, relative_attention, relative_attention_reference
 from .compat import cache_field, cache_of, given_cache
-from .configuration_transfo_xl import RELATIVE_KERNELS, LongctxTransfoXLConfig
+from .configuration_transfo_xl import LongctxTransfoXLConfig
 from .modeling_blocks import (
     LongctxPreTrainedModel,
     backbone_output,
@@ -72,121 +69,13 @@ from .modeling_heads import (
 )
 
 
-# ------------------------------------------------------------------------------ attention kernel
-def relative_shift(scores: torch.Tensor) -> torch.Tensor:
-    """(..., q_len, k_len) scores of query i against the encodings of distances k_len - 1, ..., 0
-    (column c: distance k_len - 1 - c) -> scores of query i against key j, i.e. against distance
-    (k_len - q_len + i) - j. Entries of future keys (j beyond the query) are garbage: mask them.
-
-    The paper's zero-pad trick: left-pad one column (one copy), then `shift_padded`'s view."""
-    return shift_padded(F.pad(scores, (1, 0)))
-
-
-def relative_scores(q, k, r, content_bias, position_bias):
-    """Unscaled scores (q + u) k^T + shift((q + v) r^T): (batch, heads, q_len, k_len).
-
-    q: (batch, heads, q_len, dim); k: (batch, heads, k_len, dim); r: (heads, k_len, dim) the projected
-    encodings of distances k_len - 1, ..., 0; content_bias (u), position_bias (v): (heads, dim)."""
-    content = torch.matmul(q + content_bias[:, None], k.transpose(-1, -2))
-    position = torch.matmul(q + position_bias[:, None], r.transpose(-1, -2))
-    return content + relative_shift(position)
-
-
-def relative_attention(q, k, v, r, content_bias, position_bias, visible: "VisibleKeys", *, dropout_p=0.0,
-                       kernel: str = "auto"):
-    """softmax(((q + u) k^T + shift((q + v) r^T)) / sqrt(dim)) v over the `visible` keys; a query
-    that sees no key outputs zeros. Kernels, equal up to float rounding:
-    - "fused" (`attention_relative_fused`): CPU, float32/64, no attention dropout; one C++ kernel
-      (compiled on first use) over cache-sized tiles, forward and backward; memory linear in the
-      length. Where it cannot be built (no C++ compiler) it warns once and "blocks" runs: a saved
-      config asking for it loads anywhere.
-    - "blocks" (`attention_relative_blocks`): no attention dropout; query blocks of eager ops,
-      causal blocks skipped, a hand-written backward; memory linear in the length. Any device: on
-      CPU each block's forward is the CPU flash kernel, elsewhere matmuls and a softmax; half
-      precision is computed in float32.
-    - "sdpa": SDPA over (q + u) k^T with the position term as an additive float mask. In training
-      the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
-      over the materialised (q_len x k_len) scores, which autograd keeps (dropout, double backward).
-    "auto", on CPU in float32/64 without dropout when the queries fill more than one block of 128,
-    takes "fused" (so "blocks" where that cannot be built); "sdpa" elsewhere: for a token at a
-    time, as `generate()` feeds them, the SDPA call was measured ~10% faster than "blocks" (200 tokens after 256, memory 512, 2 x 256 model, 1.5-1.7 s against
-    1.7-1.8 s), and on CUDA "blocks" is untimed (`scripts/run_cuda_transfo_xl.sh` times both)."""
-    if kernel not in RELATIVE_KERNELS:
-        raise ValueError(f"kernel={kernel!r}; use one of {RELATIVE_KERNELS}")
-    if kernel == "fused" and not fused_applies(q, dropout_p):
-        raise ValueError(f"kernel='fused' needs CPU tensors in float32/float64 and attention dropout 0; got "
-                         f"{q.device.type}, {q.dtype}, dropout_p={dropout_p}. Use kernel='auto', 'blocks' or 'sdpa'.")
-    blocks_apply = can_run_relative_blocks(q, dropout_p)
-    if kernel == "blocks" and not blocks_apply:
-        raise ValueError(f"kernel='blocks' needs attention dropout 0 and a floating dtype ({', '.join(map(str, DTYPES))});"
-                         f" got dropout_p={dropout_p}, {q.dtype}. Use kernel='auto' or 'sdpa'.")
-    measured_faster = blocks_apply and fused_forward_applies(q) and q.shape[-2] > DEFAULT_BLOCK
-    if kernel == "auto" and measured_faster:
-        kernel = "fused"
-    if kernel == "fused" and fused_kernel() is None:  # it warned, once: the same values, more slowly
-        kernel = "blocks"
-    if kernel in ("fused", "blocks"):
-        attend = fused_relative_attention if kernel == "fused" else blockwise_relative_attention
-        return attend(q + content_bias[:, None], q + position_bias[:, None], k, v, r,
-                      memory_length=visible.memory_length, window=visible.window, key_padding=visible.key_padding)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    position = relative_shift(torch.matmul((q + position_bias[:, None]) * scale, r.transpose(-1, -2)))
-    return masked_sdpa(q + content_bias[:, None], k, v, visible.mask(), dropout_p=dropout_p, scale=scale,
-                       bias=position)
-
-
-def relative_attention_reference(q, k, v, r, content_bias, position_bias, allowed, *, dropout_p=0.0):
-    """Explicit softmax(((q + u) k^T + shift((q + v) r^T)) / sqrt(dim)) v; returns (output, weights)."""
-    scores = relative_scores(q, k, r, content_bias, position_bias) / math.sqrt(q.shape[-1])
-    if allowed is None:
-        weights = torch.softmax(scores, dim=-1)
-    else:
-        sees_something = allowed.any(dim=-1, keepdim=True)
-        scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~sees_something, 0.0)
-        weights = torch.softmax(scores, dim=-1) * sees_something
-    dropped = F.dropout(weights, dropout_p) if dropout_p else weights
-    return torch.matmul(dropped, v), weights
-
-
+# -------------------------------------------------------------------------------------- encodings
 def sinusoid_encoding(distances: torch.Tensor, width: int, dtype) -> torch.Tensor:
     """(n,) float distances -> (n, width): [sin(d f), cos(d f)] over frequencies f = 10000^(-2i/width)
     (computed as transformers does, so that the float32 values are identical)."""
     inverse_frequency = 1 / (10000 ** (torch.arange(0.0, width, 2.0, device=distances.device) / width))
     angles = torch.outer(distances, inverse_frequency)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
-
-
-def visible_keys(q_len: int, memory_length: int, window: int | None, key_padding: torch.Tensor | None,
-                 device) -> torch.Tensor | None:
-    """(batch or 1, 1, q_len, memory + q_len) bool: query i (absolute index memory + i) sees keys up
-    to itself, only its `window` most recent ones (same_length), and no padding."""
-    k_len = memory_length + q_len
-    query = torch.arange(memory_length, k_len, device=device)[:, None]
-    key = torch.arange(k_len, device=device)[None, :]
-    allowed = key <= query
-    if window:
-        allowed = allowed & (key > query - window)
-    allowed = allowed[None, None]
-    return allowed if key_padding is None else allowed & key_padding[:, None, None, :]
-
-
-@dataclass
-class VisibleKeys:
-    """Which keys the new tokens see (see `visible_keys`), kept as its structure: the block kernel
-    needs no (q_len x k_len) mask; the others build it once, on first use."""
-
-    q_len: int
-    memory_length: int
-    window: int | None = None
-    key_padding: torch.Tensor | None = None  # (batch, memory + q_len) bool, True for real keys
-    device: torch.device | str | None = None
-    _mask: torch.Tensor | None = field(default=None, repr=False)
-
-    def mask(self) -> torch.Tensor:
-        """(batch or 1, 1, q_len, memory + q_len) bool, True where a query may attend a key."""
-        if self._mask is None:
-            self._mask = visible_keys(self.q_len, self.memory_length, self.window, self.key_padding, self.device)
-        return self._mask
 
 
 # ----------------------------------------------------------------------------------------- memory

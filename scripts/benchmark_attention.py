@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from longctx.attention_band_cpu import block_band_attention
+from longctx.attention_relative import VisibleKeys, relative_attention
 from longctx.attention_relative_blocks import blockwise_relative_attention
 from longctx.attention_relative_fused import fused_relative_attention
 from longctx.attention_sliding import default_chunk_size, sliding_window_attention
-from longctx.modeling_transfo_xl import VisibleKeys, relative_attention
 
 
 def flex_variant(window: int, length: int, batch: int, device, variant: str):

@@ -9,12 +9,12 @@ kernel. tests/test_cuda.py runs the block kernel on CUDA."""
 import pytest
 import torch
 
+import longctx.attention_relative as relative
 import longctx.attention_relative_blocks as relative_blocks
 import longctx.attention_relative_fused as relative_fused
-import longctx.modeling_transfo_xl as xl
+from longctx.attention_relative import VisibleKeys, relative_attention, relative_attention_reference
 from longctx.attention_relative_blocks import DEFAULT_BLOCK, blockwise_relative_attention
 from longctx.attention_relative_fused import fused_relative_attention
-from longctx.modeling_transfo_xl import VisibleKeys, relative_attention, relative_attention_reference
 
 
 def random_inputs(batch, heads, q_len, memory, dim, dtype=torch.float64, seed=0):
@@ -182,13 +182,13 @@ def count_calls(monkeypatch, *names):
     """Counts the calls the dispatcher makes to each kernel function named."""
     calls = {name: 0 for name in names}
     for name in names:
-        real = getattr(xl, name)
+        real = getattr(relative, name)
 
         def counted(*args, name=name, real=real, **kwargs):
             calls[name] += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(xl, name, counted)
+        monkeypatch.setattr(relative, name, counted)
     return calls
 
 

@@ -244,7 +244,7 @@ def test_reformer_bf16_autocast_training_step_is_finite_and_close_to_fp32():
 def xl_case(q_len, memory, dtype=torch.float64, seed=0, padded=True):
     from test_attention_relative_blocks import random_inputs, random_padding
 
-    from longctx.modeling_transfo_xl import VisibleKeys
+    from longctx.attention_relative import VisibleKeys
 
     inputs = [t.detach().cuda().to(dtype).requires_grad_() for t in random_inputs(2, 4, q_len, memory, 16, seed=seed)]
     padding = random_padding(2, q_len + memory, seed).cuda() if padded else None
@@ -252,7 +252,7 @@ def xl_case(q_len, memory, dtype=torch.float64, seed=0, padded=True):
 
 
 def test_transfo_xl_block_kernel_on_cuda_matches_reference():
-    from longctx.modeling_transfo_xl import relative_attention, relative_attention_reference
+    from longctx.attention_relative import relative_attention, relative_attention_reference
 
     inputs, visible = xl_case(333, 200)
     single = [t.detach().float().requires_grad_() for t in inputs]
@@ -269,7 +269,7 @@ def test_transfo_xl_block_kernel_on_cuda_matches_reference():
 def test_transfo_xl_block_kernel_memory_is_linear_on_cuda():
     """Span 16K (8K new tokens after 8K of memory), 2 x 4 heads, bf16: one float32 score matrix of
     the SDPA form is 4 GiB; the block kernel's blocks of 128 queries stay far below."""
-    from longctx.modeling_transfo_xl import relative_attention
+    from longctx.attention_relative import relative_attention
 
     inputs, visible = xl_case(8192, 8192, dtype=torch.bfloat16, padded=False)
     torch.cuda.synchronize()

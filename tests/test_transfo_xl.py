@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from longctx.compat import cache_of
-from longctx.modeling_transfo_xl import (
+from longctx.attention_relative import (
     VisibleKeys,
     relative_attention,
     relative_attention_reference,
     relative_shift,
-    sinusoid_encoding,
 )
+from longctx.compat import cache_of
+from longctx.modeling_transfo_xl import sinusoid_encoding
 from model_harness import ModelHarness, pad
 
 
