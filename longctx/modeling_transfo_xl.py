@@ -10,7 +10,8 @@ TransfoXL (checkpoints convert with `python -m longctx.convert`; tests/test_conv
 
 Use::
 
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("longctx-transfo-xl", mem_len=512))
+    config = AutoConfig.for_model("longctx-transfo-xl", mem_len=512)
+    model = AutoModelForCausalLM.from_config(config)
     memory = None
     for segment in segments:                      # (batch, length) ids of consecutive segments
         out = model(segment, labels=segment, mems=memory)
@@ -71,10 +72,12 @@ from .modeling_heads import (
 
 # -------------------------------------------------------------------------------------- encodings
 def sinusoid_encoding(distances: torch.Tensor, width: int, dtype) -> torch.Tensor:
-    """(n,) float distances -> (n, width): [sin(d f), cos(d f)] over frequencies f = 10000^(-2i/width)
-    (computed as transformers does, so that the float32 values are identical)."""
-    inverse_frequency = 1 / (10000 ** (torch.arange(0.0, width, 2.0, device=distances.device) / width))
-    angles = torch.outer(distances, inverse_frequency)
+    """(n,) float distances -> (n, width): [sin(d f), cos(d f)] over frequencies
+    f = 10000^(-2i/width) (computed as transformers does, so that the float32 values are
+    identical)."""
+    even = torch.arange(0.0, width, 2.0, device=distances.device)  # (width / 2,): 2i
+    inverse_frequency = 1 / (10000 ** (even / width))
+    angles = torch.outer(distances, inverse_frequency)  # (n, width / 2)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
 
 
@@ -86,7 +89,8 @@ class TransfoXLMemory:
 
     Iterates and indexes like transformers' list of per-layer `mems`."""
 
-    def __init__(self, hidden: list[torch.Tensor], padding: torch.Tensor | None = None, seen: int | None = None):
+    def __init__(self, hidden: list[torch.Tensor], padding: torch.Tensor | None = None,
+                 seen: int | None = None):
         self.hidden = list(hidden)
         self.padding = padding
         self.seen = self.length if seen is None else seen
@@ -96,14 +100,15 @@ class TransfoXLMemory:
         """A memory from a `TransfoXLMemory`, or from per-layer tensors (batch, length, d_model)."""
         if mems is None or isinstance(mems, cls):
             memory = mems
-        elif isinstance(mems, (list, tuple)) and all(isinstance(t, torch.Tensor) and t.dim() == 3 for t in mems):
+        elif isinstance(mems, (list, tuple)) and all(_is_layer_memory(t) for t in mems):
             memory = cls([t.detach() for t in mems])
         else:
-            raise ValueError(f"mems / past_key_values is a {type(mems).__name__}; pass the `mems` a previous call "
-                             f"returned, or one (batch, length, d_model) tensor per layer.")
+            raise ValueError(f"mems / past_key_values is a {type(mems).__name__}; pass the `mems` "
+                             f"a previous call returned, or one (batch, length, d_model) tensor "
+                             f"per layer.")
         if memory is not None and len(memory.hidden) != num_layers:
-            raise ValueError(f"mems holds {len(memory.hidden)} layers but the model has n_layer={num_layers}; "
-                             f"pass the memory this model returned.")
+            raise ValueError(f"mems holds {len(memory.hidden)} layers but the model has "
+                             f"n_layer={num_layers}; pass the memory this model returned.")
         return memory
 
     @property
@@ -128,26 +133,39 @@ class TransfoXLMemory:
         if self.padding is not None:
             self.padding = self.padding.index_select(0, beam_idx.to(self.padding.device))
 
-    def extended(self, layer_inputs: list[torch.Tensor], new_padding: torch.Tensor | None, mem_len: int):
+    def extended(self, layer_inputs: list[torch.Tensor], new_padding: torch.Tensor | None,
+                 mem_len: int):
         """The memory after a segment: its last `mem_len` tokens of (memory + segment), detached."""
-        hidden = [torch.cat([old, new], dim=1)[:, -mem_len:].detach() for old, new in zip(self.hidden, layer_inputs)]
+        # per layer (batch, at most mem_len, d_model)
+        hidden = [torch.cat([old, new], dim=1)[:, -mem_len:].detach()
+                  for old, new in zip(self.hidden, layer_inputs)]
         padding = None
         if self.padding is not None or new_padding is not None:
-            batch, device = layer_inputs[0].shape[0], layer_inputs[0].device
-            old = self.padding if self.padding is not None else torch.ones(batch, self.length, dtype=torch.bool,
-                                                                           device=device)
-            new = new_padding if new_padding is not None else torch.ones(batch, layer_inputs[0].shape[1],
-                                                                         dtype=torch.bool, device=device)
-            padding = torch.cat([old, new], dim=1)[:, -mem_len:]
+            (batch, length), device = layer_inputs[0].shape[:2], layer_inputs[0].device
+            old = _real_if_none(self.padding, batch, self.length, device)
+            new = _real_if_none(new_padding, batch, length, device)
+            padding = torch.cat([old, new], dim=1)[:, -mem_len:]  # (batch, at most mem_len)
         return TransfoXLMemory(hidden, padding, self.seen + layer_inputs[0].shape[1])
+
+
+def _is_layer_memory(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() == 3
+
+
+def _real_if_none(padding: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """`padding`, or (batch, length) True: every token real."""
+    if padding is not None:
+        return padding
+    return torch.ones(batch, length, dtype=torch.bool, device=device)
 
 
 def check_memory_shape(memory: TransfoXLMemory, batch: int, width: int):
     shape = tuple(memory[0].shape)
     if shape[0] != batch or shape[2] != width:
-        raise ValueError(f"mems tensors have shape {shape} but the input needs (batch={batch}, length, "
-                         f"d_model={width}); longctx memories are batch first (transformers' TransfoXL mems are "
-                         f"(length, batch, d_model): transpose them with .transpose(0, 1)).")
+        raise ValueError(f"mems tensors have shape {shape} but the input needs (batch={batch}, "
+                         f"length, d_model={width}); longctx memories are batch first "
+                         f"(transformers' TransfoXL mems are (length, batch, d_model): transpose "
+                         f"them with .transpose(0, 1)).")
 
 
 def empty_memory(num_layers: int, batch: int, width: int, like: torch.Tensor) -> TransfoXLMemory:
@@ -178,22 +196,28 @@ class RelativeSelfAttention(nn.Module):
             self.content_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
             self.position_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
 
-    def forward(self, hidden, context, encodings, visible, shared_biases=None, output_attentions=False):
+    def forward(self, hidden, context, encodings, visible, shared_biases=None,
+                output_attentions=False):
         """hidden: (batch, q_len, d_model) new tokens; context: (batch, k_len, d_model) memory + new
         tokens; encodings: (k_len, d_model) of distances k_len - 1 .. 0; visible: VisibleKeys."""
         q = split_heads(self.query(hidden), self.num_heads)  # (batch, heads, q_len, dim)
+        # (batch, heads, k_len, dim) each
         k, v = (split_heads(t, self.num_heads) for t in self.key_value(context).chunk(2, dim=-1))
         dropout_p = self.dropout_p if self.training else 0.0
         if not self.relative:
             return self._plain(q, k, v, visible.mask(), dropout_p, output_attentions)
-        r = self.position(encodings).view(-1, self.num_heads, self.head_dim).transpose(0, 1)  # (heads, k_len, dim)
-        u, bias_v = shared_biases if self.content_bias is None else (self.content_bias, self.position_bias)
+        # (heads, k_len, dim)
+        r = self.position(encodings).view(-1, self.num_heads, self.head_dim).transpose(0, 1)
+        own_biases = (self.content_bias, self.position_bias)
+        u, bias_v = shared_biases if self.content_bias is None else own_biases  # (heads, dim) each
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
-            out, weights = relative_attention_reference(q, k, v, r, u, bias_v, visible.mask(), dropout_p=dropout_p)
+            out, weights = relative_attention_reference(q, k, v, r, u, bias_v, visible.mask(),
+                                                        dropout_p=dropout_p)
         else:
-            out = relative_attention(q, k, v, r, u, bias_v, visible, dropout_p=dropout_p, kernel=self.kernel)
+            out = relative_attention(q, k, v, r, u, bias_v, visible, dropout_p=dropout_p,
+                                     kernel=self.kernel)
             weights = None
-        return self.output(merge_heads(out)), weights
+        return self.output(merge_heads(out)), weights  # (batch, q_len, d_model)
 
     def _plain(self, q, k, v, allowed, dropout_p, output_attentions):
         """attn_type 2: softmax(q k^T / sqrt(dim)) v over the visible keys, no position term."""
@@ -231,16 +255,18 @@ class TransfoXLBlock(GradientCheckpointingLayer):
         self.feed_forward_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden, memory, encodings, visible, shared_biases=None, output_attentions=False):
-        context = torch.cat([memory, hidden], dim=1)
+    def forward(self, hidden, memory, encodings, visible, shared_biases=None,
+                output_attentions=False):
+        context = torch.cat([memory, hidden], dim=1)  # (batch, memory + length, d_model)
         length = hidden.shape[1]
         if self.pre_norm:
             context = self.attention_norm(context)
-            attended, weights = self.attention(context[:, -length:], context, encodings, visible, shared_biases,
-                                               output_attentions)
+            attended, weights = self.attention(context[:, -length:], context, encodings, visible,
+                                               shared_biases, output_attentions)
             hidden = hidden + self.dropout(attended)
             return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden))), weights
-        attended, weights = self.attention(hidden, context, encodings, visible, shared_biases, output_attentions)
+        attended, weights = self.attention(hidden, context, encodings, visible, shared_biases,
+                                           output_attentions)
         hidden = self.attention_norm(hidden + self.dropout(attended))
         return self.feed_forward_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
 
@@ -284,7 +310,8 @@ class AdaptiveEmbedding(nn.Module):
                                     for i, (start, end) in enumerate(self.bounds))
         projected = config.div_val > 1 or config.d_embed != config.hidden_size
         self.projections = nn.ParameterList(
-            nn.Parameter(torch.zeros(config.hidden_size, table.embedding_dim)) for table in self.tables if projected)
+            nn.Parameter(torch.zeros(config.hidden_size, table.embedding_dim))
+            for table in self.tables if projected)
 
     def forward(self, input_ids):
         check_ids_below(input_ids, self.vocab_size, "input_ids", "vocab_size")
@@ -304,9 +331,11 @@ class AdaptiveEmbedding(nn.Module):
         return out * self.width ** 0.5
 
     def cluster_parameters(self, cluster: int, start: int, end: int):
-        """(weight rows, projection or None) of a softmax cluster, when the softmax is tied to us."""
+        """(weight rows, projection or None) of a softmax cluster, when the softmax is tied to
+        us."""
         if len(self.tables) == 1:
-            return self.tables[0].weight[start:end], (self.projections[0] if len(self.projections) else None)
+            projection = self.projections[0] if len(self.projections) else None
+            return self.tables[0].weight[start:end], projection
         return self.tables[cluster].weight, self.projections[cluster]
 
     @property
@@ -363,7 +392,8 @@ class AdaptiveLogSoftmax(nn.Module):
         self.weights = nn.ParameterDict()
         if not config.tie_word_embeddings:
             for i, size in enumerate(sizes):
-                self.weights[str(i)] = nn.Parameter(torch.zeros(size, config.cluster_width(0 if single else i)))
+                width = config.cluster_width(0 if single else i)
+                self.weights[str(i)] = nn.Parameter(torch.zeros(size, width))
         self.projections = nn.ParameterDict()
         for i, tied in enumerate(config.tie_projs):
             if self.projected and not tied:
@@ -396,7 +426,8 @@ class AdaptiveLogSoftmax(nn.Module):
         if self.tie_weights:
             weight = tied_weight
         else:
-            weight = self.weights[str(table)][start:end] if self.div_val == 1 else self.weights[str(table)]
+            weight = self.weights[str(table)]
+            weight = weight[start:end] if self.div_val == 1 else weight
         bias = self.biases[0][start:end] if self.div_val == 1 else self.biases[i]
         projection = self.projections[str(i)] if str(i) in self.projections else tied_projection
         return weight, bias, projection if self.projected else None
@@ -420,7 +451,8 @@ class AdaptiveLogSoftmax(nn.Module):
         shortlist = self.bounds[0][1]
         pieces = [head[..., :shortlist]]
         for i in range(1, len(self.bounds)):
-            tail = F.log_softmax(self._logits(hidden, *self._cluster(i, embeddings)).float(), dim=-1)
+            logits = self._logits(hidden, *self._cluster(i, embeddings))
+            tail = F.log_softmax(logits.float(), dim=-1)  # (..., cluster size)
             pieces.append(head[..., shortlist + i - 1, None] + tail)
         return torch.cat(pieces, dim=-1)
 
@@ -438,13 +470,19 @@ class AdaptiveLogSoftmax(nn.Module):
             if i == 0:
                 log_prob = head[rows].gather(1, local).squeeze(1)
             else:
-                tail = F.log_softmax(self._logits(hidden[rows], *self._cluster(i, embeddings)).float(), dim=-1)
+                logits = self._logits(hidden[rows], *self._cluster(i, embeddings))
+                tail = F.log_softmax(logits.float(), dim=-1)  # (rows, cluster size)
                 log_prob = head[rows, shortlist + i - 1] + tail.gather(1, local).squeeze(1)
             losses = losses.index_copy(0, rows, -log_prob)
         return losses
 
 
 # ------------------------------------------------------------------------------------ the models
+def _shares_position_biases(config) -> bool:
+    """untie_r=False with relative attention: the backbone owns one (u, v) pair for all layers."""
+    return not config.untie_r and config.attn_type == 0
+
+
 class LongctxTransfoXLPreTrainedModel(LongctxPreTrainedModel):
     config_class = LongctxTransfoXLConfig
     _no_split_modules = ["TransfoXLBlock"]
@@ -454,7 +492,7 @@ class LongctxTransfoXLPreTrainedModel(LongctxPreTrainedModel):
         if isinstance(module, RelativeSelfAttention) and module.content_bias is not None:
             init.normal_(module.content_bias, 0.0, std)
             init.normal_(module.position_bias, 0.0, std)
-        elif isinstance(module, LongctxTransfoXLModel) and not self.config.untie_r and self.config.attn_type == 0:
+        elif isinstance(module, LongctxTransfoXLModel) and _shares_position_biases(self.config):
             init.normal_(module.content_bias, 0.0, std)
             init.normal_(module.position_bias, 0.0, std)
         elif isinstance(module, AdaptiveEmbedding):
@@ -536,10 +574,12 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         super().__init__(config)
         self.embeddings = AdaptiveEmbedding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.layers = nn.ModuleList(TransfoXLBlock(config, i) for i in range(config.num_hidden_layers))
-        if not config.untie_r and config.attn_type == 0:
-            self.content_bias = nn.Parameter(torch.zeros(config.num_attention_heads, config.d_head))
-            self.position_bias = nn.Parameter(torch.zeros(config.num_attention_heads, config.d_head))
+        self.layers = nn.ModuleList(TransfoXLBlock(config, i)
+                                    for i in range(config.num_hidden_layers))
+        if _shares_position_biases(config):
+            bias_shape = (config.num_attention_heads, config.d_head)
+            self.content_bias = nn.Parameter(torch.zeros(bias_shape))
+            self.position_bias = nn.Parameter(torch.zeros(bias_shape))
         self.output_size = config.hidden_size
         self.post_init()
 
@@ -549,9 +589,9 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings = value
 
-    def forward(self, input_ids=None, attention_mask=None, mems=None, past_key_values=None, inputs_embeds=None,
-                token_type_ids=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, cache=None):
+    def forward(self, input_ids=None, attention_mask=None, mems=None, past_key_values=None,
+                inputs_embeds=None, token_type_ids=None, use_cache=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, cache=None):
         """`mems`, `cache` or `past_key_values` (three names of one thing: the memory a previous
         call returned) continue a sequence. `attention_mask`: (batch, length) of the new tokens, or
         (batch, all tokens seen + length) as `generate()` passes it; the memory remembers its own
@@ -568,7 +608,8 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         check_memory_shape(memory, batch, self.config.hidden_size)
         new_padding = self._new_token_padding(attention_mask, batch, length, memory)
         key_padding = self._key_padding(memory, new_padding, batch, length, reference.device)
-        window = self.config.mem_len if self.config.same_length and self.config.mem_len > 0 else None
+        same_length = self.config.same_length and self.config.mem_len > 0
+        window = self.config.mem_len if same_length else None
         visible = VisibleKeys(length, memory.length, window, key_padding, reference.device)
         encodings = None
         if self.config.attn_type == 0:
@@ -577,11 +618,13 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
             hidden = hidden + self._absolute_encodings(new_padding, batch, length, hidden)
         hidden = self.dropout(hidden)
 
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
-        relative_shared = not self.config.untie_r and self.config.attn_type == 0
-        shared = (self.content_bias, self.position_bias) if relative_shared else None
+        shared = None
+        if _shares_position_biases(self.config):
+            shared = (self.content_bias, self.position_bias)
         layer_inputs, all_weights = [], ()
         for layer, layer_memory in zip(self.layers, memory.hidden):
             layer_inputs.append(hidden)
@@ -602,15 +645,18 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
             distances = distances.clamp(max=self.config.clamp_len)
         return sinusoid_encoding(distances, self.config.hidden_size, like.dtype)
 
-    def _absolute_encodings(self, new_padding, batch: int, length: int, like: torch.Tensor) -> torch.Tensor:
+    def _absolute_encodings(self, new_padding, batch: int, length: int,
+                            like: torch.Tensor) -> torch.Tensor:
         """attn_type 2: (batch or 1, length, d_model) sinusoids of each new token's position in its
-        segment, counted in real tokens from the segment's first one (left padding shifts nothing)."""
+        segment, counted in real tokens from the segment's first one (left padding shifts
+        nothing)."""
         real = torch.ones(1, length, dtype=torch.long, device=like.device) if new_padding is None \
             else new_padding.long()
         positions = (real.cumsum(1) - real).flatten().float()  # real tokens before each one
         if self.config.clamp_len > 0:
             positions = positions.clamp(max=self.config.clamp_len)
-        return sinusoid_encoding(positions, self.config.hidden_size, like.dtype).view(real.shape[0], length, -1)
+        encodings = sinusoid_encoding(positions, self.config.hidden_size, like.dtype)
+        return encodings.view(real.shape[0], length, -1)
 
     @staticmethod
     def _new_token_padding(attention_mask, batch: int, length: int, memory: TransfoXLMemory):
@@ -620,14 +666,16 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or \
                 attention_mask.shape[1] not in (length, memory.seen + length):
             raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; longctx-transfo-xl takes a 2D mask of 1 "
-                f"for tokens and 0 for padding, either of the new tokens ({batch}, {length}) or of every token "
-                f"since the memory started ({batch}, {memory.seen + length}).")
+                f"attention_mask has shape {tuple(attention_mask.shape)}; longctx-transfo-xl takes "
+                f"a 2D mask of 1 for tokens and 0 for padding, either of the new tokens ({batch}, "
+                f"{length}) or of every token since the memory started ({batch}, "
+                f"{memory.seen + length}).")
         return attention_mask[:, -length:].bool()
 
     @staticmethod
     def _key_padding(memory, new_padding, batch, length, device):
-        """(batch, memory + length) bool of real keys, or None when every key is real (fast path)."""
+        """(batch, memory + length) bool of real keys, or None when every key is real (fast
+        path)."""
         if memory.padding is None and (new_padding is None or bool(new_padding.all())):
             return None
         ones = lambda n: torch.ones(batch, n, dtype=torch.bool, device=device)  # noqa: E731
@@ -650,7 +698,8 @@ class TransfoXLLMOutput(CausalLMOutputWithPast):
         return cache_of(self)
 
 
-class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransfoXLPreTrainedModel, GenerationMixin):
+class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransfoXLPreTrainedModel,
+                                  GenerationMixin):
     """The memory (TransfoXLMemory) is the generation cache."""
 
     backbone_class = LongctxTransfoXLModel
@@ -663,8 +712,8 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
     def get_output_embeddings(self):
         return None  # the adaptive softmax reads the embedding tables itself: nothing to tie
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, mems=None, logits_to_keep: int = 0,
-                **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, labels=None, mems=None,
+                logits_to_keep: int = 0, **kwargs):
         """`labels` are the input ids (shifted inside); -100 marks positions without loss."""
         outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, mems=mems,
                                                 attention_mask=attention_mask))
@@ -674,11 +723,13 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
         if labels is not None:
             check_labels(labels, hidden.shape[:2], self.config.vocab_size, "vocab_size")
             targets = labels[:, 1:].to(hidden.device)
-            losses = self.lm_head.target_losses(hidden[:, :-1].flatten(0, 1), targets.flatten(), embeddings)
-            losses = losses.view_as(targets)
+            losses = self.lm_head.target_losses(hidden[:, :-1].flatten(0, 1), targets.flatten(),
+                                                embeddings)
+            losses = losses.view_as(targets)  # (batch, length - 1)
             loss = losses.sum() / (targets != -100).sum().clamp(min=1)
         else:
-            logits = self.lm_head.log_probs(hidden[:, -logits_to_keep:] if logits_to_keep else hidden, embeddings)
+            kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            logits = self.lm_head.log_probs(kept, embeddings)  # (batch, kept, vocab_size)
         return self._finish(TransfoXLLMOutput(
             loss=loss, logits=logits, losses=losses, **cache_field(cache_of(outputs)),
             hidden_states=outputs.hidden_states, attentions=outputs.attentions), as_tuple)
@@ -694,7 +745,8 @@ class TransfoXLSequenceClassifierOutput(SequenceClassifierOutputWithPast):
         return cache_of(self)
 
 
-class LongctxTransfoXLForSequenceClassification(ForSequenceClassification, LongctxTransfoXLPreTrainedModel):
+class LongctxTransfoXLForSequenceClassification(ForSequenceClassification,
+                                                LongctxTransfoXLPreTrainedModel):
     """Pass a long document's segments in order with `mems` (the previous call's) to classify it
     at its last segment with the memory of the earlier ones."""
 
