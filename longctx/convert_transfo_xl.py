@@ -1,30 +1,30 @@
 """transformers' TransfoXL (4.35.2 and earlier; v5 deleted it) -> `longctx-transfo-xl`.
 
-`TRANSFO_XL_CONVERTER` is the `Converter` that `longctx.convert.CONVERTERS["transfo-xl"]` names (built
-from `transfo_xl_config`, `transfo_xl_state_dict` and `TRANSFO_XL_HEADS`),
+`TRANSFO_XL_CONVERTER` is the `Converter` that `longctx.convert.CONVERTERS["transfo-xl"]` names,
 so `python -m longctx.convert SRC DST` converts `TransfoXLLMHeadModel` (e.g. the transfo-xl-wt103
 format) and `TransfoXLModel` folders. Weights come from model.safetensors, or pytorch_model.bin
 read with `torch.load(weights_only=True)` only. The longctx model reproduces transformers'
 per-token losses (tests/test_convert_transfo_xl.py, against a 4.35.2 recording); see
 longctx/modeling_transfo_xl.py for the two by-design differences (empty first memory, losses in
 token order). `TransfoXLForSequenceClassification` (its bias-free `score` layer on the last
-non-pad token) becomes a sequence classifier with `classifier_head="linear"`, which every converted
-config carries, so that a converted language model fine-tuned for classification gets transformers'
-head too. Its logits match transformers' (same zero first memory) on right-padded batches.
+non-pad token) becomes a sequence classifier with `classifier_head="linear"`, which every
+converted config carries, so that a converted language model fine-tuned for classification gets
+transformers' head too. Its logits match transformers' (same zero first memory) on right-padded
+batches.
 """
 
-import logging
-
-logger = logging.getLogger(__name__)
+from .convert_common import Converter, with_int_label_keys
 
 PREFIX = "transformer."
 CONFIG_NAMES = {  # transformers' TransfoXLConfig -> longctx field
-    "vocab_size": "vocab_size", "cutoffs": "cutoffs", "d_model": "hidden_size", "d_embed": "d_embed",
-    "n_head": "num_attention_heads", "d_head": "d_head", "d_inner": "intermediate_size", "div_val": "div_val",
-    "pre_lnorm": "pre_norm", "n_layer": "num_hidden_layers", "mem_len": "mem_len", "clamp_len": "clamp_len",
+    "vocab_size": "vocab_size", "cutoffs": "cutoffs", "d_model": "hidden_size",
+    "d_embed": "d_embed", "n_head": "num_attention_heads", "d_head": "d_head",
+    "d_inner": "intermediate_size", "div_val": "div_val", "pre_lnorm": "pre_norm",
+    "n_layer": "num_hidden_layers", "mem_len": "mem_len", "clamp_len": "clamp_len",
     "same_length": "same_length", "proj_share_all_but_first": "proj_share_all_but_first",
-    "tie_projs": "tie_projs", "attn_type": "attn_type", "sample_softmax": "sample_softmax", "adaptive": "adaptive",
-    "dropout": "hidden_dropout_prob", "dropatt": "attention_probs_dropout_prob", "untie_r": "untie_r",
+    "tie_projs": "tie_projs", "attn_type": "attn_type", "sample_softmax": "sample_softmax",
+    "adaptive": "adaptive", "dropout": "hidden_dropout_prob",
+    "dropatt": "attention_probs_dropout_prob", "untie_r": "untie_r",
     "layer_norm_epsilon": "layer_norm_eps", "init_std": "initializer_range",
     "tie_word_embeddings": "tie_word_embeddings", "id2label": "id2label", "label2id": "label2id",
     "problem_type": "problem_type",
@@ -46,11 +46,11 @@ LAYER_NAMES = {  # theirs (under transformer.layers.{i}.) -> ours (under model.l
 
 
 def transfo_xl_config(source: dict) -> dict:
-    config = {ours: source[theirs] for theirs, ours in CONFIG_NAMES.items() if source.get(theirs) is not None}
-    if "id2label" in config:  # JSON keys are strings; transformers wants ints
-        config["id2label"] = {int(key): value for key, value in config["id2label"].items()}
-    config.update(model_type="longctx-transfo-xl", is_decoder=True, hidden_act="relu", type_vocab_size=0,
-                  classifier_head="linear", classifier_pooling="last",
+    config = {ours: source[theirs] for theirs, ours in CONFIG_NAMES.items()
+              if source.get(theirs) is not None}
+    with_int_label_keys(config)
+    config.update(model_type="longctx-transfo-xl", is_decoder=True, hidden_act="relu",
+                  type_vocab_size=0, classifier_head="linear", classifier_pooling="last",
                   pad_token_id=source.get("pad_token_id"), bos_token_id=source.get("bos_token_id"),
                   eos_token_id=source.get("eos_token_id"))
     return config
@@ -69,17 +69,18 @@ def transfo_xl_state_dict(source_state: dict, source_config: dict) -> tuple[dict
 
     inner = source_config["n_head"] * source_config["d_head"]
     for layer in range(source_config["n_layer"]):
-        prefix = f"layers.{layer}."
+        theirs_prefix, ours_prefix = f"layers.{layer}.", f"model.layers.{layer}."
         for theirs, name in LAYER_NAMES.items():
-            take(prefix + theirs, f"model.layers.{layer}.{name}")
+            take(theirs_prefix + theirs, ours_prefix + name)
         # qkv_net: rows [queries; keys; values] -> our query and key_value projections
-        take(prefix + "dec_attn.qkv_net.weight", f"model.layers.{layer}.attention.query.weight", lambda t: t[:inner])
-        take(prefix + "dec_attn.qkv_net.weight", f"model.layers.{layer}.attention.key_value.weight",
-             lambda t: t[inner:])
+        qkv = theirs_prefix + "dec_attn.qkv_net.weight"
+        take(qkv, ours_prefix + "attention.query.weight", lambda t: t[:inner])
+        take(qkv, ours_prefix + "attention.key_value.weight", lambda t: t[inner:])
     take("r_w_bias", "model.content_bias")  # untie_r=False: one pair for every layer
     take("r_r_bias", "model.position_bias")
     if not source_config.get("untie_r", True):  # the layers' copies of the shared pair
-        dropped |= {key for s, key in short.items() if s.endswith(("dec_attn.r_w_bias", "dec_attn.r_r_bias"))}
+        layer_copies = ("dec_attn.r_w_bias", "dec_attn.r_r_bias")
+        dropped |= {key for s, key in short.items() if s.endswith(layer_copies)}
     for i in range(len(source_config.get("cutoffs", [])) + 1):
         take(f"word_emb.emb_layers.{i}.weight", f"model.embeddings.tables.{i}.weight")
         take(f"word_emb.emb_projs.{i}", f"model.embeddings.projections.{i}")
@@ -92,10 +93,13 @@ def transfo_xl_state_dict(source_state: dict, source_config: dict) -> tuple[dict
 def _score(take, short: dict, source_config: dict):
     """TransfoXLForSequenceClassification's `score`: d_embed inputs in transformers, which only
     ran where d_embed == d_model (it reads the d_model-wide hidden states)."""
-    if "score.weight" in short and source_config.get("d_embed", source_config["d_model"]) != source_config["d_model"]:
-        raise ValueError(f"TransfoXLForSequenceClassification with d_embed={source_config['d_embed']} != "
-                         f"d_model={source_config['d_model']}: its score layer cannot read the hidden states "
-                         "(transformers could not run it either); convert a checkpoint with d_embed == d_model.")
+    if "score.weight" in short:
+        d_model = source_config["d_model"]
+        if source_config.get("d_embed", d_model) != d_model:
+            raise ValueError(f"TransfoXLForSequenceClassification with "
+                             f"d_embed={source_config['d_embed']} != d_model={d_model}: its score "
+                             "layer cannot read the hidden states (transformers could not run it "
+                             "either); convert a checkpoint with d_embed == d_model.")
     take("score.weight", "classifier.score.weight")
 
 
@@ -120,20 +124,12 @@ def _softmax(take, short: dict, source_config: dict, dropped: set):
             take(projection, f"lm_head.projections.{i}")
 
 
-TRANSFO_XL_HEADS = {  # transformers class -> longctx Auto class
-    "TransfoXLModel": "AutoModel",
-    "TransfoXLLMHeadModel": "AutoModelForCausalLM",
-    "TransfoXLForSequenceClassification": "AutoModelForSequenceClassification",
-}
-
-
-def __getattr__(name: str):
-    """`TRANSFO_XL_CONVERTER`, built on first use: importing `.convert` at the top would be an
-    import cycle once convert.py imports this module (under `python -m longctx.convert` the module
-    runs twice, as __main__ and as longctx.convert). convert.py itself can build it from the three
-    names above without any cycle:
-    `Converter(config=transfo_xl_config, state=transfo_xl_state_dict, heads=TRANSFO_XL_HEADS)`."""
-    if name == "TRANSFO_XL_CONVERTER":
-        from .convert import Converter
-        return Converter(config=transfo_xl_config, state=transfo_xl_state_dict, heads=TRANSFO_XL_HEADS)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+TRANSFO_XL_CONVERTER = Converter(
+    config=transfo_xl_config,
+    state=transfo_xl_state_dict,
+    heads={  # transformers class -> longctx Auto class
+        "TransfoXLModel": "AutoModel",
+        "TransfoXLLMHeadModel": "AutoModelForCausalLM",
+        "TransfoXLForSequenceClassification": "AutoModelForSequenceClassification",
+    },
+)

@@ -141,7 +141,7 @@ def test_masked_lm_keeps_tied_decoder_and_dtype():
 def test_pooler_is_dropped_with_a_warning(caplog):
     hf = reference("LongformerModel")
     assert hf.pooler is not None
-    with caplog.at_level(logging.WARNING, logger="longctx.convert"):
+    with caplog.at_level(logging.WARNING, logger="longctx.convert_longformer"):
         convert_transformers_model(hf)
     assert "pooler.dense.weight" in caplog.text
 
