@@ -23,7 +23,8 @@ def random_inputs(batch, heads, q_len, memory, dim, dtype=torch.float64, seed=0)
     k_len = q_len + memory
     shapes = [(batch, heads, q_len, dim), (batch, heads, k_len, dim), (batch, heads, k_len, dim),
               (heads, k_len, dim), (heads, dim), (heads, dim)]
-    return [(2 * torch.randn(*shape, generator=gen, dtype=dtype)).requires_grad_() for shape in shapes]
+    return [(2 * torch.randn(*shape, generator=gen, dtype=dtype)).requires_grad_()
+            for shape in shapes]
 
 
 def random_padding(batch, k_len, seed=0):
@@ -35,16 +36,18 @@ def random_padding(batch, k_len, seed=0):
 
 
 def blocks(q, k, v, r, u, v_bias, visible, block):
-    return blockwise_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r, memory_length=visible.memory_length,
-                                        window=visible.window, key_padding=visible.key_padding, block=block)
+    return blockwise_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r,
+                                        memory_length=visible.memory_length, window=visible.window,
+                                        key_padding=visible.key_padding, block=block)
 
 
 def fused(q, k, v, r, u, v_bias, visible, block):
     """The fused kernel with tiles of `block` queries, fewer keys, and spans of two key tiles (None:
     its default tiles)."""
     tiles = None if block is None else (block, max(1, block // 2 + 3), 2)
-    return fused_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r, memory_length=visible.memory_length,
-                                    window=visible.window, key_padding=visible.key_padding, tiles=tiles)
+    return fused_relative_attention(q + u[:, None], q + v_bias[:, None], k, v, r,
+                                    memory_length=visible.memory_length, window=visible.window,
+                                    key_padding=visible.key_padding, tiles=tiles)
 
 
 KERNELS = {"blocks": blocks, "fused": fused}
@@ -55,7 +58,8 @@ def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
     upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1), dtype=got.dtype)
     for name, g, w in zip("q k v r u v_bias".split(), torch.autograd.grad(got, inputs, upstream),
                           torch.autograd.grad(want, inputs, upstream)):
-        torch.testing.assert_close(g, w, msg=lambda m, name=name: f"gradient of {name}: {m}", **tolerance)
+        torch.testing.assert_close(g, w, msg=lambda m, name=name: f"gradient of {name}: {m}",
+                                   **tolerance)
 
 
 @pytest.mark.parametrize("batch, heads, q_len, memory, dim, window, padded, block", [
@@ -65,22 +69,27 @@ def assert_same_outputs_and_gradients(got, want, inputs, **tolerance):
     (2, 2, 45, 30, 8, 25, False, 16),      # same_length window shorter than the memory
     (2, 2, 45, 30, 8, 25, True, 7),
     (3, 1, 64, 64, 16, None, False, 64),   # one block exactly
-    (2, 2, 33, 5, 8, 40, True, 100),       # a block longer than the segment, a window longer than the span
+    # a block longer than the segment, a window longer than the span
+    (2, 2, 33, 5, 8, 40, True, 100),
     (2, 4, 20, 9, 8, 3, True, 1),          # blocks of one query, a window of 3
-    (1, 1, 1, 17, 8, None, False, None),   # one new token after a memory (generation); the default block
+    # one new token after a memory (generation); the default block
+    (1, 1, 1, 17, 8, None, False, None),
     (2, 2, 70, 50, 8, None, True, None),
 ])
-@pytest.mark.parametrize("kernel", ["blocks, cpu-flash forward", "blocks, matmul-softmax forward", "fused"])
-def test_linear_memory_kernels_equal_reference(batch, heads, q_len, memory, dim, window, padded, block, kernel,
-                                               monkeypatch):
+@pytest.mark.parametrize("kernel", ["blocks, cpu-flash forward", "blocks, matmul-softmax forward",
+                                    "fused"])
+def test_linear_memory_kernels_equal_reference(batch, heads, q_len, memory, dim, window, padded,
+                                               block, kernel, monkeypatch):
     if kernel == "blocks, matmul-softmax forward":  # what CUDA runs
         monkeypatch.setattr(relative_blocks, "flash_forward", None)
     inputs = random_inputs(batch, heads, q_len, memory, dim)
-    assert relative_blocks.fused_forward_applies(inputs[0]) == (kernel != "blocks, matmul-softmax forward")
+    flash_forward = kernel != "blocks, matmul-softmax forward"
+    assert relative_blocks.fused_forward_applies(inputs[0]) == flash_forward
     padding = random_padding(batch, q_len + memory) if padded else None
     visible = VisibleKeys(q_len, memory, window, padding, "cpu")
     want, _ = relative_attention_reference(*inputs, visible.mask())
-    assert_same_outputs_and_gradients(KERNELS[kernel.split(",")[0]](*inputs, visible, block), want, inputs)
+    got = KERNELS[kernel.split(",")[0]](*inputs, visible, block)
+    assert_same_outputs_and_gradients(got, want, inputs)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -88,12 +97,15 @@ def test_float32_is_close_to_the_float64_reference(kernel):
     inputs = random_inputs(2, 4, 300, 200, 16, dtype=torch.float32)
     visible = VisibleKeys(300, 200, None, random_padding(2, 500), "cpu")
     want, _ = relative_attention_reference(*inputs, visible.mask())
-    assert_same_outputs_and_gradients(KERNELS[kernel](*inputs, visible, 64), want, inputs, rtol=1e-4, atol=1e-4)
+    assert_same_outputs_and_gradients(KERNELS[kernel](*inputs, visible, 64), want, inputs,
+                                      rtol=1e-4, atol=1e-4)
 
 
 def kernel_inputs(dtype, batch, heads, q_len, memory, dim):
-    """q + u, q + v, k, v, r as leaves of `dtype` holding the same numbers as their float64 copies."""
-    q, k, v, r, u, v_bias = (t.detach() for t in random_inputs(batch, heads, q_len, memory, dim, dtype=dtype))
+    """q + u, q + v, k, v, r as leaves of `dtype` holding the same numbers as their float64
+    copies."""
+    inputs = random_inputs(batch, heads, q_len, memory, dim, dtype=dtype)
+    q, k, v, r, u, v_bias = (t.detach() for t in inputs)
     leaves = [(q + u[:, None]), (q + v_bias[:, None]), k, v, r]
     return [t.requires_grad_() for t in leaves], [t.double().requires_grad_() for t in leaves]
 
@@ -107,8 +119,8 @@ def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype(dtype):
     visible = VisibleKeys(150, 60, 90, random_padding(2, 210), "cpu")
 
     def run(inputs):
-        return blockwise_relative_attention(*inputs, memory_length=60, window=90, key_padding=visible.key_padding,
-                                            block=32)
+        return blockwise_relative_attention(*inputs, memory_length=60, window=90,
+                                            key_padding=visible.key_padding, block=32)
 
     got, want = run(half), run(exact)
     assert got.dtype == dtype
@@ -121,7 +133,8 @@ def test_half_precision_is_computed_in_float32_and_returned_in_its_dtype(dtype):
 
     assert_rounded_once(got, want, "output")
     upstream = torch.randn(got.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    for name, g, w in zip("q_content q_position k v r".split(), torch.autograd.grad(got, half, upstream),
+    for name, g, w in zip("q_content q_position k v r".split(),
+                          torch.autograd.grad(got, half, upstream),
                           torch.autograd.grad(want, exact, upstream.double())):
         assert g.dtype == dtype
         assert_rounded_once(g, w, f"gradient of {name}")
@@ -173,7 +186,8 @@ def test_linear_memory_kernels_keep_no_score_matrix_for_the_backward_pass(kernel
     visible = VisibleKeys(q_len, memory, None, None, "cpu")
     scores = batch * heads * q_len * (q_len + memory)
     # the probe sees the score matrices when a kernel keeps them
-    assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel="sdpa")) >= scores
+    sdpa = largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel="sdpa"))
+    assert sdpa >= scores
     assert largest_saved_tensor(lambda: relative_attention(*inputs, visible, kernel=kernel)) <= \
         batch * heads * (q_len + memory + 1) * dim
 
@@ -198,18 +212,22 @@ def test_auto_takes_the_fused_kernel_only_where_it_applies(monkeypatch):
     visible = VisibleKeys(q_len, 3, None, None, "cpu")
     relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible)
     assert calls == {"fused_relative_attention": 1, "blockwise_relative_attention": 0}
-    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible, dropout_p=0.1)
+    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible,
+                       dropout_p=0.1)
     relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.bfloat16), visible)
-    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible, kernel="sdpa")
+    relative_attention(*random_inputs(1, 2, q_len, 3, 8, dtype=torch.float32), visible,
+                       kernel="sdpa")
     one_block = VisibleKeys(DEFAULT_BLOCK, 3, None, None, "cpu")
-    relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block)
+    one_block_inputs = random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32)
+    relative_attention(*one_block_inputs, one_block)
     assert calls == {"fused_relative_attention": 1, "blockwise_relative_attention": 0}
-    relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block, kernel="blocks")
-    relative_attention(*random_inputs(1, 2, DEFAULT_BLOCK, 3, 8, dtype=torch.float32), one_block, kernel="fused")
+    relative_attention(*one_block_inputs, one_block, kernel="blocks")
+    relative_attention(*one_block_inputs, one_block, kernel="fused")
     assert calls == {"fused_relative_attention": 2, "blockwise_relative_attention": 1}
 
 
-def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kernel_runs(monkeypatch):
+def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kernel_runs(
+        monkeypatch):
     """A failed build (no C++ compiler, or a failing one) warns once, naming the
     reason; 'auto' and 'fused' then run the block kernel (same values), so that a saved config
     asking for 'fused' loads anywhere; the kernel function itself raises."""
@@ -219,7 +237,8 @@ def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kern
     monkeypatch.setattr(relative_fused, "_build", no_compiler)
     relative_fused.fused_kernel.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="could not be built .*no C\\+\\+ compiler found.*block kernel"):
+        with pytest.warns(RuntimeWarning,
+                          match="could not be built .*no C\\+\\+ compiler found.*block kernel"):
             assert relative_fused.fused_kernel() is None
         calls = count_calls(monkeypatch, "fused_relative_attention", "blockwise_relative_attention")
         q_len = DEFAULT_BLOCK + 1
@@ -238,20 +257,25 @@ def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kern
 def test_unusable_kernel_choices_raise_value_error():
     visible = VisibleKeys(5, 3, None, None, "cpu")
     with pytest.raises(ValueError, match="dropout"):
-        relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, dropout_p=0.1, kernel="blocks")
+        relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible,
+                           dropout_p=0.1, kernel="blocks")
     inputs = random_inputs(1, 2, 5, 3, 8, dtype=torch.float32)
     with pytest.raises(ValueError, match="memory_length"):
         blocks(*inputs, VisibleKeys(5, 2, None, None, "cpu"), 4)
     with pytest.raises(ValueError, match="block=0"):
         blocks(*inputs, visible, 0)
     with pytest.raises(ValueError, match="kernel='flash'"):
-        relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible, kernel="flash")
+        relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=torch.float32), visible,
+                           kernel="flash")
     for dtype, dropout_p in ((torch.bfloat16, 0.0), (torch.float32, 0.1)):
-        with pytest.raises(ValueError, match="kernel='fused' needs CPU tensors in float32/float64 and attention dropout"):
-            relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=dtype), visible, dropout_p=dropout_p, kernel="fused")
+        with pytest.raises(ValueError, match="kernel='fused' needs CPU tensors in float32/float64 "
+                                             "and attention dropout"):
+            relative_attention(*random_inputs(1, 2, 5, 3, 8, dtype=dtype), visible,
+                               dropout_p=dropout_p, kernel="fused")
     for tiles in ((0, 4, 1), (4, 4)):
         with pytest.raises(ValueError, match="tiles=.*each at least 1"):
-            fused_relative_attention(inputs[0], inputs[0], *inputs[1:4], memory_length=3, tiles=tiles)
+            fused_relative_attention(inputs[0], inputs[0], *inputs[1:4], memory_length=3,
+                                     tiles=tiles)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -261,10 +285,12 @@ def test_model_step_is_the_same_through_each_kernel(kernel, monkeypatch):
     'fused' vs 'sdpa' (float64)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    function = {"blocks": "blockwise_relative_attention", "fused": "fused_relative_attention"}[kernel]
+    function = {"blocks": "blockwise_relative_attention",
+                "fused": "fused_relative_attention"}[kernel]
     calls = count_calls(monkeypatch, function)
-    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, mem_len=24, same_length=True, clamp_len=20,
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, mem_len=24,
+                                  same_length=True, clamp_len=20,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                   relative_attention_kernel=kernel)
     torch.manual_seed(0)
@@ -278,7 +304,8 @@ def test_model_step_is_the_same_through_each_kernel(kernel, monkeypatch):
         memory = model(ids[:, :14], attention_mask=mask[:, :14]).mems
         loss = model(ids[:, 14:], attention_mask=mask, labels=ids[:, 14:], mems=memory).loss
         loss.backward()
-        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()
+                               if p.grad is not None}
 
     block_loss, block_grads = step()
     assert calls[function] == 4  # two calls of two layers
@@ -289,11 +316,13 @@ def test_model_step_is_the_same_through_each_kernel(kernel, monkeypatch):
     torch.testing.assert_close(block_loss, sdpa_loss)
     assert block_grads.keys() == sdpa_grads.keys() and len(block_grads) > 10
     for name in block_grads:
-        torch.testing.assert_close(block_grads[name], sdpa_grads[name], msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(block_grads[name], sdpa_grads[name],
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("block_forward", ["cpu-flash", "matmul-softmax"])
-def test_model_step_under_bf16_autocast_runs_the_block_kernel_close_to_float32(block_forward, monkeypatch):
+def test_model_step_under_bf16_autocast_runs_the_block_kernel_close_to_float32(block_forward,
+                                                                               monkeypatch):
     """Under autocast the kernel gets mixed dtypes (q + u float32, k and v bfloat16, as training on
     CUDA runs): it computes in float32, so the loss stays close to the float32 step's and every
     gradient is finite."""
@@ -301,9 +330,10 @@ def test_model_step_under_bf16_autocast_runs_the_block_kernel_close_to_float32(b
 
     if block_forward == "matmul-softmax":
         monkeypatch.setattr(relative_blocks, "flash_forward", None)
-    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, mem_len=200, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0, relative_attention_kernel="blocks")
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128, mem_len=200,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                  relative_attention_kernel="blocks")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     ids = torch.randint(3, 200, (2, 400))
@@ -328,8 +358,8 @@ def test_linear_memory_kernels_refuse_a_second_derivative_that_sdpa_gives():
     inputs = random_inputs(1, 2, 5, 3, 8)
     visible = VisibleKeys(5, 3, None, None, "cpu")
     for kernel in ("sdpa", "blocks", "fused"):
-        q_grad, = torch.autograd.grad(relative_attention(*inputs, visible, kernel=kernel).square().sum(), inputs[0],
-                                      create_graph=True)
+        loss = relative_attention(*inputs, visible, kernel=kernel).square().sum()
+        q_grad, = torch.autograd.grad(loss, inputs[0], create_graph=True)
         if kernel == "sdpa":
             assert torch.autograd.grad(q_grad.sum(), inputs[1])[0].abs().sum() > 0
         else:
@@ -354,8 +384,9 @@ def test_attention_benchmark_times_the_transformer_xl_kernels(monkeypatch, capsy
     for out in outputs[1:]:
         torch.testing.assert_close(out, outputs[0], rtol=1e-4, atol=1e-4)
     names = ("xl-sdpa", "xl-blocks", "xl-blocks-16", "xl-fused", "xl-fused-16-8-2")
-    monkeypatch.setattr(sys, "argv", ["benchmark_attention.py", "--device", "cpu", "--dtype", "fp32", "--heads", "2",
-                                      "--lengths", "64", "--kernels", ",".join(("dense",) + names), "--repeats", "1"])
+    monkeypatch.setattr(sys, "argv", ["benchmark_attention.py", "--device", "cpu", "--dtype",
+                                      "fp32", "--heads", "2", "--lengths", "64",
+                                      "--kernels", ",".join(("dense",) + names), "--repeats", "1"])
     runpy.run_path(str(script), run_name="__main__")
     printed = capsys.readouterr().out
     assert "failed" not in printed

@@ -4,8 +4,8 @@ tests/fixtures/transfo_xl_4352 holds a TransfoXLLMHeadModel with random weights 
 with div_val=2, same_length, clamp_len, mem_len) and its per-token losses and log-probs over three
 consecutive segments carrying mems, recorded by scripts/record_transfo_xl_reference.py in a
 virtual environment with transformers 4.35.2 (v5 has no TransfoXL), and a
-TransfoXLForSequenceClassification with its logits and loss on a right-padded batch. Conversion goes through
-`convert_checkpoint`, what `python -m longctx.convert` runs."""
+TransfoXLForSequenceClassification with its logits and loss on a right-padded batch. Conversion
+goes through `convert_checkpoint`, what `python -m longctx.convert` runs."""
 
 import json
 import pickle
@@ -51,13 +51,15 @@ def run_segments(model, ids):
 
 
 def cluster_order(losses, labels, cutoffs):
-    """transformers 4.35.2's order of `losses`: all tokens of the head cluster, then of each tail."""
+    """transformers 4.35.2's order of `losses`: all tokens of the head cluster, then of each
+    tail."""
     flat, targets = losses.flatten(), labels[:, 1:].flatten()
     cluster = torch.bucketize(targets, torch.tensor(cutoffs), right=True)
     return flat[torch.sort(cluster, stable=True).indices].view_as(losses)
 
 
-@pytest.mark.parametrize("variant", ["", "pre_lnorm"], ids=["adaptive-same-length", "pre-lnorm-shared-biases"])
+@pytest.mark.parametrize("variant", ["", "pre_lnorm"],
+                         ids=["adaptive-same-length", "pre-lnorm-shared-biases"])
 def test_converted_checkpoint_reproduces_the_recorded_losses(tmp_path, variant):
     """Main fixture: div_val=2 adaptive input and softmax, same_length, clamp_len, post-LN.
     pre_lnorm: pre-LN, one (u, v) pair for all layers, div_val=1 with d_embed != d_model, an
@@ -66,7 +68,8 @@ def test_converted_checkpoint_reproduces_the_recorded_losses(tmp_path, variant):
     destination = convert.convert_checkpoint(source, tmp_path / "ours")
     model = AutoModelForCausalLM.from_pretrained(destination).eval()
     assert model.config.model_type == "longctx-transfo-xl"
-    assert model.config.pre_norm == (variant == "pre_lnorm") and model.config.same_length == (variant == "")
+    assert model.config.pre_norm == (variant == "pre_lnorm")
+    assert model.config.same_length == (variant == "")
     recorded = reference(source)
     worst = 0.0
     for s, (losses, log_probs) in enumerate(run_segments(model, recorded["input_ids"])):
@@ -93,8 +96,10 @@ def test_memory_matters_in_the_recording():
 
 def test_pytorch_model_bin_is_read_with_weights_only_and_gives_the_same_model(tmp_path):
     """The .bin also holds the tied copies of the softmax weights: dropped, same model."""
-    from_bin = AutoModelForCausalLM.from_pretrained(convert.convert_checkpoint(FIXTURE / "bin", tmp_path / "a"))
-    from_safetensors = AutoModelForCausalLM.from_pretrained(convert.convert_checkpoint(FIXTURE, tmp_path / "b"))
+    from_bin = AutoModelForCausalLM.from_pretrained(
+        convert.convert_checkpoint(FIXTURE / "bin", tmp_path / "a"))
+    from_safetensors = AutoModelForCausalLM.from_pretrained(
+        convert.convert_checkpoint(FIXTURE, tmp_path / "b"))
     assert from_bin.state_dict().keys() == from_safetensors.state_dict().keys()
     for name, tensor in from_safetensors.state_dict().items():
         assert torch.equal(from_bin.state_dict()[name], tensor), name
@@ -128,13 +133,16 @@ def test_command_line_and_backbone_conversion(tmp_path, capsys):
     lm = AutoModelForCausalLM.from_pretrained(tmp_path / "cli").eval()
     # A TransfoXLModel checkpoint: backbone keys without the `transformer.` prefix, no softmax.
     weights = load_file(FIXTURE / "model.safetensors")
-    state = {key.removeprefix("transformer."): tensor for key, tensor in weights.items() if not key.startswith("crit.")}
-    config = dict(json.loads((FIXTURE / "config.json").read_text()), architectures=["TransfoXLModel"])
+    state = {key.removeprefix("transformer."): tensor for key, tensor in weights.items()
+             if not key.startswith("crit.")}
+    config = dict(json.loads((FIXTURE / "config.json").read_text()),
+                  architectures=["TransfoXLModel"])
     backbone = convert.convert_state(config, state)
     assert isinstance(backbone, type(AutoModel.from_config(lm.config)))
     ids = reference()["input_ids"][0]
     with torch.no_grad():
-        torch.testing.assert_close(backbone(ids).last_hidden_state, lm.model(ids).last_hidden_state, rtol=0, atol=0)
+        torch.testing.assert_close(backbone(ids).last_hidden_state, lm.model(ids).last_hidden_state,
+                                   rtol=0, atol=0)
 
 
 CLASSIFIER = FIXTURE / "sequence_classification"
