@@ -121,8 +121,8 @@ def _chosen_kernel(q, dropout_p: float, kernel: str) -> str:
     measured_faster = blocks_apply and fused_forward_applies(q) and q.shape[-2] > DEFAULT_BLOCK
     if kernel == "auto":
         kernel = "fused" if measured_faster else "sdpa"
-    if kernel == "fused" and fused_kernel() is None:  # it warned, once: the same values, more slowly
-        kernel = "blocks"
+    if kernel == "fused" and fused_kernel() is None:
+        kernel = "blocks"  # fused_kernel() warned, once: the same values, more slowly
     return kernel
 
 
