@@ -1,5 +1,37 @@
 """Blocks every longctx architecture is built from: embeddings, feed-forward, the residual block,
-the pretrained-model base, and the input checks shared by all backbones."""
+the pretrained-model base, and the input checks shared by all backbones.
+
+The backbone contract
+---------------------
+A backbone (`XModel`, what `AutoModel` builds and what every head holds as `self.model`) is
+built as `XModel(config)`, initialises its weights once (`post_init`), and promises:
+
+- `output_size`: the width of `last_hidden_state`, which the heads size their layers by
+  (hidden_size; Reformer 2 * hidden_size, its two streams side by side).
+- forward takes transformers' usual keywords: exactly one of `input_ids` (batch, length) or
+  `inputs_embeds` (batch, length, hidden_size); `attention_mask` (batch, past + new length), 1
+  for tokens and 0 for padding, left or right; `use_cache`, `output_attentions`,
+  `output_hidden_states`, `return_dict` (each None takes the config's value);
+  the cache as `cache` or `past_key_values` (its name before transformers 5.24; `compat`);
+  and the architecture's own inputs (e.g. Longformer's `global_attention_mask`).
+- It returns `BaseModelOutputWithPast` (its tuple when `return_dict` is False; the heads always
+  ask for the object and read fields by name):
+  - `last_hidden_state`: (batch, new length, output_size), for the new tokens only;
+  - the cache under the installed transformers' field name (`compat.CACHE_NAME`: `cache` from
+    5.24 on, `past_key_values` before), None when there is none;
+  - `hidden_states` (only when asked for): num_hidden_layers + 1 tensors, the input of every
+    layer and then the final output; Reformer's are its second stream (hidden_size wide);
+  - `attentions` (only when asked for): one tensor per layer, each query's weights over the
+    keys, (batch, heads, new length, keys) where keys counts the cache too (Linformer: its
+    `projection_dim` projected rows). Asking for them runs the explicit reference kernels.
+- Encoder or decoder, as `config.is_decoder` says:
+  - an encoder keeps no cache and refuses one given to it (ValueError); its cache is None;
+  - a decoder continues from the cache of its previous call (the mask then covers the cached
+    tokens too, positions continue after them) and, with `use_cache` and no cache given,
+    starts one: a transformers `DynamicCache`, or the architecture's own object (Reformer's
+    `ReformerRecomputeCache`, Transformer-XL's memory, whose own rules its module states).
+    While gradient checkpointing recomputes the layers in training, no cache is kept.
+"""
 
 import contextlib
 

@@ -9,8 +9,8 @@ pretrained base second, and `backbone_class` naming its backbone, e.g.
 A causal LM also lists `GenerationMixin` last, after the pretrained base (transformers looks
 for it among the direct bases to give the model a generation config).
 
-A backbone takes the usual transformers inputs and returns `BaseModelOutputWithPast`; its
-attribute `output_size` is the width of its hidden states (Reformer concatenates two streams).
+What a head may rely on from its backbone (inputs, outputs, `output_size`, caches) is the
+backbone contract, stated in `modeling_blocks`' module doc.
 """
 
 import torch
