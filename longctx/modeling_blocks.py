@@ -11,7 +11,7 @@ built as `XModel(config)`, initialises its weights once (`post_init`), and promi
 - forward takes transformers' usual keywords: exactly one of `input_ids` (batch, length) or
   `inputs_embeds` (batch, length, hidden_size); `attention_mask` (batch, past + new length), 1
   for tokens and 0 for padding, left or right; `use_cache`, `output_attentions`,
-  `output_hidden_states`, `return_dict` (each None takes the config's value);
+  `output_hidden_states`, `return_dict` (each None takes the config's value: `output_flags`);
   the cache as `cache` or `past_key_values` (its name before transformers 5.24; `compat`);
   and the architecture's own inputs (e.g. Longformer's `global_attention_mask`).
 - It returns `BaseModelOutputWithPast` (its tuple when `return_dict` is False; the heads always
@@ -34,6 +34,7 @@ built as `XModel(config)`, initialises its weights once (`post_init`), and promi
 """
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -262,12 +263,32 @@ def key_padding_mask(attention_mask) -> torch.Tensor | None:
     return attention_mask.bool()
 
 
+class OutputFlags(NamedTuple):
+    """What a forward call returns besides its main result, and in which form."""
+
+    attentions: bool
+    hidden_states: bool
+    return_dict: bool
+
+
+def output_flags(config, output_attentions=None, output_hidden_states=None,
+                 return_dict=None) -> OutputFlags:
+    """The call's output switches, each resolved against the config: a switch the call leaves
+    None takes the config's value (transformers' convention, so that e.g.
+    `config.output_hidden_states=True` holds for every call that does not say otherwise)."""
+    def resolved(given, field):
+        return getattr(config, field) if given is None else given
+
+    return OutputFlags(attentions=resolved(output_attentions, "output_attentions"),
+                       hidden_states=resolved(output_hidden_states, "output_hidden_states"),
+                       return_dict=resolved(return_dict, "return_dict"))
+
+
 def backbone_output(config, return_dict, last_hidden_state, cache, hidden_states, attentions):
     """The backbone's output, as an object or (return_dict False) a tuple."""
     output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_field(cache),
                                      hidden_states=hidden_states, attentions=attentions)
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return output if return_dict else output.to_tuple()
+    return output if output_flags(config, return_dict=return_dict).return_dict else output.to_tuple()
 
 
 def is_encoder_without_cache(config, cache) -> bool:
@@ -328,20 +349,18 @@ class StackedBackbone(WordEmbeddingsAccess):
         check_positions(position_ids, self.config.max_position_embeddings)
 
         hidden = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         all_hidden, all_weights = (), ()
         padding = key_padding_mask(attention_mask)
         for layer in self.layers:
             all_hidden += (hidden,)
             hidden, weights = layer(hidden, key_padding_mask=padding, cache=cache,
-                                    output_attentions=output_attentions, **(layer_inputs or {}))
+                                    output_attentions=flags.attentions, **(layer_inputs or {}))
             all_weights += (weights,)
         hidden = self.final_norm(hidden)
-        return backbone_output(self.config, return_dict, hidden, cache,
-                              all_hidden + (hidden,) if output_hidden_states else None,
-                              all_weights if output_attentions else None)
+        return backbone_output(self.config, flags.return_dict, hidden, cache,
+                               all_hidden + (hidden,) if flags.hidden_states else None,
+                               all_weights if flags.attentions else None)
 
     def _cache(self, cache, use_cache):
         """Decoders keep keys and values for `generate()`; encoders have nothing to cache."""

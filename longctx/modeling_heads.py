@@ -24,6 +24,7 @@ from transformers.modeling_outputs import (
 )
 
 from .compat import CACHE_NAME, cache_field, cache_of, given_cache
+from .modeling_blocks import output_flags
 
 WORD_EMBEDDINGS = "model.embeddings.word_embeddings.weight"
 IGNORE_INDEX = -100  # a label that takes no loss (transformers' convention)
@@ -61,10 +62,8 @@ class HeadBase:
 
     def _backbone(self, kwargs) -> tuple:
         """Runs the backbone; returns (its output, whether to return a tuple)."""
-        return_dict = kwargs.pop("return_dict", None)
-        if return_dict is None:
-            return_dict = self.config.return_dict
-        return self.model(**kwargs, return_dict=True), not return_dict
+        flags = output_flags(self.config, return_dict=kwargs.pop("return_dict", None))
+        return self.model(**kwargs, return_dict=True), not flags.return_dict
 
     @staticmethod
     def _finish(output, as_tuple: bool):

@@ -55,6 +55,7 @@ from .modeling_blocks import (
     check_positions,
     input_shape,
     merge_heads,
+    output_flags,
     position_ids_from_mask,
     split_heads,
     WordEmbeddingsAccess,
@@ -390,14 +391,13 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, 0, past + length, tokens.device)
         check_positions(position_ids, self.config.max_position_embeddings)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
-        hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids, output_attentions,
-                                                       output_hidden_states, num_hashes)
-        return backbone_output(self.config, return_dict, hidden[:, -length:], cache,
-                               all_hidden if output_hidden_states else None,
-                               all_weights if output_attentions else None)
+        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids,
+                                                       flags.attentions, flags.hidden_states,
+                                                       num_hashes)
+        return backbone_output(self.config, flags.return_dict, hidden[:, -length:], cache,
+                               all_hidden if flags.hidden_states else None,
+                               all_weights if flags.attentions else None)
 
     def _cache(self, cache, use_cache):
         if is_encoder_without_cache(self.config, cache):
