@@ -102,8 +102,13 @@ class ForCausalLM(HeadBase):
                 f"build it with is_decoder=True (e.g. AutoConfig.for_model('{config.model_type}', "
                 f"is_decoder=True)).")
         super().__init__(config)
-        self.lm_head = nn.Linear(self.model.output_size, config.vocab_size, bias=False)
+        self.lm_head = self._build_lm_head(config)
         self.post_init()
+
+    def _build_lm_head(self, config) -> nn.Module:
+        """The projection to the vocabulary, tied to the input embeddings; an architecture whose
+        outputs do not fit that layout overrides it (built before `post_init` initialises it)."""
+        return nn.Linear(self.model.output_size, config.vocab_size, bias=False)
 
     def get_output_embeddings(self):
         return self.lm_head
@@ -151,8 +156,12 @@ class ForMaskedLM(HeadBase):
 
     def __init__(self, config):
         super().__init__(config)
-        self.lm_head = MaskedLMPredictionHead(config, self.model.output_size)
+        self.lm_head = self._build_lm_head(config)
         self.post_init()
+
+    def _build_lm_head(self, config) -> nn.Module:
+        """As `ForCausalLM._build_lm_head`: overridable, built before `post_init`."""
+        return MaskedLMPredictionHead(config, self.model.output_size)
 
     def get_output_embeddings(self):
         return self.lm_head.decoder

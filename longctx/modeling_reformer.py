@@ -521,14 +521,14 @@ class ReformerLMHead(nn.Module):
 
 
 class ReformerHeadMixin:
-    """The LM heads' projection is transformers' Reformer head, not the shared one (built by the
-    shared head, then replaced: the shared one assumes hidden_size-wide, tied outputs)."""
+    """The LM heads' projection is transformers' Reformer head, not the shared one, which
+    assumes hidden_size-wide outputs tied to the embeddings. Listed before the shared head, so
+    that the shared head's constructor builds this one."""
 
     _tied_weights_keys = {}
 
-    def _use_reformer_lm_head(self, config):
-        self.lm_head = ReformerLMHead(config, self.model.output_size)
-        self.post_init()
+    def _build_lm_head(self, config) -> nn.Module:
+        return ReformerLMHead(config, self.model.output_size)
 
     def get_output_embeddings(self):
         return self.lm_head.decoder
@@ -543,17 +543,9 @@ class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCa
 
     backbone_class = LongctxReformerModel
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._use_reformer_lm_head(config)
-
 
 class LongctxReformerForMaskedLM(ReformerHeadMixin, ForMaskedLM, LongctxReformerPreTrainedModel):
     backbone_class = LongctxReformerModel
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._use_reformer_lm_head(config)
 
 
 class LongctxReformerForSequenceClassification(ForSequenceClassification, LongctxReformerPreTrainedModel):
