@@ -60,11 +60,15 @@ class LongctxPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
+    # Read by transformers, not by us: with it, `attn_implementation` defaults to "sdpa" and an
+    # explicit attn_implementation="sdpa" (from_pretrained's argument, the example scripts'
+    # --attn_implementation) is accepted instead of raising. The kernels use SDPA either way.
     _supports_sdpa = True
     _skip_keys_device_placement = ["cache", "past_key_values"]
-    # Filled by `longctx.register()`: every Auto class of the architecture -> "module.Class".
-    # Written into config.json's `auto_map` on save, so a checkpoint saved from any head loads
-    # through every other Auto class with trust_remote_code=True.
+    # Filled by `_register` in `__init__.py` (run by `import longctx`): every Auto class of the
+    # architecture -> "module.Class". Written into config.json's `auto_map` on save, so a
+    # checkpoint saved from any head loads through every other Auto class with
+    # trust_remote_code=True.
     longctx_auto_map: dict = {}
 
     def __init__(self, config, *args, **kwargs):
@@ -331,7 +335,12 @@ class StackedBackbone(WordEmbeddingsAccess):
             ResidualBlock(config, self.attention_class(config, i)) for i in range(config.num_hidden_layers))
         self.final_norm = final_norm(config)
         self.output_size = config.hidden_size
+        self._build_shared_modules(config)
         self.post_init()
+
+    def _build_shared_modules(self, config):
+        """Modules an architecture adds beside the stack (e.g. a matrix every layer uses), built
+        here so that `post_init` initialises them with the rest; none by default."""
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,

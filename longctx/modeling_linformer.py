@@ -162,11 +162,10 @@ class LongctxLinformerPreTrainedModel(LongctxPreTrainedModel):
 class LongctxLinformerModel(StackedBackbone, LongctxLinformerPreTrainedModel):
     attention_class = LinformerSelfAttention
 
-    def __init__(self, config):
-        super().__init__(config)
-        if config.sharing == "layerwise":
-            self.layerwise_projection = SequenceProjection(config, 1)
-            self.post_init()  # initialises the module added after StackedBackbone's post_init
+    def _build_shared_modules(self, config):
+        # Layerwise sharing: one matrix for every layer, passed to each in `layer_inputs`.
+        self.layerwise_projection = (SequenceProjection(config, 1)
+                                     if config.sharing == "layerwise" else None)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
         batch, length = input_shape(input_ids, inputs_embeds)
@@ -178,7 +177,7 @@ class LongctxLinformerModel(StackedBackbone, LongctxLinformerPreTrainedModel):
                 position_ids = position_ids_from_mask(attention_mask, 0, length, device)
             rows = position_ids.expand(batch, length)
         layer_inputs = {"projection_rows": rows,
-                        "layerwise_projection": getattr(self, "layerwise_projection", None)}
+                        "layerwise_projection": self.layerwise_projection}
         return super().forward(input_ids, attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
                                layer_inputs=layer_inputs, **kwargs)
 
