@@ -2,12 +2,9 @@
 LSH and local chunked self-attention, axial position embeddings, chunked feed-forward and
 reversible residual layers, numerically transformers' Reformer."""
 
-import logging
 import math
 
 from .configuration_common import LongctxConfig
-
-logger = logging.getLogger(__name__)
 
 ATTENTION_KINDS = ("lsh", "local")
 # transformers' `ReformerConfig` name -> the common longctx field it is (read and written both ways).
