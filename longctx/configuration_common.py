@@ -36,12 +36,17 @@ def pipelines_served_elsewhere(custom_pipelines: dict) -> dict:
         return dict(custom_pipelines)
     registered = pipelines.PIPELINE_REGISTRY.supported_tasks
     return {task: entry for task, entry in custom_pipelines.items()
-            if _class_name(registered.get(task, {}).get("impl")) != entry.get("impl")}
+            if _name_or_none(registered.get(task, {}).get("impl")) != entry.get("impl")}
 
 
-def _class_name(cls) -> str | None:
-    """"module_file.Class", the form `custom_pipelines` names classes in (None for no class)."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" if isinstance(cls, type) else None
+def file_qualified_name(cls: type) -> str:
+    """"module_file.Class": how `auto_map` and `custom_pipelines` name a class, its module by
+    the file alone (what the module is called inside a checkpoint folder)."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def _name_or_none(cls) -> str | None:
+    return file_qualified_name(cls) if isinstance(cls, type) else None
 
 
 class LongctxConfig(PreTrainedConfig):

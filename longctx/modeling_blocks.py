@@ -46,7 +46,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
 from .compat import cache_field, given_cache
-from .configuration_common import LongctxConfig
+from .configuration_common import LongctxConfig, file_qualified_name
 # Imported here so that every checkpoint carries question_answering.py (save_pretrained copies the
 # files a modeling file imports with single-dot relative imports, recursively), which config.json's
 # `custom_pipelines` names: without longctx, pipeline("question-answering", trust_remote_code=True).
@@ -106,7 +106,7 @@ class LongctxPreTrainedModel(PreTrainedModel):
                 self.config.custom_pipelines = own
 
     def _is_question_answering_head(self) -> bool:
-        own_name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        own_name = file_qualified_name(type(self))
         return self.longctx_auto_map.get("AutoModelForQuestionAnswering") == own_name
 
 
