@@ -49,12 +49,13 @@ def sliding_window_attention_reference(q, k, v, *, window: int, key_padding_mask
 
 def default_chunk_size(window: int) -> int:
     """Smaller chunks waste less of their slab (chunk + 2 windows of keys for chunk queries) but
-    make smaller matrix products; half a window measured best on CPU (see the benchmark)."""
+    make smaller matrix products; half a window measured fastest on CPU (results/cpu-2026-11-22/README.md)."""
     return max(1, window // 2)
 
 
 KERNELS = ("auto", "chunked", "flex")
-FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention's lower limit (torch 2.11, H100)
+# Compiled FlexAttention's lower limit on the head dimension (where seen: results/h100-2026-11-22/README.md).
+FLEX_MIN_HEAD_DIM = 16
 
 
 def sliding_window_attention(q, k, v, *, window: int, key_padding_mask=None, global_key_mask=None,
@@ -215,9 +216,10 @@ def sliding_window_attention_flex(q, k, v, *, window: int, key_padding_mask=None
                                   causal=False, block_size: int = FLEX_BLOCK_SIZE, block_masks: dict | None = None):
     """The same attention through FlexAttention's block-sparse kernel: O(length * window) on CUDA,
     forward and backward, no dropout. On CUDA it runs compiled (`torch.compile(flex_attention)`,
-    compiled once per shape); elsewhere eagerly -- torch 2.13 has no FlexAttention backward on CPU,
-    so there it serves the forward tests of the block mask only. A query that sees no key comes
-    out as zeros, the convention of the other kernels (tested)."""
+    compiled once per shape); elsewhere eagerly -- torch has no FlexAttention backward on CPU
+    (`sliding_window_attention` refuses one), so there it serves the forward tests of the block
+    mask only. A query that sees no key comes out as zeros, the convention of the other kernels
+    (tested)."""
     _check_arguments(window, causal, global_key_mask)
     key = (window, causal, block_size, q.shape[0], q.shape[2])
     block_mask = None if block_masks is None else block_masks.get(key)
@@ -259,8 +261,8 @@ def sliding_window_block_mask(key_ok, is_global, *, window: int, causal: bool, b
 
     def visible(b, h, query, key):
         distance = query - key
-        # abs() rather than a comparison with -window: torch 2.11's compiler cannot lower a negated
-        # captured integer once it has made the window a dynamic size (seen on an H100).
+        # abs() rather than a comparison with -window: torch's compiler failed to lower a negated
+        # captured integer once it had made the window a dynamic size (results/h100-2026-11-22/README.md).
         in_band = (distance >= 0) & (distance <= window) if causal else distance.abs() <= window
         return (in_band | is_global[b, key]) & key_ok[b, key]
 
@@ -318,8 +320,8 @@ class FlexRecompileLimit(RuntimeError):
 
 @functools.cache
 def _compiled_flex_attention():
-    """Static shapes: on an H100 (torch 2.11) the forward kernel compiled for dynamic shapes ran
-    5x slower (scripts/benchmark_attention.py). Each new (batch, length) compiles once."""
+    """Static shapes: the kernel compiled for dynamic shapes ran several times slower (measured:
+    results/h100-2026-11-22/README.md). Each new (batch, length) compiles once."""
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
@@ -329,9 +331,9 @@ FLEX_RECOMPILE_LIMIT = 64  # distinct shapes compiled before refusing (torch's d
 
 
 def _run_flex(q, k, v, block_mask):
-    """Compiled on CUDA (the fused block-sparse kernel); eager elsewhere (an unfused reference
-    that torch 2.13 implements for CPU forward passes only) and inside a caller's own
-    torch.compile region (which compiles it)."""
+    """Compiled on CUDA (the fused block-sparse kernel); eager elsewhere (torch's unfused
+    reference, forward only on CPU) and inside a caller's own torch.compile region (which
+    compiles it)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if not q.is_cuda or torch.compiler.is_compiling():
