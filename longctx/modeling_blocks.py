@@ -142,14 +142,16 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None):
         if inputs_embeds is None:
-            check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids", "vocab_size")
+            check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids",
+                            "vocab_size")
             hidden = self.word_embeddings(input_ids)
         else:
             hidden = inputs_embeds
         if self.position_embeddings is not None:
             hidden = hidden + self.position_embeddings(position_ids)
         if token_type_ids is not None:
-            types = self.token_type_embeddings.num_embeddings if self.token_type_embeddings is not None else 1
+            types = (self.token_type_embeddings.num_embeddings
+                     if self.token_type_embeddings is not None else 1)
             check_ids_below(token_type_ids, types, "token_type_ids", "type_vocab_size")
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
@@ -162,9 +164,10 @@ def check_ids_below(ids: torch.Tensor, limit: int, name: str, config_field: str)
     """An id outside an embedding table is an IndexError on CPU and a device assert on CUDA."""
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= limit):
         raise ValueError(
-            f"{name} holds values in [{int(ids.min())}, {int(ids.max())}] but the model's {config_field} "
-            f"allows [0, {limit}) (0 only, for token types of a model with type_vocab_size=0); use the "
-            f"tokenizer the model was trained with, or a config whose {config_field} covers these ids.")
+            f"{name} holds values in [{int(ids.min())}, {int(ids.max())}] but the model's "
+            f"{config_field} allows [0, {limit}) (0 only, for token types of a model with "
+            f"type_vocab_size=0); use the tokenizer the model was trained with, or a config whose "
+            f"{config_field} covers these ids.")
 
 
 class FeedForward(nn.Module):
@@ -211,7 +214,8 @@ class ResidualBlock(GradientCheckpointingLayer):
 
 def final_norm(config) -> nn.Module:
     """Pre-norm stacks end with a LayerNorm; post-norm stacks are already normalised."""
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+    return (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm
+            else nn.Identity())
 
 
 def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
@@ -220,13 +224,17 @@ def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids (batch, length) or inputs_embeds "
                          "(batch, length, hidden_size).")
-    if input_ids is not None and (input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex()):
-        raise ValueError(f"input_ids is a {input_ids.dim()}-D {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}; "
-                         "longctx models take integer token ids of shape (batch, length): e.g. "
-                         "tokenizer(texts, return_tensors='pt'), or input_ids[None] for a single sequence.")
-    if inputs_embeds is not None and (inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point()):
-        raise ValueError(f"inputs_embeds is a {inputs_embeds.dim()}-D {inputs_embeds.dtype} tensor of shape "
-                         f"{tuple(inputs_embeds.shape)}; longctx models take floating-point embeddings of shape "
+    if input_ids is not None and (input_ids.dim() != 2 or input_ids.is_floating_point()
+                                  or input_ids.is_complex()):
+        raise ValueError(f"input_ids is a {input_ids.dim()}-D {input_ids.dtype} tensor of shape "
+                         f"{tuple(input_ids.shape)}; longctx models take integer token ids of "
+                         "shape (batch, length): e.g. tokenizer(texts, return_tensors='pt'), or "
+                         "input_ids[None] for a single sequence.")
+    if inputs_embeds is not None and (inputs_embeds.dim() != 3
+                                      or not inputs_embeds.is_floating_point()):
+        raise ValueError(f"inputs_embeds is a {inputs_embeds.dim()}-D {inputs_embeds.dtype} tensor "
+                         f"of shape {tuple(inputs_embeds.shape)}; longctx models take "
+                         "floating-point embeddings of shape "
                          "(batch, length, hidden_size).")
     return tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
 
@@ -237,8 +245,9 @@ def check_attention_mask(attention_mask, batch: int, total_length: int):
         return
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, total_length):
         raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; longctx models take a 2D mask "
-            f"(batch, past + new length) = ({batch}, {total_length}) of 1 for tokens and 0 for padding.")
+            f"attention_mask has shape {tuple(attention_mask.shape)}; longctx models take a 2D "
+            f"mask (batch, past + new length) = ({batch}, {total_length}) of 1 for tokens and 0 "
+            "for padding.")
 
 
 def position_ids_from_mask(attention_mask, past_length: int, length: int, device) -> torch.Tensor:
@@ -292,7 +301,8 @@ def backbone_output(config, return_dict, last_hidden_state, cache, hidden_states
     """The backbone's output, as an object or (return_dict False) a tuple."""
     output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_field(cache),
                                      hidden_states=hidden_states, attentions=attentions)
-    return output if output_flags(config, return_dict=return_dict).return_dict else output.to_tuple()
+    return (output if output_flags(config, return_dict=return_dict).return_dict
+            else output.to_tuple())
 
 
 def is_encoder_without_cache(config, cache) -> bool:
@@ -318,9 +328,10 @@ class WordEmbeddingsAccess:
 class StackedBackbone(WordEmbeddingsAccess):
     """Embeddings -> `num_hidden_layers` residual blocks around `attention_class` -> final norm.
 
-    Mixed in before an architecture's pretrained base: `class XModel(StackedBackbone, XPreTrainedModel)`
-    with `attention_class = ...`; the attention module is built as `attention_class(config, layer_idx)`
-    and called as `attention(hidden, key_padding_mask=, cache=, output_attentions=,
+    Mixed in before an architecture's pretrained base:
+    `class XModel(StackedBackbone, XPreTrainedModel)` with `attention_class = ...`; the attention
+    module is built as `attention_class(config, layer_idx)` and called as
+    `attention(hidden, key_padding_mask=, cache=, output_attentions=,
     **layer_inputs)`. An architecture with inputs of its own (e.g. Longformer's global attention
     mask) overrides `forward` and passes them on in `layer_inputs`.
     """
@@ -332,7 +343,8 @@ class StackedBackbone(WordEmbeddingsAccess):
         super().__init__(config)
         self.embeddings = Embeddings(config, absolute_positions=self.absolute_positions)
         self.layers = nn.ModuleList(
-            ResidualBlock(config, self.attention_class(config, i)) for i in range(config.num_hidden_layers))
+            ResidualBlock(config, self.attention_class(config, i))
+            for i in range(config.num_hidden_layers))
         self.final_norm = final_norm(config)
         self.output_size = config.hidden_size
         self._build_shared_modules(config)
