@@ -31,7 +31,8 @@ def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0
     """Softmax attention through `scaled_dot_product_attention`; see the module doc for shapes."""
     q_len, k_len = q.shape[-2], k.shape[-2]
     if key_padding_mask is None and causal and q_len == k_len:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                              scale=scale)
     if key_padding_mask is None and not causal:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     mask = visibility_mask(q_len, key_padding_mask, causal, k_len, q.device)
@@ -46,11 +47,13 @@ def masked_sdpa(q, k, v, mask, *, dropout_p=0.0, scale=None, bias=None):
     # A row with no visible key would be NaN in SDPA; let it see everything, then zero it.
     visible = mask | ~sees_something
     attn_mask = visible if bias is None else bias.masked_fill(~visible, float("-inf")).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                         scale=scale)
     return out * sees_something
 
 
-def dense_attention_reference(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, scale=None):
+def dense_attention_reference(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0,
+                              scale=None):
     """Explicit softmax(q k^T) v with literal masking; returns (output, weights before dropout)."""
     batch, _, q_len, _ = q.shape
     k_len = k.shape[-2]
