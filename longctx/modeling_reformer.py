@@ -54,6 +54,7 @@ from .modeling_blocks import (
     check_ids_below,
     check_positions,
     input_shape,
+    key_padding_mask,
     merge_heads,
     output_flags,
     position_ids_from_mask,
@@ -444,8 +445,7 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
             position_ids = take_rows(position_ids.expand(tokens.shape[0], -1), order)
         tokens, attention_mask, position_ids = self._pad_to_chunks(tokens, attention_mask,
                                                                    position_ids)
-        padding = (None if attention_mask is None or bool(attention_mask.all())
-                   else attention_mask.bool())
+        padding = key_padding_mask(attention_mask)
         hidden = self.embeddings(tokens, position_ids)
         streams, all_hidden, all_weights = self._layers(hidden, padding, output_attentions,
                                                         output_hidden_states, num_hashes)
