@@ -157,7 +157,18 @@ class MaskedLMPredictionHead(nn.Module):
         return self.decoder(self.layer_norm(self.activation(self.dense(hidden))))
 
 
-class ForMaskedLM(HeadBase):
+class DecoderOutputEmbeddings:
+    """The output embeddings of a head whose `lm_head` keeps its vocabulary projection as
+    `decoder`."""
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value):
+        self.lm_head.decoder = value
+
+
+class ForMaskedLM(DecoderOutputEmbeddings, HeadBase):
     _tied_weights_keys = {"lm_head.decoder.weight": WORD_EMBEDDINGS}
 
     def __init__(self, config):
@@ -168,12 +179,6 @@ class ForMaskedLM(HeadBase):
     def _build_lm_head(self, config) -> nn.Module:
         """As `ForCausalLM._build_lm_head`: overridable, built before `post_init`."""
         return MaskedLMPredictionHead(config, self.model.output_size)
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value):
-        self.lm_head.decoder = value
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         """`labels`: the original ids at masked positions, -100 elsewhere."""

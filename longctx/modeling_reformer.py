@@ -62,6 +62,7 @@ from .modeling_blocks import (
     WordEmbeddingsAccess,
 )
 from .modeling_heads import (
+    DecoderOutputEmbeddings,
     ForCausalLM,
     ForMaskedLM,
     ForQuestionAnswering,
@@ -549,7 +550,7 @@ class ReformerLMHead(nn.Module):
                          dim=1)
 
 
-class ReformerHeadMixin:
+class ReformerHeadMixin(DecoderOutputEmbeddings):
     """The LM heads' projection is transformers' Reformer head, not the shared one, which
     assumes hidden_size-wide outputs tied to the embeddings. Listed before the shared head, so
     that the shared head's constructor builds this one."""
@@ -558,12 +559,6 @@ class ReformerHeadMixin:
 
     def _build_lm_head(self, config) -> nn.Module:
         return ReformerLMHead(config, self.model.output_size)
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value):
-        self.lm_head.decoder = value
 
 
 class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCausalLM,
