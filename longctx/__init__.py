@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import transformers
 from transformers import AutoConfig
 
-from .configuration_common import LongctxConfig
+from .configuration_common import LongctxConfig, file_qualified_name
 from .configuration_longformer import LongctxLongformerConfig
 from .configuration_linformer import LongctxLinformerConfig
 from .configuration_transformer import LongctxTransformerConfig
@@ -128,19 +128,14 @@ ARCHITECTURES = {
 }
 
 
-def _qualified_name(cls) -> str:
-    """'module_file.ClassName', the form `auto_map` uses to find code next to config.json."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
-
-
 def _register(model_type: str, arch: Architecture):
     AutoConfig.register(model_type, arch.config, exist_ok=True)
     arch.config.register_for_auto_class()
-    auto_map = {"AutoConfig": _qualified_name(arch.config)}
+    auto_map = {"AutoConfig": file_qualified_name(arch.config)}
     for auto_name, model_class in arch.auto_classes().items():
         getattr(transformers, auto_name).register(arch.config, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_name)
-        auto_map[auto_name] = _qualified_name(model_class)
+        auto_map[auto_name] = file_qualified_name(model_class)
     for model_class in arch.auto_classes().values():
         model_class.longctx_auto_map = auto_map
 

@@ -28,7 +28,7 @@ from .attention_dense import dense_attention, masked_attention_reference, masked
 
 def band_mask(q_positions, k_positions, window: int, causal: bool) -> torch.Tensor:
     """True where the key is inside the query's window; any broadcastable position tensors."""
-    distance = q_positions[..., :, None] - k_positions[..., None, :]
+    distance = q_positions[..., :, None] - k_positions[..., None, :]  # (..., queries, keys)
     if causal:
         return (distance >= 0) & (distance <= window)
     return distance.abs() <= window
@@ -39,27 +39,31 @@ def sliding_window_attention_reference(q, k, v, *, window: int, key_padding_mask
     """The dense (length x length) masked softmax with the sliding-window rule spelled out."""
     batch, _, length, _ = q.shape
     positions = torch.arange(length, device=q.device)
-    allowed = band_mask(positions, positions, window, causal)[None, None]
+    allowed = band_mask(positions, positions, window, causal)[None, None]  # (1, 1, length, length)
     if global_key_mask is not None:
-        allowed = allowed | global_key_mask.bool()[:, None, None, :]
+        allowed = allowed | global_key_mask.bool()[:, None, None, :]  # (batch, 1, length, length)
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask.bool()[:, None, None, :]
-    return masked_attention_reference(q, k, v, allowed.expand(batch, 1, length, length), dropout_p=dropout_p)
+    return masked_attention_reference(q, k, v, allowed.expand(batch, 1, length, length),
+                                      dropout_p=dropout_p)
 
 
 def default_chunk_size(window: int) -> int:
     """Smaller chunks waste less of their slab (chunk + 2 windows of keys for chunk queries) but
-    make smaller matrix products; half a window measured best on CPU (see the benchmark)."""
+    make smaller matrix products; half a window measured fastest on CPU
+    (results/cpu-2026-11-22/README.md)."""
     return max(1, window // 2)
 
 
 KERNELS = ("auto", "chunked", "flex")
-FLEX_MIN_HEAD_DIM = 16  # compiled FlexAttention's lower limit (torch 2.11, H100)
+# Compiled FlexAttention's lower limit on the head dimension (where seen:
+# results/h100-2026-11-22/README.md).
+FLEX_MIN_HEAD_DIM = 16
 
 
 def sliding_window_attention(q, k, v, *, window: int, key_padding_mask=None, global_key_mask=None,
-                             causal=False, dropout_p=0.0, kernel: str = "auto", chunk_size: int | None = None,
-                             block_masks: dict | None = None):
+                             causal=False, dropout_p=0.0, kernel: str = "auto",
+                             chunk_size: int | None = None, block_masks: dict | None = None):
     """Exact sliding-window (+ global keys) attention in O(length * window); see module doc.
 
     kernel: "chunked" (batched SDPA over overlapping slabs; any device, dropout), "flex"
@@ -70,42 +74,53 @@ def sliding_window_attention(q, k, v, *, window: int, key_padding_mask=None, glo
     is given; chunk_size (queries per slab) forces the slab form.
 
     block_masks: a dict shared by the calls of one forward pass with the same masks (the layers
-    of a model), where the Flex kernel keeps its block masks instead of rebuilding them per layer."""
+    of a model), where the Flex kernel keeps its block masks instead of rebuilding them per
+    layer."""
     _check_arguments(window, causal, global_key_mask, kernel)
     if window >= q.shape[2] - 1:  # the window covers everything: dense attention is the same sum
-        return dense_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal, dropout_p=dropout_p)
+        return dense_attention(q, k, v, key_padding_mask=key_padding_mask, causal=causal,
+                               dropout_p=dropout_p)
     if kernel == "flex" and dropout_p > 0:
-        raise ValueError(f"kernel='flex' has no attention dropout (dropout_p={dropout_p}); use kernel='chunked' "
-                         "or 'auto', or set attention_probs_dropout_prob=0.")
+        raise ValueError(f"kernel='flex' has no attention dropout (dropout_p={dropout_p}); use "
+                         "kernel='chunked' or 'auto', or set attention_probs_dropout_prob=0.")
     if kernel == "flex" and not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
-        raise ValueError("kernel='flex' needs CUDA for a backward pass (torch has no FlexAttention backward on "
-                         f"{q.device.type}); use kernel='chunked' or 'auto' there, or run under torch.no_grad().")
+        raise ValueError("kernel='flex' needs CUDA for a backward pass (torch has no FlexAttention "
+                         f"backward on {q.device.type}); use kernel='chunked' or 'auto' there, or "
+                         "run under torch.no_grad().")
     if kernel == "flex" and q.shape[-1] < FLEX_MIN_HEAD_DIM:
-        raise ValueError(f"kernel='flex' needs a head dimension of at least {FLEX_MIN_HEAD_DIM} (compiled "
-                         f"FlexAttention), got {q.shape[-1]}; use kernel='chunked' or 'auto'.")
-    if kernel == "flex" or (kernel == "auto" and q.is_cuda and dropout_p == 0 and q.shape[-1] >= FLEX_MIN_HEAD_DIM):
+        raise ValueError(f"kernel='flex' needs a head dimension of at least {FLEX_MIN_HEAD_DIM} "
+                         f"(compiled FlexAttention), got {q.shape[-1]}; use kernel='chunked' or "
+                         "'auto'.")
+    if kernel == "flex" or (kernel == "auto" and q.is_cuda and dropout_p == 0
+                            and q.shape[-1] >= FLEX_MIN_HEAD_DIM):
         try:
-            return sliding_window_attention_flex(q, k, v, window=window, key_padding_mask=key_padding_mask,
+            return sliding_window_attention_flex(q, k, v, window=window,
+                                                 key_padding_mask=key_padding_mask,
                                                  global_key_mask=global_key_mask, causal=causal,
                                                  block_masks=block_masks)
         except FlexRecompileLimit as error:
             if kernel == "flex":
                 raise
-            _warn_once(f"{error} Using the chunked kernel (the same attention, exact) for new shapes.")
+            _warn_once(f"{error} Using the chunked kernel (the same attention, exact) for new "
+                       "shapes.")
     if chunk_size is None and can_run_block_band(q, dropout_p):
         block = band_block_size(window)
         if block is not None:
-            return _cpu_block_band(q, k, v, window, key_padding_mask, global_key_mask, causal, block)
-    return _chunked_attention(q, k, v, window, key_padding_mask, global_key_mask, causal, dropout_p, chunk_size)
+            return _cpu_block_band(q, k, v, window, key_padding_mask, global_key_mask, causal,
+                                   block)
+    return _chunked_attention(q, k, v, window, key_padding_mask, global_key_mask, causal,
+                              dropout_p, chunk_size)
 
 
 def _cpu_block_band(q, k, v, window, key_padding_mask, global_key_mask, causal, block):
-    key_ok = None if key_padding_mask is None else key_padding_mask.bool()
+    key_ok = None if key_padding_mask is None else key_padding_mask.bool()  # (batch, length)
     index = valid = None
     if global_key_mask is not None:
-        index, valid = global_indices(global_key_mask.bool() if key_ok is None else global_key_mask.bool() & key_ok)
-    return block_band_attention(q, k, v, window=window, block=block, key_ok=key_ok, global_index=index,
-                                global_valid=valid, causal=causal)
+        # (batch, most globals in a row): the global keys that are not padding
+        index, valid = global_indices(global_key_mask.bool() if key_ok is None
+                                      else global_key_mask.bool() & key_ok)
+    return block_band_attention(q, k, v, window=window, block=block, key_ok=key_ok,
+                                global_index=index, global_valid=valid, causal=causal)
 
 
 @functools.cache
@@ -117,13 +132,14 @@ def _check_arguments(window, causal, global_key_mask, kernel="auto"):
     if window < 1:
         raise ValueError(f"window={window} must be >= 1 (one-sided number of neighbours).")
     if causal and global_key_mask is not None:
-        raise ValueError("global_key_mask with causal=True would let queries see future global keys; "
-                         "causal sliding-window attention takes no global keys.")
+        raise ValueError("global_key_mask with causal=True would let queries see future global "
+                         "keys; causal sliding-window attention takes no global keys.")
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r}: use one of {KERNELS}")
 
 
-def _chunked_attention(q, k, v, window, key_padding_mask, global_key_mask, causal, dropout_p, chunk_size):
+def _chunked_attention(q, k, v, window, key_padding_mask, global_key_mask, causal, dropout_p,
+                       chunk_size):
     """The chunked kernel (module doc)."""
     batch, heads, length, dim = q.shape
     chunk = chunk_size or default_chunk_size(window)
@@ -131,28 +147,33 @@ def _chunked_attention(q, k, v, window, key_padding_mask, global_key_mask, causa
     chunks = -(-length // chunk)
     padded = chunks * chunk
 
-    key_ok = torch.ones(batch, length, dtype=torch.bool, device=q.device)
+    key_ok = torch.ones(batch, length, dtype=torch.bool, device=q.device)  # (batch, length)
     if key_padding_mask is not None:
         key_ok = key_ok & key_padding_mask.bool()
     is_global = None if global_key_mask is None else global_key_mask.bool() & key_ok
     local_ok = key_ok if is_global is None else key_ok & ~is_global  # globals get their own column
 
     slab = chunk + left + right
+    # (batch, heads, chunks, slab, dim): each chunk's keys, from `left` before to `right` after
     k_slabs, v_slabs = (_slabs(x, left, right + padded - length, slab, chunk) for x in (k, v))
-    slab_ok = F.pad(local_ok, (left, right + padded - length)).unfold(1, slab, chunk)  # (batch, chunks, slab)
+    slab_ok = F.pad(local_ok, (left, right + padded - length)).unfold(1, slab, chunk)
+    # slab_ok: (batch, chunks, slab)
     # Query a of a chunk and key b of its slab are (a + left) - b apart, the same in every chunk.
     offsets = torch.arange(chunk, device=q.device)
-    band = band_mask(offsets + left, torch.arange(slab, device=q.device), window, causal)  # (chunk, slab)
-    mask = band & slab_ok[:, :, None, :]
-    # mask: (batch, chunks, chunk, slab); k_slabs, v_slabs: (batch, heads, chunks, slab, dim)
+    band = band_mask(offsets + left, torch.arange(slab, device=q.device), window, causal)
+    # band: (chunk, slab)
+    mask = band & slab_ok[:, :, None, :]  # (batch, chunks, chunk, slab)
 
-    if is_global is not None and bool(is_global.any()):
+    if is_global is not None and bool(is_global.any()):  # each chunk: its slab, then the globals
         k_slabs, v_slabs, mask = _append_global_keys(k, v, is_global, k_slabs, v_slabs, mask)
 
+    # (batch, heads, chunks, chunk, dim)
     q_chunks = F.pad(q, (0, 0, 0, padded - length)).view(batch, heads, chunks, chunk, dim)
     out = masked_sdpa(*(_fold_chunks(x) for x in (q_chunks, k_slabs, v_slabs)),
                       mask.reshape(batch * chunks, 1, chunk, -1), dropout_p=dropout_p)
-    out = out.view(batch, chunks, heads, chunk, dim).transpose(1, 2).reshape(batch, heads, padded, dim)
+    # out: (batch * chunks, heads, chunk, dim) -> (batch, heads, padded, dim)
+    out = (out.view(batch, chunks, heads, chunk, dim).transpose(1, 2)
+           .reshape(batch, heads, padded, dim))
     return out[:, :, :length]
 
 
@@ -172,7 +193,10 @@ def _append_global_keys(k, v, is_global, k_slabs, v_slabs, mask):
     """Adds the global keys (the same for every chunk) after each chunk's slab."""
     index, valid = global_indices(is_global)
     chunks, chunk = mask.shape[1], mask.shape[2]
-    k_global, v_global = (gather_positions(x, index)[:, :, None].expand(-1, -1, chunks, -1, -1) for x in (k, v))
+    # (batch, heads, chunks, most globals, dim): every chunk sees the same global keys
+    k_global, v_global = (gather_positions(x, index)[:, :, None].expand(-1, -1, chunks, -1, -1)
+                          for x in (k, v))
+    # (batch, chunks, chunk, most globals)
     global_ok = valid[:, None, None, :].expand(-1, chunks, chunk, -1)
     return (torch.cat([k_slabs, k_global], dim=3), torch.cat([v_slabs, v_global], dim=3),
             torch.cat([mask, global_ok], dim=3))
@@ -184,7 +208,8 @@ def global_indices(is_global):
     counts = is_global.sum(dim=1)
     most = int(counts.max()) if counts.numel() else 0
     # Sorting puts a row's global positions first, in order (stable sort on descending flags).
-    order = torch.sort(is_global.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :most]
+    order = torch.sort(is_global.to(torch.int8), dim=1, descending=True,
+                       stable=True).indices[:, :most]  # (batch, most)
     valid = torch.arange(most, device=is_global.device)[None, :] < counts[:, None]
     return order * valid, valid
 
@@ -197,12 +222,14 @@ def gather_positions(x, index):
 
 def sliding_window_decode(q, k, v, *, window: int, key_padding_mask=None, dropout_p=0.0):
     """Causal sliding-window attention of the last q_len tokens, whose keys and values (cache
-    included) are k, v (batch, heads, k_len, dim); only the last window + q_len keys can be seen."""
+    included) are k, v (batch, heads, k_len, dim); only the last window + q_len keys can be
+    seen."""
     q_len, k_len = q.shape[2], k.shape[2]
     first = max(0, k_len - q_len - window)
-    k, v = k[:, :, first:], v[:, :, first:]
+    k, v = k[:, :, first:], v[:, :, first:]  # (batch, heads, k_len - first, dim)
     k_positions = torch.arange(first, k_len, device=q.device)
-    mask = band_mask(torch.arange(k_len - q_len, k_len, device=q.device), k_positions, window, causal=True)[None, None]
+    mask = band_mask(torch.arange(k_len - q_len, k_len, device=q.device), k_positions, window,
+                     causal=True)[None, None]  # (1, 1, q_len, k_len - first)
     if key_padding_mask is not None:
         mask = mask & key_padding_mask.bool()[:, first:][:, None, None, :]
     return masked_sdpa(q, k, v, mask, dropout_p=dropout_p)
@@ -211,31 +238,37 @@ def sliding_window_decode(q, k, v, *, window: int, key_padding_mask=None, dropou
 FLEX_BLOCK_SIZE = 128  # FlexAttention's tile: the block-sparse mask is built at this granularity
 
 
-def sliding_window_attention_flex(q, k, v, *, window: int, key_padding_mask=None, global_key_mask=None,
-                                  causal=False, block_size: int = FLEX_BLOCK_SIZE, block_masks: dict | None = None):
+def sliding_window_attention_flex(q, k, v, *, window: int, key_padding_mask=None,
+                                  global_key_mask=None, causal=False,
+                                  block_size: int = FLEX_BLOCK_SIZE,
+                                  block_masks: dict | None = None):
     """The same attention through FlexAttention's block-sparse kernel: O(length * window) on CUDA,
     forward and backward, no dropout. On CUDA it runs compiled (`torch.compile(flex_attention)`,
-    compiled once per shape); elsewhere eagerly -- torch 2.13 has no FlexAttention backward on CPU,
-    so there it serves the forward tests of the block mask only. A query that sees no key comes
-    out as zeros, the convention of the other kernels (tested)."""
+    compiled once per shape); elsewhere eagerly -- torch has no FlexAttention backward on CPU
+    (`sliding_window_attention` refuses one), so there it serves the forward tests of the block
+    mask only. A query that sees no key comes out as zeros, the convention of the other kernels
+    (tested)."""
     _check_arguments(window, causal, global_key_mask)
     key = (window, causal, block_size, q.shape[0], q.shape[2])
     block_mask = None if block_masks is None else block_masks.get(key)
     if block_mask is None:
-        block_mask = _block_mask_for(q, window, key_padding_mask, global_key_mask, causal, block_size)
+        block_mask = _block_mask_for(q, window, key_padding_mask, global_key_mask, causal,
+                                     block_size)
         if block_masks is not None:
             block_masks[key] = block_mask
     return _run_flex(q, k, v, block_mask)
 
 
 def _block_mask_for(q, window, key_padding_mask, global_key_mask, causal, block_size):
-    if key_padding_mask is None and global_key_mask is None:  # the band alone: the same for every batch
+    if key_padding_mask is None and global_key_mask is None:
+        # the band alone: the same for every batch
         return _band_block_mask(q.shape[2], window, causal, block_size, q.device)
     batch, _, length, _ = q.shape
-    key_ok = (torch.ones(batch, length, dtype=torch.bool, device=q.device) if key_padding_mask is None
-              else key_padding_mask.bool())
+    key_ok = (torch.ones(batch, length, dtype=torch.bool, device=q.device)
+              if key_padding_mask is None else key_padding_mask.bool())  # (batch, length)
     is_global = None if global_key_mask is None else global_key_mask.bool() & key_ok
-    return sliding_window_block_mask(key_ok, is_global, window=window, causal=causal, block_size=block_size)
+    return sliding_window_block_mask(key_ok, is_global, window=window, causal=causal,
+                                     block_size=block_size)
 
 
 def sliding_window_block_mask(key_ok, is_global, *, window: int, causal: bool, block_size: int):
@@ -249,25 +282,31 @@ def sliding_window_block_mask(key_ok, is_global, *, window: int, causal: bool, b
     batch, length = key_ok.shape
     blocks = -(-length // block_size)
     # Padded to whole blocks with False, so the mask function never indexes past the end.
-    key_ok = F.pad(key_ok, (0, blocks * block_size - length))
-    is_global = torch.zeros_like(key_ok) if is_global is None else F.pad(is_global, (0, blocks * block_size - length))
+    key_ok = F.pad(key_ok, (0, blocks * block_size - length))  # (batch, blocks * block_size)
+    is_global = (torch.zeros_like(key_ok) if is_global is None
+                 else F.pad(is_global, (0, blocks * block_size - length)))
     block_ok = key_ok.view(batch, blocks, block_size)
+    # (query blocks, key blocks) each
     band_some, band_all = _block_band(blocks, block_size, window, causal, key_ok.device)
+    # (batch, query blocks, key blocks) each
     full = band_all[None] & block_ok.all(dim=-1)[:, None, :]
-    some = (band_some[None] & block_ok.any(dim=-1)[:, None, :]) | is_global.view(batch, blocks, -1).any(dim=-1)[:, None, :]
+    some = ((band_some[None] & block_ok.any(dim=-1)[:, None, :])
+            | is_global.view(batch, blocks, -1).any(dim=-1)[:, None, :])  # key blocks with globals
     partial = some & ~full
 
     def visible(b, h, query, key):
         distance = query - key
-        # abs() rather than a comparison with -window: torch 2.11's compiler cannot lower a negated
-        # captured integer once it has made the window a dynamic size (seen on an H100).
+        # abs() rather than a comparison with -window: torch's compiler failed to lower a negated
+        # captured integer once it had made the window a dynamic size
+        # (results/h100-2026-11-22/README.md).
         in_band = (distance >= 0) & (distance <= window) if causal else distance.abs() <= window
         return (in_band | is_global[b, key]) & key_ok[b, key]
 
     partial_count, partial_index = _block_lists(partial)
     full_count, full_index = _block_lists(full)
-    return BlockMask.from_kv_blocks(partial_count, partial_index, full_count, full_index, BLOCK_SIZE=block_size,
-                                    mask_mod=visible, seq_lengths=(length, length))
+    return BlockMask.from_kv_blocks(partial_count, partial_index, full_count, full_index,
+                                    BLOCK_SIZE=block_size, mask_mod=visible,
+                                    seq_lengths=(length, length))
 
 
 @functools.lru_cache(maxsize=32)
@@ -279,9 +318,11 @@ def _band_block_mask(length: int, window: int, causal: bool, block_size: int, de
 
     blocks = -(-length // block_size)
     band_some, band_all = _block_band(blocks, block_size, window, causal, device)
-    # The last block's keys past the end are not visible: it is full only when the length fills it.
+    # The last block's keys past the end are not visible: it is full only when the length fills
+    # it.
     last_full = length % block_size == 0
-    band_all = band_all & torch.tensor([True] * (blocks - 1) + [last_full], device=device)[None, :]
+    band_all = band_all & torch.tensor([True] * (blocks - 1) + [last_full],
+                                       device=device)[None, :]  # (query blocks, key blocks)
     partial_count, partial_index = _block_lists((band_some & ~band_all)[None])
     full_count, full_index = _block_lists(band_all[None])
 
@@ -289,14 +330,16 @@ def _band_block_mask(length: int, window: int, causal: bool, block_size: int, de
         distance = query - key
         return (distance >= 0) & (distance <= window) if causal else distance.abs() <= window
 
-    return BlockMask.from_kv_blocks(partial_count, partial_index, full_count, full_index, BLOCK_SIZE=block_size,
-                                    mask_mod=in_band, seq_lengths=(length, length))
+    return BlockMask.from_kv_blocks(partial_count, partial_index, full_count, full_index,
+                                    BLOCK_SIZE=block_size, mask_mod=in_band,
+                                    seq_lengths=(length, length))
 
 
 def _block_band(blocks: int, block_size: int, window: int, causal: bool, device):
     """(blocks, blocks) bools: whether some / every (query, key) pair of two blocks is in the band.
     Query-key distances between query block a and key block b span [lowest, highest]."""
-    first = torch.arange(blocks, device=device) * block_size
+    first = torch.arange(blocks, device=device) * block_size  # (blocks,) first position of each
+    # (query blocks, key blocks): the smallest and largest query - key distance of each pair
     lowest = first[:, None] - (first[None, :] + block_size - 1)
     highest = (first[:, None] + block_size - 1) - first[None, :]
     floor = 0 if causal else -window
@@ -318,8 +361,8 @@ class FlexRecompileLimit(RuntimeError):
 
 @functools.cache
 def _compiled_flex_attention():
-    """Static shapes: on an H100 (torch 2.11) the forward kernel compiled for dynamic shapes ran
-    5x slower (scripts/benchmark_attention.py). Each new (batch, length) compiles once."""
+    """Static shapes: the kernel compiled for dynamic shapes ran several times slower (measured:
+    results/h100-2026-11-22/README.md). Each new (batch, length) compiles once."""
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
@@ -329,9 +372,9 @@ FLEX_RECOMPILE_LIMIT = 64  # distinct shapes compiled before refusing (torch's d
 
 
 def _run_flex(q, k, v, block_mask):
-    """Compiled on CUDA (the fused block-sparse kernel); eager elsewhere (an unfused reference
-    that torch 2.13 implements for CPU forward passes only) and inside a caller's own
-    torch.compile region (which compiles it)."""
+    """Compiled on CUDA (the fused block-sparse kernel); eager elsewhere (torch's unfused
+    reference, forward only on CPU) and inside a caller's own torch.compile region (which
+    compiles it)."""
     from torch.nn.attention.flex_attention import flex_attention
 
     if not q.is_cuda or torch.compiler.is_compiling():
@@ -345,6 +388,7 @@ def _run_flex(q, k, v, block_mask):
             return _compiled_flex_attention()(q, k, v, block_mask=block_mask)
     except torch._dynamo.exc.FailOnRecompileLimitHit as error:
         raise FlexRecompileLimit(
-            "FlexAttention hit torch.compile's recompile limit (torch._dynamo.config.recompile_limit="
-            f"{torch._dynamo.config.recompile_limit}) after too many distinct input shapes; raise that limit or "
-            "pad inputs to a few fixed lengths.") from error
+            "FlexAttention hit torch.compile's recompile limit "
+            "(torch._dynamo.config.recompile_limit="
+            f"{torch._dynamo.config.recompile_limit}) after too many distinct input shapes; raise "
+            "that limit or pad inputs to a few fixed lengths.") from error

@@ -17,8 +17,9 @@ CACHE_NAME = ("cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__
 def given_cache(cache=None, past_key_values=None):
     """The cache a caller passed under either name; ValueError if it passed two different ones."""
     if cache is not None and past_key_values is not None and cache is not past_key_values:
-        raise ValueError("Both cache and past_key_values were given; pass the cache once, as cache= "
-                         "(transformers >= 5.24's name) or past_key_values= (the older name).")
+        raise ValueError("Both cache and past_key_values were given; pass the cache once, as "
+                         "cache= (transformers >= 5.24's name) or past_key_values= (the older "
+                         "name).")
     return cache if cache is not None else past_key_values
 
 

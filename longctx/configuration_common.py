@@ -36,12 +36,17 @@ def pipelines_served_elsewhere(custom_pipelines: dict) -> dict:
         return dict(custom_pipelines)
     registered = pipelines.PIPELINE_REGISTRY.supported_tasks
     return {task: entry for task, entry in custom_pipelines.items()
-            if _class_name(registered.get(task, {}).get("impl")) != entry.get("impl")}
+            if _name_or_none(registered.get(task, {}).get("impl")) != entry.get("impl")}
 
 
-def _class_name(cls) -> str | None:
-    """"module_file.Class", the form `custom_pipelines` names classes in (None for no class)."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" if isinstance(cls, type) else None
+def file_qualified_name(cls: type) -> str:
+    """"module_file.Class": how `auto_map` and `custom_pipelines` name a class, its module by
+    the file alone (what the module is called inside a checkpoint folder)."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def _name_or_none(cls) -> str | None:
+    return file_qualified_name(cls) if isinstance(cls, type) else None
 
 
 class LongctxConfig(PreTrainedConfig):
@@ -150,17 +155,20 @@ class LongctxConfig(PreTrainedConfig):
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             self._require(value is None or 0.0 <= value < 1.0, name, "must be in [0, 1)")
-        self._require(self.hidden_size % self.num_attention_heads == 0, "hidden_size",
-                      f"must be divisible by num_attention_heads={self.num_attention_heads}; "
-                      f"use e.g. hidden_size={self.num_attention_heads * max(1, round(self.hidden_size / self.num_attention_heads))}")
+        heads = self.num_attention_heads
+        self._require(self.hidden_size % heads == 0, "hidden_size",
+                      f"must be divisible by num_attention_heads={heads}; "
+                      f"use e.g. hidden_size={heads * max(1, round(self.hidden_size / heads))}")
         self._require(self.hidden_act in ACT2FN, "hidden_act",
                       "must be one of transformers' activations, e.g. 'gelu', 'relu', 'gelu_new'")
         self._require(self.classifier_pooling is None or self.classifier_pooling in POOLING_CHOICES,
                       "classifier_pooling", f"must be None or one of {POOLING_CHOICES}")
-        self._require(self.classifier_head in CLASSIFIER_HEADS, "classifier_head", f"must be one of {CLASSIFIER_HEADS}")
+        self._require(self.classifier_head in CLASSIFIER_HEADS, "classifier_head",
+                      f"must be one of {CLASSIFIER_HEADS}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            self._require(value is None or (isinstance(value, int) and 0 <= value < self.vocab_size),
+            self._require(value is None
+                          or (isinstance(value, int) and 0 <= value < self.vocab_size),
                           name, f"must be None or a token id in [0, vocab_size={self.vocab_size})")
 
     def _apply_aliases(self, aliases: dict[str, str], kwargs: dict):
@@ -175,20 +183,23 @@ class LongctxConfig(PreTrainedConfig):
         default = type(self).__dataclass_fields__[field].default
         current = getattr(self, field)
         if current != default and current != value:
-            raise ValueError(f"{type(self).__name__}: {field}={current!r} and its alias {alias}={value!r} "
-                             f"disagree; pass only one of them.")
+            raise ValueError(f"{type(self).__name__}: {field}={current!r} and its alias "
+                             f"{alias}={value!r} disagree; pass only one of them.")
         setattr(self, field, value)
 
-    def _require_kernel(self, field: str, kernels: tuple, without_dropout: str | tuple, auto_under_dropout: str):
-        """`field` names one of `kernels`; the kernels `without_dropout` (one name or a tuple) have no
-        attention dropout, so they need attention_probs_dropout_prob 0 ('auto' takes
+    def _require_kernel(self, field: str, kernels: tuple, without_dropout: str | tuple,
+                        auto_under_dropout: str):
+        """`field` names one of `kernels`; the kernels `without_dropout` (one name or a tuple) have
+        no attention dropout, so they need attention_probs_dropout_prob 0 ('auto' takes
         `auto_under_dropout` then)."""
-        without_dropout = (without_dropout,) if isinstance(without_dropout, str) else without_dropout
+        without_dropout = ((without_dropout,) if isinstance(without_dropout, str)
+                           else without_dropout)
         self._require(getattr(self, field) in kernels, field, f"must be one of {kernels}")
-        self._require(getattr(self, field) not in without_dropout or not self.attention_probs_dropout_prob, field,
+        self._require(getattr(self, field) not in without_dropout
+                      or not self.attention_probs_dropout_prob, field,
                       f"has no attention dropout, but attention_probs_dropout_prob="
-                      f"{self.attention_probs_dropout_prob}: set that to 0, or use 'auto' ({auto_under_dropout} "
-                      "while dropout is on)")
+                      f"{self.attention_probs_dropout_prob}: set that to 0, or use 'auto' "
+                      f"({auto_under_dropout} while dropout is on)")
 
     def _require(self, condition: bool, field: str, requirement: str):
         if not condition:

@@ -5,10 +5,10 @@ from .configuration_common import LongctxConfig
 
 # The parameter-sharing modes of the paper (section 4, "Additional efficiency techniques").
 SHARING_CHOICES = ("none", "headwise", "key-value", "layerwise")
-NO_CAUSAL_MODEL = ("Linformer is bidirectional (its projections mix all positions, so a token would see the "
-                   "future) and has no causal LM; use is_decoder=False (masked LM, classification, question "
-                   "answering), or a causal architecture such as longctx-transformer or longctx-longformer for "
-                   "language modelling")
+NO_CAUSAL_MODEL = ("Linformer is bidirectional (its projections mix all positions, so a token "
+                   "would see the future) and has no causal LM; use is_decoder=False (masked LM, "
+                   "classification, question answering), or a causal architecture such as "
+                   "longctx-transformer or longctx-longformer for language modelling")
 
 
 class LongctxLinformerConfig(LongctxConfig):
@@ -38,7 +38,10 @@ class LongctxLinformerConfig(LongctxConfig):
 
     def _check_fields(self):
         super()._check_fields()
-        self._require(isinstance(self.projection_dim, int) and self.projection_dim > 0, "projection_dim",
+        self._require(isinstance(self.projection_dim, int) and self.projection_dim > 0,
+                      "projection_dim",
                       "must be a positive integer (the paper's k, e.g. projection_dim=256)")
-        self._require(self.sharing in SHARING_CHOICES, "sharing", f"must be one of {SHARING_CHOICES}")
-        self._require(not self.is_decoder, "is_decoder", f"is impossible for longctx-linformer: {NO_CAUSAL_MODEL}")
+        self._require(self.sharing in SHARING_CHOICES, "sharing",
+                      f"must be one of {SHARING_CHOICES}")
+        self._require(not self.is_decoder, "is_decoder",
+                      f"is impossible for longctx-linformer: {NO_CAUSAL_MODEL}")

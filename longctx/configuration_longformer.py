@@ -46,11 +46,15 @@ class LongctxLongformerConfig(LongctxConfig):
         super()._check_fields()
         windows = self.attention_window
         per_layer = [windows] if isinstance(windows, int) else list(windows)
-        self._require(all(isinstance(w, int) and w > 0 and w % 2 == 0 for w in per_layer), "attention_window",
-                      "must hold positive even integers (the window is split evenly around each token), "
-                      "e.g. attention_window=512")
-        self._require(isinstance(windows, int) or len(per_layer) == self.num_hidden_layers, "attention_window",
-                      f"must be an int or a list of one value per layer (num_hidden_layers={self.num_hidden_layers})")
+        self._require(all(isinstance(w, int) and w > 0 and w % 2 == 0 for w in per_layer),
+                      "attention_window",
+                      "must hold positive even integers (the window is split evenly around each "
+                      "token), e.g. attention_window=512")
+        self._require(isinstance(windows, int) or len(per_layer) == self.num_hidden_layers,
+                      "attention_window",
+                      f"must be an int or a list of one value per layer "
+                      f"(num_hidden_layers={self.num_hidden_layers})")
         self._require_kernel("sliding_window_kernel", KERNELS, "flex", "the chunked kernel")
-        self._require(self.sep_token_id is None or 0 <= self.sep_token_id < self.vocab_size, "sep_token_id",
+        self._require(self.sep_token_id is None or 0 <= self.sep_token_id < self.vocab_size,
+                      "sep_token_id",
                       f"must be None or a token id in [0, vocab_size={self.vocab_size})")

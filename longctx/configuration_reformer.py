@@ -2,15 +2,13 @@
 LSH and local chunked self-attention, axial position embeddings, chunked feed-forward and
 reversible residual layers, numerically transformers' Reformer."""
 
-import logging
 import math
 
 from .configuration_common import LongctxConfig
 
-logger = logging.getLogger(__name__)
-
 ATTENTION_KINDS = ("lsh", "local")
-# transformers' `ReformerConfig` name -> the common longctx field it is (read and written both ways).
+# transformers' `ReformerConfig` name -> the common longctx field it is (read and written both
+# ways).
 REFORMER_ALIASES = {"feed_forward_size": "intermediate_size"}
 
 
@@ -34,7 +32,8 @@ class LongctxReformerConfig(LongctxConfig):
       list of even factors; None: chosen from the first long input as transformers does,
       2 * length / chunk rounded down to a power of 2, and stored in the config), chunks of
       `lsh_attn_chunk_length`, each query seeing `lsh_num_chunks_before` / `_after` neighbouring
-      chunks; `hash_seed` fixes the random rotations (None: new ones every forward, as transformers).
+      chunks; `hash_seed` fixes the random rotations (None: new ones every forward, as
+      transformers).
     - Local layers: chunks of `local_attn_chunk_length` seeing `local_num_chunks_before` / `_after`.
     - `attention_head_size`: width of one head (None: hidden_size // num_attention_heads).
     - `axial_pos_embds`: axial position embeddings, position p = (p // cols, p % cols) of
@@ -89,7 +88,8 @@ class LongctxReformerConfig(LongctxConfig):
 
     def __post_init__(self, **kwargs):
         self._apply_aliases(REFORMER_ALIASES, kwargs)
-        for name in ("attn_layers", "axial_pos_shape", "axial_pos_embds_dim"):  # tuples from transformers
+        # transformers' configs hold tuples
+        for name in ("attn_layers", "axial_pos_shape", "axial_pos_embds_dim"):
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
         if isinstance(self.num_buckets, tuple):
@@ -121,8 +121,9 @@ class LongctxReformerConfig(LongctxConfig):
             return
         default = type(self).__dataclass_fields__["num_hidden_layers"].default
         if self.num_hidden_layers not in (default, len(self.attn_layers)):
-            raise ValueError(f"{type(self).__name__}: num_hidden_layers={self.num_hidden_layers} but attn_layers "
-                             f"lists {len(self.attn_layers)} layers; pass only attn_layers (it sets the depth).")
+            raise ValueError(f"{type(self).__name__}: num_hidden_layers={self.num_hidden_layers} "
+                             f"but attn_layers lists {len(self.attn_layers)} layers; pass only "
+                             f"attn_layers (it sets the depth).")
         self.num_hidden_layers = len(self.attn_layers)
 
     @property
@@ -131,7 +132,8 @@ class LongctxReformerConfig(LongctxConfig):
 
     @property
     def padding_multiple(self) -> int:
-        """Inputs longer than the shortest chunk are padded to a multiple of every chunk length used."""
+        """Inputs longer than the shortest chunk are padded to a multiple of every chunk length
+        used."""
         return math.lcm(*self.chunk_lengths())
 
     def chunk_lengths(self) -> list[int]:
@@ -141,12 +143,14 @@ class LongctxReformerConfig(LongctxConfig):
     def _check_fields(self):
         super()._check_fields()
         self._require(all(kind in ATTENTION_KINDS for kind in self.attn_layers), "attn_layers",
-                      f"must list one of {ATTENTION_KINDS} per layer, e.g. ['local', 'lsh', 'local', 'lsh']")
+                      f"must list one of {ATTENTION_KINDS} per layer, e.g. "
+                      f"['local', 'lsh', 'local', 'lsh']")
         self._require(len(self.attn_layers) == self.num_hidden_layers, "attn_layers",
                       f"lists {len(self.attn_layers)} layers but num_hidden_layers="
                       f"{self.num_hidden_layers}; give one kind per layer, or set attn_layers "
                       "to None to alternate 'local' and 'lsh' over num_hidden_layers layers")
-        for name in ("attention_head_size", "num_hashes", "lsh_attn_chunk_length", "local_attn_chunk_length"):
+        for name in ("attention_head_size", "num_hashes", "lsh_attn_chunk_length",
+                     "local_attn_chunk_length"):
             self._require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name,
                           "must be a positive integer")
         for name in ("lsh_num_chunks_before", "lsh_num_chunks_after", "local_num_chunks_before",
@@ -160,33 +164,39 @@ class LongctxReformerConfig(LongctxConfig):
         if self.is_decoder:
             for name in ("lsh_num_chunks_after", "local_num_chunks_after"):
                 self._require(getattr(self, name) == 0, name,
-                              "must be 0 for a decoder (is_decoder=True): causal attention looks back only")
-        self._require(self.pre_norm, "pre_norm", "must be True: Reformer's reversible layers are pre-LayerNorm")
+                              "must be 0 for a decoder (is_decoder=True): causal attention looks "
+                              "back only")
+        self._require(self.pre_norm, "pre_norm",
+                      "must be True: Reformer's reversible layers are pre-LayerNorm")
         self._require(not self.tie_word_embeddings, "tie_word_embeddings",
-                      "must be False: the LM head reads both reversible streams (2 x hidden_size wide), the "
-                      "embeddings are hidden_size wide")
-        self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Reformer has no token types")
+                      "must be False: the LM head reads both reversible streams (2 x hidden_size "
+                      "wide), the embeddings are hidden_size wide")
+        self._require(self.type_vocab_size == 0, "type_vocab_size",
+                      "must be 0: Reformer has no token types")
         self._require(self.hash_seed is None or isinstance(self.hash_seed, int), "hash_seed",
                       "must be None (new random rotations every forward) or an integer")
 
     def _check_buckets(self):
         buckets = self.num_buckets
         factors = [buckets] if isinstance(buckets, int) else list(buckets or [])
-        self._require(buckets is None or (factors and all(isinstance(f, int) and f >= 2 and f % 2 == 0
-                                                          for f in factors)),
-                      "num_buckets", "must be None (chosen from the input length), an even integer >= 2, or a "
-                      "list of them (a factorised hash, e.g. [32, 64])")
+        self._require(buckets is None
+                      or (factors and all(isinstance(f, int) and f >= 2 and f % 2 == 0
+                                          for f in factors)),
+                      "num_buckets", "must be None (chosen from the input length), an even integer "
+                      ">= 2, or a list of them (a factorised hash, e.g. [32, 64])")
 
     def _check_axial(self):
         if not self.axial_pos_embds:
             return
         shape, dims = list(self.axial_pos_shape or []), list(self.axial_pos_embds_dim or [])
-        self._require(len(shape) == 2 and all(isinstance(s, int) and s > 0 for s in shape), "axial_pos_shape",
-                      "must be two positive integers (rows, columns) whose product holds every position, e.g. "
-                      f"{list(default_axial_shape(self.max_position_embeddings))}")
+        self._require(len(shape) == 2 and all(isinstance(s, int) and s > 0 for s in shape),
+                      "axial_pos_shape",
+                      "must be two positive integers (rows, columns) whose product holds every "
+                      f"position, e.g. {list(default_axial_shape(self.max_position_embeddings))}")
         self._require(len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims)
                       and sum(dims) == self.hidden_size, "axial_pos_embds_dim",
-                      f"must be two positive integers summing to hidden_size={self.hidden_size}, e.g. "
+                      f"must be two positive integers summing to hidden_size={self.hidden_size}, "
+                      f"e.g. "
                       f"[{self.hidden_size // 2}, {self.hidden_size - self.hidden_size // 2}] "
                       f"(None: those halves)")
         self._require(self.axial_norm_std > 0, "axial_norm_std", "must be positive")

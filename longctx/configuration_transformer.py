@@ -1,4 +1,5 @@
-"""Configuration of `longctx-transformer`, the dense baseline every comparison is measured against."""
+"""Configuration of `longctx-transformer`, the dense baseline every comparison is measured
+against."""
 
 from .configuration_common import LongctxConfig
 

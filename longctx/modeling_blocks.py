@@ -1,7 +1,40 @@
 """Blocks every longctx architecture is built from: embeddings, feed-forward, the residual block,
-the pretrained-model base, and the input checks shared by all backbones."""
+the pretrained-model base, and the input checks shared by all backbones.
+
+The backbone contract
+---------------------
+A backbone (`XModel`, what `AutoModel` builds and what every head holds as `self.model`) is
+built as `XModel(config)`, initialises its weights once (`post_init`), and promises:
+
+- `output_size`: the width of `last_hidden_state`, which the heads size their layers by
+  (hidden_size; Reformer 2 * hidden_size, its two streams side by side).
+- forward takes transformers' usual keywords: exactly one of `input_ids` (batch, length) or
+  `inputs_embeds` (batch, length, hidden_size); `attention_mask` (batch, past + new length), 1
+  for tokens and 0 for padding, left or right; `use_cache`, `output_attentions`,
+  `output_hidden_states`, `return_dict` (each None takes the config's value: `output_flags`);
+  the cache as `cache` or `past_key_values` (its name before transformers 5.24; `compat`);
+  and the architecture's own inputs (e.g. Longformer's `global_attention_mask`).
+- It returns `BaseModelOutputWithPast` (its tuple when `return_dict` is False; the heads always
+  ask for the object and read fields by name):
+  - `last_hidden_state`: (batch, new length, output_size), for the new tokens only;
+  - the cache under the installed transformers' field name (`compat.CACHE_NAME`: `cache` from
+    5.24 on, `past_key_values` before), None when there is none;
+  - `hidden_states` (only when asked for): num_hidden_layers + 1 tensors, the input of every
+    layer and then the final output; Reformer's are its second stream (hidden_size wide);
+  - `attentions` (only when asked for): one tensor per layer, each query's weights over the
+    keys, (batch, heads, new length, keys) where keys counts the cache too (Linformer: its
+    `projection_dim` projected rows). Asking for them runs the explicit reference kernels.
+- Encoder or decoder, as `config.is_decoder` says:
+  - an encoder keeps no cache and refuses one given to it (ValueError); its cache is None;
+  - a decoder continues from the cache of its previous call (the mask then covers the cached
+    tokens too, positions continue after them) and, with `use_cache` and no cache given,
+    starts one: a transformers `DynamicCache`, or the architecture's own object (Reformer's
+    `ReformerRecomputeCache`, Transformer-XL's memory, whose own rules its module states).
+    While gradient checkpointing recomputes the layers in training, no cache is kept.
+"""
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -13,7 +46,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import logging
 
 from .compat import cache_field, given_cache
-from .configuration_common import LongctxConfig
+from .configuration_common import LongctxConfig, file_qualified_name
 # Imported here so that every checkpoint carries question_answering.py (save_pretrained copies the
 # files a modeling file imports with single-dot relative imports, recursively), which config.json's
 # `custom_pipelines` names: without longctx, pipeline("question-answering", trust_remote_code=True).
@@ -27,11 +60,15 @@ class LongctxPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
+    # Read by transformers, not by us: with it, `attn_implementation` defaults to "sdpa" and an
+    # explicit attn_implementation="sdpa" (from_pretrained's argument, the example scripts'
+    # --attn_implementation) is accepted instead of raising. The kernels use SDPA either way.
     _supports_sdpa = True
     _skip_keys_device_placement = ["cache", "past_key_values"]
-    # Filled by `longctx.register()`: every Auto class of the architecture -> "module.Class".
-    # Written into config.json's `auto_map` on save, so a checkpoint saved from any head loads
-    # through every other Auto class with trust_remote_code=True.
+    # Filled by `_register` in `__init__.py` (run by `import longctx`): every Auto class of the
+    # architecture -> "module.Class". Written into config.json's `auto_map` on save, so a
+    # checkpoint saved from any head loads through every other Auto class with
+    # trust_remote_code=True.
     longctx_auto_map: dict = {}
 
     def __init__(self, config, *args, **kwargs):
@@ -69,7 +106,7 @@ class LongctxPreTrainedModel(PreTrainedModel):
                 self.config.custom_pipelines = own
 
     def _is_question_answering_head(self) -> bool:
-        own_name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        own_name = file_qualified_name(type(self))
         return self.longctx_auto_map.get("AutoModelForQuestionAnswering") == own_name
 
 
@@ -105,14 +142,16 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids=None, position_ids=None, token_type_ids=None, inputs_embeds=None):
         if inputs_embeds is None:
-            check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids", "vocab_size")
+            check_ids_below(input_ids, self.word_embeddings.num_embeddings, "input_ids",
+                            "vocab_size")
             hidden = self.word_embeddings(input_ids)
         else:
             hidden = inputs_embeds
         if self.position_embeddings is not None:
             hidden = hidden + self.position_embeddings(position_ids)
         if token_type_ids is not None:
-            types = self.token_type_embeddings.num_embeddings if self.token_type_embeddings is not None else 1
+            types = (self.token_type_embeddings.num_embeddings
+                     if self.token_type_embeddings is not None else 1)
             check_ids_below(token_type_ids, types, "token_type_ids", "type_vocab_size")
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
@@ -125,9 +164,10 @@ def check_ids_below(ids: torch.Tensor, limit: int, name: str, config_field: str)
     """An id outside an embedding table is an IndexError on CPU and a device assert on CUDA."""
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= limit):
         raise ValueError(
-            f"{name} holds values in [{int(ids.min())}, {int(ids.max())}] but the model's {config_field} "
-            f"allows [0, {limit}) (0 only, for token types of a model with type_vocab_size=0); use the "
-            f"tokenizer the model was trained with, or a config whose {config_field} covers these ids.")
+            f"{name} holds values in [{int(ids.min())}, {int(ids.max())}] but the model's "
+            f"{config_field} allows [0, {limit}) (0 only, for token types of a model with "
+            f"type_vocab_size=0); use the tokenizer the model was trained with, or a config whose "
+            f"{config_field} covers these ids.")
 
 
 class FeedForward(nn.Module):
@@ -174,7 +214,8 @@ class ResidualBlock(GradientCheckpointingLayer):
 
 def final_norm(config) -> nn.Module:
     """Pre-norm stacks end with a LayerNorm; post-norm stacks are already normalised."""
-    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+    return (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm
+            else nn.Identity())
 
 
 def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
@@ -183,13 +224,17 @@ def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids (batch, length) or inputs_embeds "
                          "(batch, length, hidden_size).")
-    if input_ids is not None and (input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.is_complex()):
-        raise ValueError(f"input_ids is a {input_ids.dim()}-D {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}; "
-                         "longctx models take integer token ids of shape (batch, length): e.g. "
-                         "tokenizer(texts, return_tensors='pt'), or input_ids[None] for a single sequence.")
-    if inputs_embeds is not None and (inputs_embeds.dim() != 3 or not inputs_embeds.is_floating_point()):
-        raise ValueError(f"inputs_embeds is a {inputs_embeds.dim()}-D {inputs_embeds.dtype} tensor of shape "
-                         f"{tuple(inputs_embeds.shape)}; longctx models take floating-point embeddings of shape "
+    if input_ids is not None and (input_ids.dim() != 2 or input_ids.is_floating_point()
+                                  or input_ids.is_complex()):
+        raise ValueError(f"input_ids is a {input_ids.dim()}-D {input_ids.dtype} tensor of shape "
+                         f"{tuple(input_ids.shape)}; longctx models take integer token ids of "
+                         "shape (batch, length): e.g. tokenizer(texts, return_tensors='pt'), or "
+                         "input_ids[None] for a single sequence.")
+    if inputs_embeds is not None and (inputs_embeds.dim() != 3
+                                      or not inputs_embeds.is_floating_point()):
+        raise ValueError(f"inputs_embeds is a {inputs_embeds.dim()}-D {inputs_embeds.dtype} tensor "
+                         f"of shape {tuple(inputs_embeds.shape)}; longctx models take "
+                         "floating-point embeddings of shape "
                          "(batch, length, hidden_size).")
     return tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
 
@@ -200,8 +245,9 @@ def check_attention_mask(attention_mask, batch: int, total_length: int):
         return
     if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, total_length):
         raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)}; longctx models take a 2D mask "
-            f"(batch, past + new length) = ({batch}, {total_length}) of 1 for tokens and 0 for padding.")
+            f"attention_mask has shape {tuple(attention_mask.shape)}; longctx models take a 2D "
+            f"mask (batch, past + new length) = ({batch}, {total_length}) of 1 for tokens and 0 "
+            "for padding.")
 
 
 def position_ids_from_mask(attention_mask, past_length: int, length: int, device) -> torch.Tensor:
@@ -230,12 +276,33 @@ def key_padding_mask(attention_mask) -> torch.Tensor | None:
     return attention_mask.bool()
 
 
+class OutputFlags(NamedTuple):
+    """What a forward call returns besides its main result, and in which form."""
+
+    attentions: bool
+    hidden_states: bool
+    return_dict: bool
+
+
+def output_flags(config, output_attentions=None, output_hidden_states=None,
+                 return_dict=None) -> OutputFlags:
+    """The call's output switches, each resolved against the config: a switch the call leaves
+    None takes the config's value (transformers' convention, so that e.g.
+    `config.output_hidden_states=True` holds for every call that does not say otherwise)."""
+    def resolved(given, field):
+        return getattr(config, field) if given is None else given
+
+    return OutputFlags(attentions=resolved(output_attentions, "output_attentions"),
+                       hidden_states=resolved(output_hidden_states, "output_hidden_states"),
+                       return_dict=resolved(return_dict, "return_dict"))
+
+
 def backbone_output(config, return_dict, last_hidden_state, cache, hidden_states, attentions):
     """The backbone's output, as an object or (return_dict False) a tuple."""
     output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_field(cache),
                                      hidden_states=hidden_states, attentions=attentions)
-    return_dict = config.return_dict if return_dict is None else return_dict
-    return output if return_dict else output.to_tuple()
+    return (output if output_flags(config, return_dict=return_dict).return_dict
+            else output.to_tuple())
 
 
 def is_encoder_without_cache(config, cache) -> bool:
@@ -261,9 +328,10 @@ class WordEmbeddingsAccess:
 class StackedBackbone(WordEmbeddingsAccess):
     """Embeddings -> `num_hidden_layers` residual blocks around `attention_class` -> final norm.
 
-    Mixed in before an architecture's pretrained base: `class XModel(StackedBackbone, XPreTrainedModel)`
-    with `attention_class = ...`; the attention module is built as `attention_class(config, layer_idx)`
-    and called as `attention(hidden, key_padding_mask=, cache=, output_attentions=,
+    Mixed in before an architecture's pretrained base:
+    `class XModel(StackedBackbone, XPreTrainedModel)` with `attention_class = ...`; the attention
+    module is built as `attention_class(config, layer_idx)` and called as
+    `attention(hidden, key_padding_mask=, cache=, output_attentions=,
     **layer_inputs)`. An architecture with inputs of its own (e.g. Longformer's global attention
     mask) overrides `forward` and passes them on in `layer_inputs`.
     """
@@ -275,10 +343,16 @@ class StackedBackbone(WordEmbeddingsAccess):
         super().__init__(config)
         self.embeddings = Embeddings(config, absolute_positions=self.absolute_positions)
         self.layers = nn.ModuleList(
-            ResidualBlock(config, self.attention_class(config, i)) for i in range(config.num_hidden_layers))
+            ResidualBlock(config, self.attention_class(config, i))
+            for i in range(config.num_hidden_layers))
         self.final_norm = final_norm(config)
         self.output_size = config.hidden_size
+        self._build_shared_modules(config)
         self.post_init()
+
+    def _build_shared_modules(self, config):
+        """Modules an architecture adds beside the stack (e.g. a matrix every layer uses), built
+        here so that `post_init` initialises them with the rest; none by default."""
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,
@@ -296,20 +370,18 @@ class StackedBackbone(WordEmbeddingsAccess):
         check_positions(position_ids, self.config.max_position_embeddings)
 
         hidden = self.embeddings(input_ids, position_ids, token_type_ids, inputs_embeds)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         all_hidden, all_weights = (), ()
         padding = key_padding_mask(attention_mask)
         for layer in self.layers:
             all_hidden += (hidden,)
             hidden, weights = layer(hidden, key_padding_mask=padding, cache=cache,
-                                    output_attentions=output_attentions, **(layer_inputs or {}))
+                                    output_attentions=flags.attentions, **(layer_inputs or {}))
             all_weights += (weights,)
         hidden = self.final_norm(hidden)
-        return backbone_output(self.config, return_dict, hidden, cache,
-                              all_hidden + (hidden,) if output_hidden_states else None,
-                              all_weights if output_attentions else None)
+        return backbone_output(self.config, flags.return_dict, hidden, cache,
+                               all_hidden + (hidden,) if flags.hidden_states else None,
+                               all_weights if flags.attentions else None)
 
     def _cache(self, cache, use_cache):
         """Decoders keep keys and values for `generate()`; encoders have nothing to cache."""

@@ -9,8 +9,8 @@ pretrained base second, and `backbone_class` naming its backbone, e.g.
 A causal LM also lists `GenerationMixin` last, after the pretrained base (transformers looks
 for it among the direct bases to give the model a generation config).
 
-A backbone takes the usual transformers inputs and returns `BaseModelOutputWithPast`; its
-attribute `output_size` is the width of its hidden states (Reformer concatenates two streams).
+What a head may rely on from its backbone (inputs, outputs, `output_size`, caches) is the
+backbone contract, stated in `modeling_blocks`' module doc.
 """
 
 import torch
@@ -24,6 +24,7 @@ from transformers.modeling_outputs import (
 )
 
 from .compat import CACHE_NAME, cache_field, cache_of, given_cache
+from .modeling_blocks import output_flags
 
 WORD_EMBEDDINGS = "model.embeddings.word_embeddings.weight"
 IGNORE_INDEX = -100  # a label that takes no loss (transformers' convention)
@@ -31,17 +32,20 @@ IGNORE_INDEX = -100  # a label that takes no loss (transformers' convention)
 
 def check_labels(labels, shape: tuple, limit: int, config_field: str):
     """Labels of the given shape, integers in [0, limit) or IGNORE_INDEX. A label out of range is an
-    IndexError in cross_entropy on CPU, a device assert on CUDA, and in an adaptive softmax no loss at
-    all; a wrong shape fails, if at all, with the flattened sizes."""
+    IndexError in cross_entropy on CPU, a device assert on CUDA, and in an adaptive softmax no loss
+    at all; a wrong shape fails, if at all, with the flattened sizes."""
     if tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"labels has shape {tuple(labels.shape)} but this head needs {tuple(shape)}; pass one label "
-                         f"per {'position of input_ids' if len(shape) > 1 else 'sequence'}.")
+        raise ValueError(f"labels has shape {tuple(labels.shape)} but this head needs "
+                         f"{tuple(shape)}; pass one label per "
+                         f"{'position of input_ids' if len(shape) > 1 else 'sequence'}.")
     if labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels is {labels.dtype}; this loss needs integer class ids (torch.long).")
+        raise ValueError(f"labels is {labels.dtype}; this loss needs integer class ids "
+                         "(torch.long).")
     wrong = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= limit))]
     if wrong.numel():
-        raise ValueError(f"labels holds {int(wrong[0])}, outside [0, {limit}) set by {config_field}={limit}; use "
-                         f"ids below {limit}, or {IGNORE_INDEX} for positions without loss.")
+        raise ValueError(f"labels holds {int(wrong[0])}, outside [0, {limit}) set by "
+                         f"{config_field}={limit}; use ids below {limit}, or {IGNORE_INDEX} for "
+                         "positions without loss.")
 
 
 class HeadBase:
@@ -61,10 +65,8 @@ class HeadBase:
 
     def _backbone(self, kwargs) -> tuple:
         """Runs the backbone; returns (its output, whether to return a tuple)."""
-        return_dict = kwargs.pop("return_dict", None)
-        if return_dict is None:
-            return_dict = self.config.return_dict
-        return self.model(**kwargs, return_dict=True), not return_dict
+        flags = output_flags(self.config, return_dict=kwargs.pop("return_dict", None))
+        return self.model(**kwargs, return_dict=True), not flags.return_dict
 
     @staticmethod
     def _finish(output, as_tuple: bool):
@@ -103,8 +105,13 @@ class ForCausalLM(HeadBase):
                 f"build it with is_decoder=True (e.g. AutoConfig.for_model('{config.model_type}', "
                 f"is_decoder=True)).")
         super().__init__(config)
-        self.lm_head = nn.Linear(self.model.output_size, config.vocab_size, bias=False)
+        self.lm_head = self._build_lm_head(config)
         self.post_init()
+
+    def _build_lm_head(self, config) -> nn.Module:
+        """The projection to the vocabulary, tied to the input embeddings; an architecture whose
+        outputs do not fit that layout overrides it (built before `post_init` initialises it)."""
+        return nn.Linear(self.model.output_size, config.vocab_size, bias=False)
 
     def get_output_embeddings(self):
         return self.lm_head
@@ -112,9 +119,11 @@ class ForCausalLM(HeadBase):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep: int = 0, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep: int = 0,
+                **kwargs):
         """`labels` are the input ids (shifted inside); -100 marks positions without loss."""
-        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids,
+                                                attention_mask=attention_mask))
         hidden = outputs.last_hidden_state
         if labels is not None:  # one label per input position, whatever logits_to_keep keeps
             check_labels(labels, hidden.shape[:2], self.config.vocab_size, "vocab_size")
@@ -130,7 +139,8 @@ class ForCausalLM(HeadBase):
 def shifted_lm_loss(logits, labels):
     """Mean cross-entropy of predicting token t+1 from position t, ignoring -100 labels."""
     shifted = labels[:, 1:].to(logits.device)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(),
+                           ignore_index=IGNORE_INDEX)
 
 
 class MaskedLMPredictionHead(nn.Module):
@@ -147,13 +157,9 @@ class MaskedLMPredictionHead(nn.Module):
         return self.decoder(self.layer_norm(self.activation(self.dense(hidden))))
 
 
-class ForMaskedLM(HeadBase):
-    _tied_weights_keys = {"lm_head.decoder.weight": WORD_EMBEDDINGS}
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.lm_head = MaskedLMPredictionHead(config, self.model.output_size)
-        self.post_init()
+class DecoderOutputEmbeddings:
+    """The output embeddings of a head whose `lm_head` keeps its vocabulary projection as
+    `decoder`."""
 
     def get_output_embeddings(self):
         return self.lm_head.decoder
@@ -161,16 +167,31 @@ class ForMaskedLM(HeadBase):
     def set_output_embeddings(self, value):
         self.lm_head.decoder = value
 
+
+class ForMaskedLM(DecoderOutputEmbeddings, HeadBase):
+    _tied_weights_keys = {"lm_head.decoder.weight": WORD_EMBEDDINGS}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lm_head = self._build_lm_head(config)
+        self.post_init()
+
+    def _build_lm_head(self, config) -> nn.Module:
+        """As `ForCausalLM._build_lm_head`: overridable, built before `post_init`."""
+        return MaskedLMPredictionHead(config, self.model.output_size)
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         """`labels`: the original ids at masked positions, -100 elsewhere."""
-        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids,
+                                                attention_mask=attention_mask))
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             check_labels(labels, logits.shape[:2], self.config.vocab_size, "vocab_size")
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.to(logits.device).flatten(),
                                    ignore_index=IGNORE_INDEX)
-        return self._finish(MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+        return self._finish(MaskedLMOutput(loss=loss, logits=logits,
+                                           hidden_states=outputs.hidden_states,
                                            attentions=outputs.attentions), as_tuple)
 
 
@@ -193,7 +214,8 @@ class LinearClassificationHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """dropout -> dense -> tanh -> dropout -> projection (RoBERTa / Longformer / Reformer layout)."""
+    """dropout -> dense -> tanh -> dropout -> projection (RoBERTa / Longformer / Reformer
+    layout)."""
 
     def __init__(self, config, input_size: int):
         super().__init__()
@@ -236,9 +258,11 @@ class ForSequenceClassification(HeadBase):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids,
+                                                attention_mask=attention_mask))
         hidden = outputs.last_hidden_state
-        pooled = pool(hidden, self._real_tokens(input_ids, attention_mask, hidden.shape[1]), self.config.pooling)
+        pooled = pool(hidden, self._real_tokens(input_ids, attention_mask, hidden.shape[1]),
+                      self.config.pooling)
         logits = self.classifier(pooled)
         loss = None if labels is None else self._loss(logits, labels.to(logits.device))
         output = self.output_class(loss=loss, logits=logits, **cache_field(cache_of(outputs)),
@@ -260,10 +284,11 @@ class ForSequenceClassification(HeadBase):
         if self.config.problem_type is None:
             self.config.problem_type = infer_problem_type(self.config.num_labels, labels)
         if self.config.problem_type == "regression":
-            return F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1)) if self.config.num_labels == 1 \
-                else F.mse_loss(logits.float(), labels.float())
+            return (F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+                    if self.config.num_labels == 1 else F.mse_loss(logits.float(), labels.float()))
         if self.config.problem_type == "single_label_classification":
-            if labels.dim() == 2 and labels.shape[1] == 1:  # (batch, 1), as transformers' view(-1) takes it
+            # (batch, 1), which transformers' view(-1) takes as (batch,)
+            if labels.dim() == 2 and labels.shape[1] == 1:
                 labels = labels[:, 0]
             check_labels(labels, logits.shape[:1], self.config.num_labels, "num_labels")
             return F.cross_entropy(logits.float(), labels)
@@ -271,7 +296,8 @@ class ForSequenceClassification(HeadBase):
 
 
 def infer_problem_type(num_labels: int, labels) -> str:
-    """transformers' rule: one output is regression, integer labels single-label, else multi-label."""
+    """transformers' rule: one output is regression, integer labels single-label, else
+    multi-label."""
     if num_labels == 1:
         return "regression"
     if labels.dtype in (torch.long, torch.int):
@@ -287,8 +313,10 @@ class ForQuestionAnswering(HeadBase):
         self.qa_outputs = nn.Linear(self.model.output_size, 2)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, start_positions=None, end_positions=None, **kwargs):
-        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+    def forward(self, input_ids=None, attention_mask=None, start_positions=None,
+                end_positions=None, **kwargs):
+        outputs, as_tuple = self._backbone(dict(kwargs, input_ids=input_ids,
+                                                attention_mask=attention_mask))
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).float().unbind(dim=-1)
         loss = None
         if start_positions is not None and end_positions is not None:

@@ -130,9 +130,11 @@ class LinformerSelfAttention(nn.Module):
 
     def forward(self, hidden, key_padding_mask=None, cache=None, output_attentions=False,
                 projection_rows=None, layerwise_projection=None):
-        q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
+        q, k, v = (split_heads(proj(hidden), self.num_heads)
+                   for proj in (self.query, self.key, self.value))
         key_matrix, value_matrix = self._matrices(layerwise_projection)
-        k = project_sequence(k, key_matrix, projection_rows, key_padding_mask)  # (batch, heads, k, dim)
+        # keys and values mixed into the k projected rows: (batch, heads, k, dim)
+        k = project_sequence(k, key_matrix, projection_rows, key_padding_mask)
         v = project_sequence(v, value_matrix, projection_rows, key_padding_mask)
         dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
@@ -162,13 +164,13 @@ class LongctxLinformerPreTrainedModel(LongctxPreTrainedModel):
 class LongctxLinformerModel(StackedBackbone, LongctxLinformerPreTrainedModel):
     attention_class = LinformerSelfAttention
 
-    def __init__(self, config):
-        super().__init__(config)
-        if config.sharing == "layerwise":
-            self.layerwise_projection = SequenceProjection(config, 1)
-            self.post_init()  # initialises the module added after StackedBackbone's post_init
+    def _build_shared_modules(self, config):
+        # Layerwise sharing: one matrix for every layer, passed to each in `layer_inputs`.
+        self.layerwise_projection = (SequenceProjection(config, 1)
+                                     if config.sharing == "layerwise" else None)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                **kwargs):
         batch, length = input_shape(input_ids, inputs_embeds)
         check_attention_mask(attention_mask, batch, length)
         rows = None  # fast path: tokens at positions 0..length-1 use rows 0..length-1 of E and F
@@ -178,16 +180,17 @@ class LongctxLinformerModel(StackedBackbone, LongctxLinformerPreTrainedModel):
                 position_ids = position_ids_from_mask(attention_mask, 0, length, device)
             rows = position_ids.expand(batch, length)
         layer_inputs = {"projection_rows": rows,
-                        "layerwise_projection": getattr(self, "layerwise_projection", None)}
-        return super().forward(input_ids, attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
-                               layer_inputs=layer_inputs, **kwargs)
+                        "layerwise_projection": self.layerwise_projection}
+        return super().forward(input_ids, attention_mask, position_ids=position_ids,
+                               inputs_embeds=inputs_embeds, layer_inputs=layer_inputs, **kwargs)
 
 
 class LongctxLinformerForMaskedLM(ForMaskedLM, LongctxLinformerPreTrainedModel):
     backbone_class = LongctxLinformerModel
 
 
-class LongctxLinformerForSequenceClassification(ForSequenceClassification, LongctxLinformerPreTrainedModel):
+class LongctxLinformerForSequenceClassification(ForSequenceClassification,
+                                                LongctxLinformerPreTrainedModel):
     backbone_class = LongctxLinformerModel
 
 

@@ -20,7 +20,12 @@ from .attention_sliding import (
 )
 from .configuration_longformer import LongctxLongformerConfig
 from .modeling_blocks import LongctxPreTrainedModel, StackedBackbone, merge_heads, split_heads
-from .modeling_heads import ForCausalLM, ForMaskedLM, ForQuestionAnswering, ForSequenceClassification
+from .modeling_heads import (
+    ForCausalLM,
+    ForMaskedLM,
+    ForQuestionAnswering,
+    ForSequenceClassification,
+)
 
 
 class LongformerSelfAttention(nn.Module):
@@ -38,16 +43,19 @@ class LongformerSelfAttention(nn.Module):
 
     def forward(self, hidden, key_padding_mask=None, cache=None, output_attentions=False,
                 global_mask=None, block_masks=None):
-        q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
+        q, k, v = (split_heads(proj(hidden), self.num_heads)
+                   for proj in (self.query, self.key, self.value))
         dropout_p = self.dropout_p if self.training else 0.0
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         # block_masks: this forward's memo of Flex block masks, shared by the layers (same masks)
-        options = dict(key_padding_mask=key_padding_mask, dropout_p=dropout_p, block_masks=block_masks)
+        options = dict(key_padding_mask=key_padding_mask, dropout_p=dropout_p,
+                       block_masks=block_masks)
         if self.causal:
             out, weights = self._causal(q, k, v, output_attentions, **options)
         else:
-            out, weights = self._windowed(q, k, v, output_attentions, global_key_mask=global_mask, **options)
+            out, weights = self._windowed(q, k, v, output_attentions, global_key_mask=global_mask,
+                                          **options)
             if global_mask is not None:
                 out = self._global_rows(hidden, out, global_mask, key_padding_mask, dropout_p)
         return self.output(merge_heads(out)), weights
@@ -55,21 +63,22 @@ class LongformerSelfAttention(nn.Module):
     def _causal(self, q, k, v, output_attentions, key_padding_mask, dropout_p, block_masks):
         if q.shape[2] != k.shape[2]:  # new tokens after a cache, which keeps only the recent keys
             if output_attentions:
-                raise ValueError("output_attentions=True is not supported while decoding with a cache; "
-                                 "run a full forward (use_cache=False) to get attention weights.")
+                raise ValueError("output_attentions=True is not supported while decoding with a "
+                                 "cache; run a full forward (use_cache=False) to get attention "
+                                 "weights.")
             recent = None if key_padding_mask is None else key_padding_mask[:, -k.shape[2]:]
             return sliding_window_decode(q, k, v, window=self.window, key_padding_mask=recent,
                                          dropout_p=dropout_p), None
-        return self._windowed(q, k, v, output_attentions, key_padding_mask=key_padding_mask, causal=True,
-                              dropout_p=dropout_p, block_masks=block_masks)
+        return self._windowed(q, k, v, output_attentions, key_padding_mask=key_padding_mask,
+                              causal=True, dropout_p=dropout_p, block_masks=block_masks)
 
     def _windowed(self, q, k, v, output_attentions, block_masks=None, **options):
         """(output, weights): every token over its window (and the global tokens, through the
         regular projections); the explicit path when weights are asked for, else a fast kernel."""
         if output_attentions:  # (batch, heads, length, length) weights
             return sliding_window_attention_reference(q, k, v, window=self.window, **options)
-        return sliding_window_attention(q, k, v, window=self.window, kernel=self.kernel, block_masks=block_masks,
-                                        **options), None
+        return sliding_window_attention(q, k, v, window=self.window, kernel=self.kernel,
+                                        block_masks=block_masks, **options), None
 
     def _global_rows(self, hidden, out, global_mask, key_padding_mask, dropout_p):
         """Global tokens attend every token through the global projections; their rows replace
@@ -78,8 +87,10 @@ class LongformerSelfAttention(nn.Module):
         length = hidden.shape[1]
         rows = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))
         q = split_heads(self.query_global(rows), self.num_heads)
-        k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.key_global, self.value_global))
-        global_out = dense_attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        k, v = (split_heads(proj(hidden), self.num_heads)
+                for proj in (self.key_global, self.value_global))
+        global_out = dense_attention(q, k, v, key_padding_mask=key_padding_mask,
+                                     dropout_p=dropout_p)
         # Scatter the valid rows back; padding entries of `index` go to a spare row, dropped after.
         target = torch.where(valid, index, length)[:, None, :, None].expand_as(global_out)
         spare = torch.nn.functional.pad(out, (0, 0, 0, 1))
@@ -91,7 +102,8 @@ class LongctxLongformerPreTrainedModel(LongctxPreTrainedModel):
     _no_split_modules = ["ResidualBlock"]
 
     def _default_globals(self) -> bool:
-        """Whether a head adds its default global tokens (encoders only; an ablation turns it off)."""
+        """Whether a head adds its default global tokens (encoders only; an ablation turns it
+        off)."""
         return self.config.default_global_attention and not self.config.is_decoder
 
 
@@ -109,13 +121,14 @@ class LongctxLongformerModel(StackedBackbone, LongctxLongformerPreTrainedModel):
         if global_attention_mask is None:
             return None
         if self.config.is_decoder:
-            raise ValueError("global_attention_mask is for encoders: a causal Longformer (is_decoder=True) "
-                             "has sliding-window attention only.")
+            raise ValueError("global_attention_mask is for encoders: a causal Longformer "
+                             "(is_decoder=True) has sliding-window attention only.")
         reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         shape = tuple(reference.shape[:2]) if reference is not None else None
         if tuple(global_attention_mask.shape) != shape:
-            raise ValueError(f"global_attention_mask has shape {tuple(global_attention_mask.shape)}; it must be "
-                             f"(batch, length) = {shape}, 1 for global tokens and 0 elsewhere.")
+            raise ValueError(f"global_attention_mask has shape "
+                             f"{tuple(global_attention_mask.shape)}; it must be (batch, length) = "
+                             f"{shape}, 1 for global tokens and 0 elsewhere.")
         mask = global_attention_mask.bool()
         if attention_mask is not None:
             mask = mask & attention_mask.bool()
@@ -135,13 +148,14 @@ def first_token_global(input_ids, attention_mask, inputs_embeds=None):
 def question_global(input_ids, sep_token_id):
     """Global attention on the tokens before each row's first separator: <s> and the question."""
     if input_ids is None or sep_token_id is None:
-        raise ValueError("Question answering puts global attention on the question, found from input_ids and "
-                         "config.sep_token_id; pass global_attention_mask explicitly with inputs_embeds or "
-                         "when sep_token_id is None.")
+        raise ValueError("Question answering puts global attention on the question, found from "
+                         "input_ids and config.sep_token_id; pass global_attention_mask explicitly "
+                         "with inputs_embeds or when sep_token_id is None.")
     is_sep = input_ids == sep_token_id
     if not bool(is_sep.any(dim=1).all()):
-        raise ValueError(f"A row of input_ids has no separator (sep_token_id={sep_token_id}) after its question; "
-                         f"encode (question, context) pairs, or pass global_attention_mask.")
+        raise ValueError(f"A row of input_ids has no separator (sep_token_id={sep_token_id}) after "
+                         f"its question; encode (question, context) pairs, or pass "
+                         f"global_attention_mask.")
     first_sep = is_sep.to(torch.long).argmax(dim=1, keepdim=True)
     return (torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < first_sep).long()
 
@@ -154,17 +168,21 @@ class LongctxLongformerForMaskedLM(ForMaskedLM, LongctxLongformerPreTrainedModel
     backbone_class = LongctxLongformerModel
 
     # The explicit signatures matter: Trainer keeps only dataset columns named in forward's.
-    def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, labels=None,
+                **kwargs):
         return super().forward(input_ids, attention_mask, labels=labels,
                                global_attention_mask=global_attention_mask, **kwargs)
 
 
-class LongctxLongformerForSequenceClassification(ForSequenceClassification, LongctxLongformerPreTrainedModel):
+class LongctxLongformerForSequenceClassification(ForSequenceClassification,
+                                                 LongctxLongformerPreTrainedModel):
     backbone_class = LongctxLongformerModel
 
-    def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, labels=None,
+                **kwargs):
         if global_attention_mask is None and self._default_globals():
-            global_attention_mask = first_token_global(input_ids, attention_mask, kwargs.get("inputs_embeds"))
+            global_attention_mask = first_token_global(input_ids, attention_mask,
+                                                       kwargs.get("inputs_embeds"))
         return super().forward(input_ids, attention_mask, labels=labels,
                                global_attention_mask=global_attention_mask, **kwargs)
 
@@ -172,9 +190,10 @@ class LongctxLongformerForSequenceClassification(ForSequenceClassification, Long
 class LongctxLongformerForQuestionAnswering(ForQuestionAnswering, LongctxLongformerPreTrainedModel):
     backbone_class = LongctxLongformerModel
 
-    def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, start_positions=None,
-                end_positions=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                start_positions=None, end_positions=None, **kwargs):
         if global_attention_mask is None and self._default_globals():
             global_attention_mask = question_global(input_ids, self.config.sep_token_id)
         return super().forward(input_ids, attention_mask, start_positions=start_positions,
-                               end_positions=end_positions, global_attention_mask=global_attention_mask, **kwargs)
+                               end_positions=end_positions,
+                               global_attention_mask=global_attention_mask, **kwargs)

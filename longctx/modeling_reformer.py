@@ -54,12 +54,15 @@ from .modeling_blocks import (
     check_ids_below,
     check_positions,
     input_shape,
+    key_padding_mask,
     merge_heads,
+    output_flags,
     position_ids_from_mask,
     split_heads,
     WordEmbeddingsAccess,
 )
 from .modeling_heads import (
+    DecoderOutputEmbeddings,
     ForCausalLM,
     ForMaskedLM,
     ForQuestionAnswering,
@@ -94,9 +97,10 @@ class AxialPositionEmbeddings(nn.Module):
         if largest >= rows * cols:
             needed_cols = math.isqrt(largest) + 1
             raise ValueError(
-                f"Input needs position {largest} but axial_pos_shape={list(self.shape)} holds {rows * cols} "
-                f"positions; build the model with an axial_pos_shape whose product is at least {largest + 1} "
-                f"(e.g. [{-(-(largest + 1) // needed_cols)}, {needed_cols}]), or truncate the input.")
+                f"Input needs position {largest} but axial_pos_shape={list(self.shape)} holds "
+                f"{rows * cols} positions; build the model with an axial_pos_shape whose product "
+                f"is at least {largest + 1} (e.g. [{-(-(largest + 1) // needed_cols)}, "
+                f"{needed_cols}]), or truncate the input.")
         row_vectors = self.weights[0][:, 0][position_ids // cols]
         col_vectors = self.weights[1][0][position_ids % cols]
         encodings = torch.cat([row_vectors, col_vectors], dim=-1)
@@ -166,21 +170,24 @@ class ReformerAttention(nn.Module):
         self.output = nn.Linear(width, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden, key_padding_mask=None, replay: LayerReplay | None = None, output_attentions=False,
-                num_hashes=None):
+    def forward(self, hidden, key_padding_mask=None, replay: LayerReplay | None = None,
+                output_attentions=False, num_hashes=None):
         normed = self.layer_norm(hidden)
         if self.kind == "lsh":
-            out, weights = self._lsh(normed, key_padding_mask, replay, output_attentions, num_hashes)
+            out, weights = self._lsh(normed, key_padding_mask, replay, output_attentions,
+                                     num_hashes)
         else:
             out, weights = self._local(normed, key_padding_mask, output_attentions)
         return self.dropout(self.output(merge_heads(out))), weights
 
     def _lsh(self, normed, key_padding_mask, replay, output_attentions, num_hashes):
         config = self.config
-        qk, v = (split_heads(proj(normed), self.num_heads) for proj in (self.query_key, self.value))
+        qk, v = (split_heads(proj(normed), self.num_heads)
+                 for proj in (self.query_key, self.value))
         num_hashes = num_hashes or config.num_hashes
         options = dict(num_hashes=num_hashes, num_buckets=self._num_buckets(qk.shape[2]),
-                       chunk_length=config.lsh_attn_chunk_length, num_chunks_before=config.lsh_num_chunks_before,
+                       chunk_length=config.lsh_attn_chunk_length,
+                       num_chunks_before=config.lsh_num_chunks_before,
                        num_chunks_after=config.lsh_num_chunks_after, causal=config.is_decoder,
                        key_padding_mask=key_padding_mask,
                        dropout_p=config.lsh_attention_probs_dropout_prob if self.training else 0.0,
@@ -189,18 +196,22 @@ class ReformerAttention(nn.Module):
         # Weights (batch, heads, length, length) for inspection come from the dense reference; the
         # output stays the kernel's (in float32 the two round differently where a hash round sees
         # only the query itself, and decoders' first tokens do).
-        return out, lsh_attention_reference(qk, v, combine_rounds=True, **options)[1] if output_attentions else None
+        return out, (lsh_attention_reference(qk, v, combine_rounds=True, **options)[1]
+                     if output_attentions else None)
 
     def _num_buckets(self, length: int):
         """config.num_buckets, or transformers' choice for the first long input: 2 * length / chunk
-        rounded down to a power of 2, factorised in two when above its limit; stored in the config."""
+        rounded down to a power of 2, factorised in two when above its limit; stored in the
+        config."""
         config = self.config
         if config.num_buckets is not None or length <= config.lsh_attn_chunk_length:
             return config.num_buckets or 2
         power = (2 * (length // config.lsh_attn_chunk_length)).bit_length() - 1
-        limit = 2 * max(int((config.max_position_embeddings // config.lsh_attn_chunk_length) ** 0.5),
-                        config.lsh_attn_chunk_length)
-        config.num_buckets = 2 ** power if 2 ** power <= limit else [2 ** (power // 2), 2 ** (power - power // 2)]
+        limit = 2 * max(
+            int((config.max_position_embeddings // config.lsh_attn_chunk_length) ** 0.5),
+            config.lsh_attn_chunk_length)
+        config.num_buckets = (2 ** power if 2 ** power <= limit
+                              else [2 ** (power // 2), 2 ** (power - power // 2)])
         return config.num_buckets
 
     def _buckets(self, qk, num_hashes, key_padding_mask, replay):
@@ -210,8 +221,10 @@ class ReformerAttention(nn.Module):
         if replay is not None and replay.buckets is not None:
             return replay.buckets
         rotations = replay.rotations if replay is not None else None
-        buckets = lsh_hash(qk, self._num_buckets(qk.shape[2]), num_hashes, key_padding_mask=key_padding_mask,
-                           **({"rotations": rotations} if rotations is not None else {"seed": self.config.hash_seed}))
+        buckets = lsh_hash(qk, self._num_buckets(qk.shape[2]), num_hashes,
+                           key_padding_mask=key_padding_mask,
+                           **({"rotations": rotations} if rotations is not None
+                              else {"seed": self.config.hash_seed}))
         if replay is not None:
             replay.buckets = buckets
         return buckets
@@ -220,25 +233,31 @@ class ReformerAttention(nn.Module):
         """Random rotations for this forward when they come from the global RNG (no hash_seed, a
         sequence long enough to hash); None otherwise."""
         config = self.config
-        if self.kind != "lsh" or config.hash_seed is not None or length <= config.lsh_attn_chunk_length:
+        if (self.kind != "lsh" or config.hash_seed is not None
+                or length <= config.lsh_attn_chunk_length):
             return None
-        return random_rotations(self.num_heads, config.attention_head_size, self._num_buckets(length),
-                                num_hashes or config.num_hashes, dtype=like.dtype, device=like.device)
+        return random_rotations(self.num_heads, config.attention_head_size,
+                                self._num_buckets(length), num_hashes or config.num_hashes,
+                                dtype=like.dtype, device=like.device)
 
     def _local(self, normed, key_padding_mask, output_attentions):
         config = self.config
-        q, k, v = (split_heads(proj(normed), self.num_heads) for proj in (self.query, self.key, self.value))
-        options = dict(chunk_length=config.local_attn_chunk_length, num_chunks_before=config.local_num_chunks_before,
+        q, k, v = (split_heads(proj(normed), self.num_heads)
+                   for proj in (self.query, self.key, self.value))
+        options = dict(chunk_length=config.local_attn_chunk_length,
+                       num_chunks_before=config.local_num_chunks_before,
                        num_chunks_after=config.local_num_chunks_after, causal=config.is_decoder,
                        key_padding_mask=key_padding_mask,
-                       dropout_p=config.local_attention_probs_dropout_prob if self.training else 0.0)
+                       dropout_p=(config.local_attention_probs_dropout_prob if self.training
+                                  else 0.0))
         out = local_attention(q, k, v, **options)
         return out, local_attention_reference(q, k, v, **options)[1] if output_attentions else None
 
 
 class ChunkedFeedForward(nn.Module):
     """LayerNorm -> dense -> dropout -> activation -> dense -> dropout (transformers' order): the
-    branch g of a reversible layer, run on `chunk_size_feed_forward` positions at a time (0: all)."""
+    branch g of a reversible layer, run on `chunk_size_feed_forward` positions at a time (0:
+    all)."""
 
     def __init__(self, config):
         super().__init__()
@@ -252,7 +271,8 @@ class ChunkedFeedForward(nn.Module):
     def forward(self, hidden):
         if not self.chunk_size or hidden.shape[1] <= self.chunk_size:
             return self._chunk(hidden)
-        return torch.cat([self._chunk(part) for part in hidden.split(self.chunk_size, dim=1)], dim=1)
+        return torch.cat([self._chunk(part) for part in hidden.split(self.chunk_size, dim=1)],
+                         dim=1)
 
     def _chunk(self, hidden):
         inner = self.activation(self.dropout(self.dense_in(self.layer_norm(hidden))))
@@ -287,7 +307,8 @@ class ReformerLayer(GradientCheckpointingLayer):
             with replay.random.scope("feed_forward"):
                 return self.feed_forward(y1)
 
-        return ReversibleBlock(f, g, list(self.attention.parameters()), list(self.feed_forward.parameters()))
+        return ReversibleBlock(f, g, list(self.attention.parameters()),
+                               list(self.feed_forward.parameters()))
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -295,7 +316,8 @@ class ReformerRecomputeCache:
     """A decoder's generation state: the token embeddings (batch, seen, hidden) and positions of
     every token so far; each call recomputes the whole sequence (exact; see the module doc)."""
 
-    def __init__(self, embeddings: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+    def __init__(self, embeddings: torch.Tensor | None = None,
+                 position_ids: torch.Tensor | None = None):
         self.embeddings = embeddings
         self.position_ids = position_ids
 
@@ -315,7 +337,8 @@ class ReformerRecomputeCache:
             return ReformerRecomputeCache(embeddings, position_ids)
         if self.embeddings.shape[0] != embeddings.shape[0]:
             raise ValueError(f"The cache holds {self.embeddings.shape[0]} rows but the input has "
-                             f"{embeddings.shape[0]}; pass the cache this model returned for this batch.")
+                             f"{embeddings.shape[0]}; pass the cache this model returned for this "
+                             "batch.")
         positions = None
         if self.position_ids is not None and position_ids is not None:
             positions = torch.cat([self.position_ids, position_ids], dim=1)
@@ -324,7 +347,8 @@ class ReformerRecomputeCache:
     def reorder_cache(self, beam_idx: torch.LongTensor):
         self.embeddings = self.embeddings.index_select(0, beam_idx.to(self.embeddings.device))
         if self.position_ids is not None:
-            self.position_ids = self.position_ids.index_select(0, beam_idx.to(self.position_ids.device))
+            self.position_ids = self.position_ids.index_select(
+                0, beam_idx.to(self.position_ids.device))
 
 
 # ------------------------------------------------------------------------------------- the models
@@ -364,7 +388,8 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
     def __init__(self, config):
         super().__init__(config)
         self.embeddings = ReformerEmbeddings(config)
-        self.layers = nn.ModuleList(ReformerLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(ReformerLayer(config, i)
+                                    for i in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.output_size = 2 * config.hidden_size
@@ -390,14 +415,13 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, 0, past + length, tokens.device)
         check_positions(position_ids, self.config.max_position_embeddings)
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
-        hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids, output_attentions,
-                                                       output_hidden_states, num_hashes)
-        return backbone_output(self.config, return_dict, hidden[:, -length:], cache,
-                               all_hidden if output_hidden_states else None,
-                               all_weights if output_attentions else None)
+        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids,
+                                                       flags.attentions, flags.hidden_states,
+                                                       num_hashes)
+        return backbone_output(self.config, flags.return_dict, hidden[:, -length:], cache,
+                               all_hidden if flags.hidden_states else None,
+                               all_weights if flags.attentions else None)
 
     def _cache(self, cache, use_cache):
         if is_encoder_without_cache(self.config, cache):
@@ -411,26 +435,29 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
             return ReformerRecomputeCache()
         return cache
 
-    def _encode(self, tokens, attention_mask, position_ids, output_attentions, output_hidden_states, num_hashes):
-        """The stack over whole rows: right-aligns, pads to the chunk multiple, runs, undoes both."""
+    def _encode(self, tokens, attention_mask, position_ids, output_attentions,
+                output_hidden_states, num_hashes):
+        """The stack over whole rows: right-aligns, pads to the chunk multiple, runs, undoes
+        both."""
         total = tokens.shape[1]
         order = right_aligning_order(attention_mask)
         if order is not None:
             tokens, attention_mask = take_rows(tokens, order), take_rows(attention_mask, order)
             position_ids = take_rows(position_ids.expand(tokens.shape[0], -1), order)
-        tokens, attention_mask, position_ids = self._pad_to_chunks(tokens, attention_mask, position_ids)
-        padding = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        tokens, attention_mask, position_ids = self._pad_to_chunks(tokens, attention_mask,
+                                                                   position_ids)
+        padding = key_padding_mask(attention_mask)
         hidden = self.embeddings(tokens, position_ids)
-        streams, all_hidden, all_weights = self._layers(hidden, padding, output_attentions, output_hidden_states,
-                                                        num_hashes)
+        streams, all_hidden, all_weights = self._layers(hidden, padding, output_attentions,
+                                                        output_hidden_states, num_hashes)
         hidden = self.dropout(self.final_norm(torch.cat(streams, dim=-1)))
 
         def restore(x, both_axes=False):  # drop the chunk padding, undo the right-alignment
             x = x[:, :, :total, :total] if both_axes else x[:, :total]
             if order is None:
                 return x
-            return take_rows(take_rows(x, inverse(order), dim=2), inverse(order), dim=3) if both_axes \
-                else take_rows(x, inverse(order))
+            return (take_rows(take_rows(x, inverse(order), dim=2), inverse(order), dim=3)
+                    if both_axes else take_rows(x, inverse(order)))
 
         return (restore(hidden), tuple(restore(h) for h in all_hidden),
                 tuple(restore(w, both_axes=True) for w in all_weights if w is not None))
@@ -457,7 +484,8 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
                    for layer in self.layers]
         needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
             p.requires_grad for p in self.layers.parameters()))
-        if self.config.reversible and needs_grad and not (output_attentions or output_hidden_states):
+        if (self.config.reversible and needs_grad
+                and not (output_attentions or output_hidden_states)):
             blocks = [layer.block(replay, **kwargs) for layer, replay in zip(self.layers, replays)]
             *inner, last = blocks
             x1, x2 = reversible_stack(hidden, hidden, inner) if inner else (hidden, hidden)
@@ -476,7 +504,8 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
 
     def _draws_dropout(self) -> bool:
         config = self.config
-        return any(p > 0 for p in (config.hidden_dropout_prob, config.lsh_attention_probs_dropout_prob,
+        return any(p > 0 for p in (config.hidden_dropout_prob,
+                                   config.lsh_attention_probs_dropout_prob,
                                    config.local_attention_probs_dropout_prob))
 
 
@@ -517,46 +546,34 @@ class ReformerLMHead(nn.Module):
     def forward(self, hidden):
         if not self.chunk_size or hidden.shape[1] <= self.chunk_size:
             return self.decoder(hidden)
-        return torch.cat([self.decoder(part) for part in hidden.split(self.chunk_size, dim=1)], dim=1)
+        return torch.cat([self.decoder(part) for part in hidden.split(self.chunk_size, dim=1)],
+                         dim=1)
 
 
-class ReformerHeadMixin:
-    """The LM heads' projection is transformers' Reformer head, not the shared one (built by the
-    shared head, then replaced: the shared one assumes hidden_size-wide, tied outputs)."""
+class ReformerHeadMixin(DecoderOutputEmbeddings):
+    """The LM heads' projection is transformers' Reformer head, not the shared one, which
+    assumes hidden_size-wide outputs tied to the embeddings. Listed before the shared head, so
+    that the shared head's constructor builds this one."""
 
     _tied_weights_keys = {}
 
-    def _use_reformer_lm_head(self, config):
-        self.lm_head = ReformerLMHead(config, self.model.output_size)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value):
-        self.lm_head.decoder = value
+    def _build_lm_head(self, config) -> nn.Module:
+        return ReformerLMHead(config, self.model.output_size)
 
 
-class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCausalLM, LongctxReformerPreTrainedModel,
-                                 GenerationMixin):
+class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCausalLM,
+                                 LongctxReformerPreTrainedModel, GenerationMixin):
     """The generation cache is ReformerRecomputeCache."""
 
     backbone_class = LongctxReformerModel
-
-    def __init__(self, config):
-        super().__init__(config)
-        self._use_reformer_lm_head(config)
 
 
 class LongctxReformerForMaskedLM(ReformerHeadMixin, ForMaskedLM, LongctxReformerPreTrainedModel):
     backbone_class = LongctxReformerModel
 
-    def __init__(self, config):
-        super().__init__(config)
-        self._use_reformer_lm_head(config)
 
-
-class LongctxReformerForSequenceClassification(ForSequenceClassification, LongctxReformerPreTrainedModel):
+class LongctxReformerForSequenceClassification(ForSequenceClassification,
+                                               LongctxReformerPreTrainedModel):
     backbone_class = LongctxReformerModel
 
 

@@ -7,7 +7,12 @@ from transformers.generation import GenerationMixin
 from .attention_dense import dense_attention, dense_attention_reference
 from .configuration_transformer import LongctxTransformerConfig
 from .modeling_blocks import LongctxPreTrainedModel, StackedBackbone, merge_heads, split_heads
-from .modeling_heads import ForCausalLM, ForMaskedLM, ForQuestionAnswering, ForSequenceClassification
+from .modeling_heads import (
+    ForCausalLM,
+    ForMaskedLM,
+    ForQuestionAnswering,
+    ForSequenceClassification,
+)
 
 
 class DenseSelfAttention(nn.Module):
@@ -25,11 +30,13 @@ class DenseSelfAttention(nn.Module):
         self.output = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden, key_padding_mask=None, cache=None, output_attentions=False):
-        q, k, v = (split_heads(proj(hidden), self.num_heads) for proj in (self.query, self.key, self.value))
+        q, k, v = (split_heads(proj(hidden), self.num_heads)
+                   for proj in (self.query, self.key, self.value))
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (batch, heads, past + new, dim)
         dropout_p = self.dropout_p if self.training else 0.0
-        kernel_args = dict(key_padding_mask=key_padding_mask, causal=self.causal, dropout_p=dropout_p)
+        kernel_args = dict(key_padding_mask=key_padding_mask, causal=self.causal,
+                           dropout_p=dropout_p)
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
             out, weights = dense_attention_reference(q, k, v, **kernel_args)
         else:
@@ -46,7 +53,8 @@ class LongctxTransformerModel(StackedBackbone, LongctxTransformerPreTrainedModel
     attention_class = DenseSelfAttention
 
 
-class LongctxTransformerForCausalLM(ForCausalLM, LongctxTransformerPreTrainedModel, GenerationMixin):
+class LongctxTransformerForCausalLM(ForCausalLM, LongctxTransformerPreTrainedModel,
+                                    GenerationMixin):
     backbone_class = LongctxTransformerModel
 
 
@@ -54,9 +62,11 @@ class LongctxTransformerForMaskedLM(ForMaskedLM, LongctxTransformerPreTrainedMod
     backbone_class = LongctxTransformerModel
 
 
-class LongctxTransformerForSequenceClassification(ForSequenceClassification, LongctxTransformerPreTrainedModel):
+class LongctxTransformerForSequenceClassification(ForSequenceClassification,
+                                                  LongctxTransformerPreTrainedModel):
     backbone_class = LongctxTransformerModel
 
 
-class LongctxTransformerForQuestionAnswering(ForQuestionAnswering, LongctxTransformerPreTrainedModel):
+class LongctxTransformerForQuestionAnswering(ForQuestionAnswering,
+                                             LongctxTransformerPreTrainedModel):
     backbone_class = LongctxTransformerModel

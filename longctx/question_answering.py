@@ -60,9 +60,9 @@ def require_fast_tokenizer(tokenizer) -> None:
     """
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise ValueError(
-            f"Extractive question answering needs a fast tokenizer (character offsets and sequence ids), "
-            f"got {type(tokenizer).__name__}; load one with AutoTokenizer.from_pretrained(..., use_fast=True) "
-            f"or use longctx.byte_tokenizer()."
+            f"Extractive question answering needs a fast tokenizer (character offsets and "
+            f"sequence ids), got {type(tokenizer).__name__}; load one with "
+            f"AutoTokenizer.from_pretrained(..., use_fast=True) or use longctx.byte_tokenizer()."
         )
 
 
@@ -70,7 +70,8 @@ def context_rooms(tokenizer, questions: Sequence[str], max_length: int) -> list[
     """Per question, how many context tokens fit in one window next to it (may be <= 0)."""
     if not questions:
         return []
-    question_ids = tokenizer(list(questions), add_special_tokens=False)["input_ids"]  # one batched call
+    # One batched call for all questions.
+    question_ids = tokenizer(list(questions), add_special_tokens=False)["input_ids"]
     special_tokens = tokenizer.num_special_tokens_to_add(pair=True)
     return [max_length - len(ids) - special_tokens for ids in question_ids]
 
@@ -80,30 +81,37 @@ def context_room(tokenizer, question: str, max_length: int) -> int:
     return context_rooms(tokenizer, [question], max_length)[0]
 
 
-def _check_window_sizes(tokenizer, questions: Sequence[str], max_length: int, doc_stride: int) -> None:
+def _check_window_sizes(
+    tokenizer, questions: Sequence[str], max_length: int, doc_stride: int
+) -> None:
     """Fail with a usable message before the tokenizer does: for a stride that is too large
     the Rust tokenizer panics instead of raising, and for a too-long question it raises an
     opaque truncation error."""
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
     if not isinstance(doc_stride, int) or doc_stride < 0:
-        raise ValueError(f"doc_stride must be an int >= 0 (tokens shared by consecutive windows), got {doc_stride!r}")
+        raise ValueError(
+            f"doc_stride must be an int >= 0 (tokens shared by consecutive windows), "
+            f"got {doc_stride!r}"
+        )
     for index, room in enumerate(context_rooms(tokenizer, questions, max_length)):
         if room < 1:
             raise ValueError(
-                f"questions[{index}] leaves no room for the context: with its special tokens it takes "
-                f"{max_length - room} of max_length={max_length} tokens; raise max_length (max_seq_len in the "
-                f"pipeline) or shorten the question."
+                f"questions[{index}] leaves no room for the context: with its special tokens it "
+                f"takes {max_length - room} of max_length={max_length} tokens; raise max_length "
+                f"(max_seq_len in the pipeline) or shorten the question."
             )
         if doc_stride >= room:
             raise ValueError(
-                f"doc_stride={doc_stride} must be smaller than the {room} context tokens that fit in a window "
-                f"next to questions[{index}] (max_length={max_length}); lower doc_stride or raise max_length."
+                f"doc_stride={doc_stride} must be smaller than the {room} context tokens that fit "
+                f"in a window next to questions[{index}] (max_length={max_length}); lower "
+                f"doc_stride or raise max_length."
             )
 
 
 def _context_offsets(encodings, feature: int) -> list:
-    """The feature's offsets with every non-context token (question, special, padding) set to None."""
+    """The feature's offsets with every non-context token (question, special, padding) set to
+    None."""
     sequence_ids = encodings.sequence_ids(feature)
     return [
         tuple(offset) if sequence_id == CONTEXT_SEQUENCE else None
@@ -139,7 +147,11 @@ def prepare_features(tokenizer, questions, contexts, max_length: int, doc_stride
             f"{len(contexts)} contexts")
     _check_window_sizes(tokenizer, questions, max_length, doc_stride)
     if not questions:  # the tokenizer fails on an empty batch
-        return {**{name: [] for name in tokenizer.model_input_names}, "example_index": [], "offset_mapping": []}
+        return {
+            **{name: [] for name in tokenizer.model_input_names},
+            "example_index": [],
+            "offset_mapping": [],
+        }
     encodings = tokenizer(
         questions,
         contexts,
@@ -151,10 +163,16 @@ def prepare_features(tokenizer, questions, contexts, max_length: int, doc_stride
         padding="longest",
         padding_side="right",  # position 0 must be <s>/[CLS]: it is the "no answer here" label
     )
-    features = {name: values for name, values in encodings.items() if name not in _TOKENIZER_BOOKKEEPING}
+    features = {
+        name: values
+        for name, values in encodings.items()
+        if name not in _TOKENIZER_BOOKKEEPING
+    }
     features["example_index"] = list(encodings["overflow_to_sample_mapping"])
     n_features = len(encodings["input_ids"])
-    features["offset_mapping"] = [_context_offsets(encodings, feature) for feature in range(n_features)]
+    features["offset_mapping"] = [
+        _context_offsets(encodings, feature) for feature in range(n_features)
+    ]
     return features
 
 
@@ -186,7 +204,10 @@ def training_labels(features: dict, answers: Sequence[dict]) -> tuple[list[int],
     for example, offsets in zip(features["example_index"], features["offset_mapping"]):
         answer = answers[example]
         if not answer["text"]:
-            raise ValueError(f"example {example} has no answer: extractive training needs one (SQuAD v1.1 layout)")
+            raise ValueError(
+                f"example {example} has no answer: extractive training needs one "
+                f"(SQuAD v1.1 layout)"
+            )
         start, end = answer_token_positions(offsets, answer["answer_start"][0], answer["text"][0])
         starts.append(start)
         ends.append(end)
@@ -235,7 +256,8 @@ def _top_positions(logits: np.ndarray, allowed: np.ndarray, n_best: int | None) 
 
 
 def _feature_candidates(start_probs, end_probs, can_start, can_end, max_answer_len):
-    """All (score, start, end) token pairs of one feature with start <= end < start + max_answer_len.
+    """All (score, start, end) token pairs of one feature with
+    start <= end < start + max_answer_len.
 
     Scanning the band of width max_answer_len costs O(length * max_answer_len) instead of
     O(length ** 2) for the full start x end matrix, which matters for long windows.
@@ -254,15 +276,22 @@ def _feature_candidates(start_probs, end_probs, can_start, can_end, max_answer_l
 
 def _check_span_arguments(start_logits, end_logits, offsets, top_k, max_answer_len, n_best) -> None:
     if start_logits.shape != end_logits.shape:
-        raise ValueError(f"start_logits and end_logits differ in shape: {start_logits.shape} vs {end_logits.shape}")
+        raise ValueError(
+            f"start_logits and end_logits differ in shape: {start_logits.shape} vs "
+            f"{end_logits.shape}"
+        )
     if len(offsets) != start_logits.shape[0]:
-        raise ValueError(f"offsets has {len(offsets)} features but the logits have {start_logits.shape[0]}; "
-                         f"pass one offsets list per feature (row of logits)")
+        raise ValueError(
+            f"offsets has {len(offsets)} features but the logits have {start_logits.shape[0]}; "
+            f"pass one offsets list per feature (row of logits)"
+        )
     for name, value in (("top_k", top_k), ("max_answer_len", max_answer_len)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if n_best is not None and (not isinstance(n_best, int) or n_best < 1):
-        raise ValueError(f"n_best must be a positive int or None (consider every token), got {n_best!r}")
+        raise ValueError(
+            f"n_best must be a positive int or None (consider every token), got {n_best!r}"
+        )
 
 
 def _answer(context: str, score: float, char_start: int, char_end: int) -> dict:
@@ -333,7 +362,9 @@ def best_spans(
             null_score = feature_null if null_score is None else min(null_score, feature_null)
         can_start = _top_positions(start_logits[feature], is_context, n_best)
         can_end = _top_positions(end_logits[feature], is_context, n_best)
-        scores, starts, ends = _feature_candidates(start_probs, end_probs, can_start, can_end, max_answer_len)
+        scores, starts, ends = _feature_candidates(
+            start_probs, end_probs, can_start, can_end, max_answer_len
+        )
         found_scores.append(scores)
         found_char_starts.append(char_starts[starts])
         found_char_ends.append(char_ends[ends])
@@ -385,21 +416,23 @@ def _examples_from_call(args: tuple, kwargs: dict):
         questions = [question] * len(context) if isinstance(question, str) else list(question)
         contexts = [context] * len(questions) if isinstance(context, str) else list(context)
         if len(questions) != len(contexts):
-            raise ValueError(f"question and context lists must be equally long, got {len(questions)} and "
-                             f"{len(contexts)}")
+            raise ValueError(f"question and context lists must be equally long, got "
+                             f"{len(questions)} and {len(contexts)}")
         return [{"question": q, "context": c} for q, c in zip(questions, contexts)], kwargs
     if len(args) == 2 and all(isinstance(arg, str) for arg in args):
         return {"question": args[0], "context": args[1]}, kwargs
     if len(args) == 1:
         inputs = args[0]
         return (list(inputs) if isinstance(inputs, tuple) else inputs), kwargs
-    raise ValueError("Call the pipeline as qa(question=..., context=...), qa({'question': ..., 'context': ...}) "
+    raise ValueError("Call the pipeline as qa(question=..., context=...), "
+                     "qa({'question': ..., 'context': ...}) "
                      "or qa([{'question': ..., 'context': ...}, ...]).")
 
 
 def _check_example(example) -> tuple[str, str]:
     if not isinstance(example, dict) or not {"question", "context"} <= example.keys():
-        raise ValueError(f"Each input must be a dict with 'question' and 'context' strings, got {example!r}")
+        raise ValueError(f"Each input must be a dict with 'question' and 'context' strings, "
+                         f"got {example!r}")
     question, context = example["question"], example["context"]
     for name, value in (("question", question), ("context", context)):
         if not isinstance(value, str) or not value.strip():
@@ -448,12 +481,15 @@ class QuestionAnsweringPipeline(Pipeline):
             return []  # the base class peeks at inputs[0]
         return super().__call__(inputs, **kwargs)
 
-    def _sanitize_parameters(self, top_k=None, doc_stride=None, max_seq_len=None, max_answer_len=None,
-                             n_best=None, handle_impossible_answer=None, **unknown):
+    def _sanitize_parameters(self, top_k=None, doc_stride=None, max_seq_len=None,
+                             max_answer_len=None, n_best=None, handle_impossible_answer=None,
+                             **unknown):
         if unknown:
-            raise ValueError(f"Unknown question-answering arguments {sorted(unknown)}; expected top_k, doc_stride, "
-                             f"max_seq_len, max_answer_len, n_best, handle_impossible_answer")
-        preprocess = {name: value for name, value in (("doc_stride", doc_stride), ("max_seq_len", max_seq_len))
+            raise ValueError(f"Unknown question-answering arguments {sorted(unknown)}; expected "
+                             f"top_k, doc_stride, max_seq_len, max_answer_len, n_best, "
+                             f"handle_impossible_answer")
+        preprocess = {name: value for name, value in (("doc_stride", doc_stride),
+                                                      ("max_seq_len", max_seq_len))
                       if value is not None}
         postprocess = {name: value for name, value in (
             ("top_k", top_k), ("max_answer_len", max_answer_len), ("n_best", n_best),
@@ -463,15 +499,18 @@ class QuestionAnsweringPipeline(Pipeline):
     def default_max_seq_len(self) -> int:
         """min(tokenizer.model_max_length, model.config.max_position_embeddings), ignoring
         either when unset (tokenizers without a limit report a huge sentinel)."""
-        limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
+        limits = [self.tokenizer.model_max_length,
+                  getattr(self.model.config, "max_position_embeddings", None)]
         limits = [limit for limit in limits if isinstance(limit, int) and 0 < limit < _NO_LIMIT]
         return min(limits) if limits else FALLBACK_MAX_SEQ_LEN
 
     def _check_max_seq_len(self, max_seq_len: int) -> None:
         model_limit = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(model_limit, int) and isinstance(max_seq_len, int) and max_seq_len > model_limit:
-            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's max_position_embeddings={model_limit}; "
-                             f"pass max_seq_len <= {model_limit} (long contexts are split into windows anyway).")
+        if (isinstance(model_limit, int) and isinstance(max_seq_len, int)
+                and max_seq_len > model_limit):
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's "
+                             f"max_position_embeddings={model_limit}; pass max_seq_len <= "
+                             f"{model_limit} (long contexts are split into windows anyway).")
 
     def preprocess(self, example, doc_stride=None, max_seq_len=None):
         question, context = _check_example(example)
@@ -479,31 +518,37 @@ class QuestionAnsweringPipeline(Pipeline):
         self._check_max_seq_len(max_seq_len)
         if doc_stride is None:
             # Half the room keeps a stride valid even for long questions and short windows.
-            doc_stride = max(0, min(DEFAULT_DOC_STRIDE, context_room(self.tokenizer, question, max_seq_len) // 2))
+            doc_stride = max(0, min(DEFAULT_DOC_STRIDE,
+                                    context_room(self.tokenizer, question, max_seq_len) // 2))
         features = prepare_features(self.tokenizer, [question], [context], max_seq_len, doc_stride)
-        model_inputs = {name: torch.tensor(features[name]) for name in self.tokenizer.model_input_names
-                        if name in features}
-        return {"model_inputs": model_inputs, "offsets": features["offset_mapping"], "context": context}
+        model_inputs = {name: torch.tensor(features[name])
+                        for name in self.tokenizer.model_input_names if name in features}
+        return {"model_inputs": model_inputs, "offsets": features["offset_mapping"],
+                "context": context}
 
     def _forward(self, inputs):
         outputs = self.model(**inputs["model_inputs"])
         if getattr(outputs, "start_logits", None) is None:
-            raise ValueError(f"{type(self.model).__name__} returned no start_logits/end_logits; the question-answering "
-                             f"pipeline needs a model loaded with AutoModelForQuestionAnswering.")
+            raise ValueError(f"{type(self.model).__name__} returned no start_logits/end_logits; "
+                             f"the question-answering pipeline needs a model loaded with "
+                             f"AutoModelForQuestionAnswering.")
         return {"start_logits": outputs.start_logits, "end_logits": outputs.end_logits,
                 "offsets": inputs["offsets"], "context": inputs["context"]}
 
     def postprocess(self, outputs, top_k=1, max_answer_len=30, n_best=DEFAULT_N_BEST,
                     handle_impossible_answer=False):
-        answers = best_spans(outputs["start_logits"], outputs["end_logits"], outputs["offsets"], outputs["context"],
-                             top_k=top_k, max_answer_len=max_answer_len, n_best=n_best,
+        answers = best_spans(outputs["start_logits"], outputs["end_logits"], outputs["offsets"],
+                             outputs["context"], top_k=top_k, max_answer_len=max_answer_len,
+                             n_best=n_best,
                              handle_impossible_answer=handle_impossible_answer)
         return answers[0] if top_k == 1 else answers
 
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params,
+                     postprocess_params):
         # One example's windows already form a batch, and examples have different numbers of
         # windows, so examples are never collated together.
-        return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params, postprocess_params)
+        return super().get_iterator(inputs, num_workers, 1, preprocess_params, forward_params,
+                                    postprocess_params)
 
 
 # --------------------------------------------------------------------------- registration
@@ -543,5 +588,6 @@ def register_question_answering_pipeline() -> bool:
         # An older copy of this module (importlib.reload): replace it without the overwrite warning.
         del pipelines.PIPELINE_REGISTRY.supported_tasks[TASK]
     pipelines.PIPELINE_REGISTRY.register_pipeline(
-        TASK, pipeline_class=QuestionAnsweringPipeline, pt_model=AutoModelForQuestionAnswering, type="text")
+        TASK, pipeline_class=QuestionAnsweringPipeline, pt_model=AutoModelForQuestionAnswering,
+        type="text")
     return True

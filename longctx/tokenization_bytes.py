@@ -35,7 +35,9 @@ MASK_TOKEN = "<mask>"
 
 # Order defines the ids: models rely on pad == 0 and on these ids being identical
 # across the byte tokenizer and every trained BPE tokenizer.
-SPECIAL_TOKENS: dict[str, int] = {PAD_TOKEN: 0, BOS_TOKEN: 1, EOS_TOKEN: 2, UNK_TOKEN: 3, MASK_TOKEN: 4}
+SPECIAL_TOKENS: dict[str, int] = {
+    PAD_TOKEN: 0, BOS_TOKEN: 1, EOS_TOKEN: 2, UNK_TOKEN: 3, MASK_TOKEN: 4,
+}
 NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
 NUM_BYTES = 256
 BYTE_VOCAB_SIZE = NUM_SPECIAL_TOKENS + NUM_BYTES  # 261; also the minimum BPE vocab size
@@ -49,7 +51,11 @@ def _gpt2_byte_to_char() -> dict[int, str]:
     Printable Latin-1 bytes map to themselves; the remaining 68 bytes (controls, space,
     a few Latin-1 gaps) map to U+0100 onwards in byte order.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table = {byte: chr(byte) for byte in printable}
     shifted = (byte for byte in range(NUM_BYTES) if byte not in table)
     for offset, byte in enumerate(shifted):
@@ -82,7 +88,10 @@ def _post_processor() -> processors.TemplateProcessing:
     return processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A",
         pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
-        special_tokens=[(BOS_TOKEN, SPECIAL_TOKENS[BOS_TOKEN]), (EOS_TOKEN, SPECIAL_TOKENS[EOS_TOKEN])],
+        special_tokens=[
+            (BOS_TOKEN, SPECIAL_TOKENS[BOS_TOKEN]),
+            (EOS_TOKEN, SPECIAL_TOKENS[EOS_TOKEN]),
+        ],
     )
 
 
@@ -106,7 +115,9 @@ def _byte_level_pipeline(model: models.BPE, split_words: bool) -> Tokenizer:
     word boundaries. No normalizer and no prefix space: either would break the round trip.
     """
     tokenizer = Tokenizer(model)
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
+        add_prefix_space=False, use_regex=split_words
+    )
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = _post_processor()
     tokenizer.add_special_tokens(_special_added_tokens())
@@ -115,11 +126,17 @@ def _byte_level_pipeline(model: models.BPE, split_words: bool) -> Tokenizer:
 
 def _check_model_max_length(model_max_length: int) -> None:
     if not isinstance(model_max_length, int) or model_max_length < 2:
-        raise ValueError(f"model_max_length must be an int >= 2 (room for <s> and at least one token), got {model_max_length!r}")
+        raise ValueError(
+            f"model_max_length must be an int >= 2 (room for <s> and at least one token), "
+            f"got {model_max_length!r}"
+        )
 
 
 def _build_tokenizer(
-    learned_tokens: list[str], merges: list[tuple[str, str]], split_words: bool, model_max_length: int
+    learned_tokens: list[str],
+    merges: list[tuple[str, str]],
+    split_words: bool,
+    model_max_length: int,
 ) -> PreTrainedTokenizerFast:
     """The single construction path used by both `byte_tokenizer` and `train_bpe_tokenizer`."""
     _check_model_max_length(model_max_length)
@@ -168,21 +185,25 @@ def _check_training_files(files: str | os.PathLike | Iterable[str | os.PathLike]
         raise ValueError("files is empty: pass at least one path to a UTF-8 text file to train on")
     missing = [str(path) for path in paths if not os.path.isfile(path)]
     if missing:
-        raise ValueError(f"files contains paths that are not existing files: {missing}; pass paths to text files")
+        raise ValueError(
+            f"files contains paths that are not existing files: {missing}; pass paths to text files"
+        )
     return [os.fspath(path) for path in paths]
 
 
 def _check_training_numbers(vocab_size: int, min_frequency: int) -> None:
     if not isinstance(vocab_size, int) or vocab_size < BYTE_VOCAB_SIZE:
         raise ValueError(
-            f"vocab_size must be an int >= {BYTE_VOCAB_SIZE} (5 special tokens + 256 bytes), got {vocab_size!r}; "
-            f"raise it, or use byte_tokenizer() for a pure byte vocabulary"
+            f"vocab_size must be an int >= {BYTE_VOCAB_SIZE} (5 special tokens + 256 bytes), "
+            f"got {vocab_size!r}; raise it, or use byte_tokenizer() for a pure byte vocabulary"
         )
     if not isinstance(min_frequency, int) or min_frequency < 1:
         raise ValueError(f"min_frequency must be an int >= 1, got {min_frequency!r}")
 
 
-def _learn_merges(paths: list[str], vocab_size: int, min_frequency: int) -> tuple[list[str], list[tuple[str, str]]]:
+def _learn_merges(
+    paths: list[str], vocab_size: int, min_frequency: int
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Train BPE and return (merged tokens in creation order, merge rules)."""
     # Train inside the real pipeline so training sees exactly the pre-tokens used at encode time.
     scratch = _byte_level_pipeline(models.BPE(unk_token=UNK_TOKEN), split_words=True)
@@ -197,7 +218,9 @@ def _learn_merges(paths: list[str], vocab_size: int, min_frequency: int) -> tupl
     # The trainer numbers the alphabet in its own order; only merged tokens and merge
     # rules are kept, and `_bpe_model` re-imposes the fixed byte ids.
     base_tokens = set(SPECIAL_TOKENS) | set(_BYTE_TO_CHAR.values())
-    trained_vocab = sorted(scratch.get_vocab(with_added_tokens=False).items(), key=lambda item: item[1])
+    trained_vocab = sorted(
+        scratch.get_vocab(with_added_tokens=False).items(), key=lambda item: item[1]
+    )
     learned_tokens = [token for token, _ in trained_vocab if token not in base_tokens]
     merges = [tuple(pair) for pair in json.loads(scratch.to_str())["model"]["merges"]]
     return learned_tokens, merges
@@ -219,4 +242,6 @@ def train_bpe_tokenizer(
     _check_training_numbers(vocab_size, min_frequency)
     _check_model_max_length(model_max_length)  # fail before spending time on training
     learned_tokens, merges = _learn_merges(paths, vocab_size, min_frequency)
-    return _build_tokenizer(learned_tokens, merges, split_words=True, model_max_length=model_max_length)
+    return _build_tokenizer(
+        learned_tokens, merges, split_words=True, model_max_length=model_max_length
+    )
