@@ -106,8 +106,8 @@ class LongctxTransfoXLConfig(LongctxConfig):
     def __post_init__(self, **kwargs):
         self._apply_aliases(TRANSFO_XL_ALIASES, kwargs)
         if not self.is_decoder:
-            logger.info("longctx-transfo-xl is causal: is_decoder=False is read as True (transformers' "
-                        "TransfoXLConfig says False for the same causal model).")
+            logger.info("longctx-transfo-xl is causal: is_decoder=False is read as True "
+                        "(transformers' TransfoXLConfig says False for the same causal model).")
             self.is_decoder = True
         if self.cutoffs is None:
             self.cutoffs = []
@@ -144,26 +144,32 @@ class LongctxTransfoXLConfig(LongctxConfig):
             self._require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name,
                           "must be a positive integer (or None for the default)")
         self._require(self.hidden_size % 2 == 0, "hidden_size",
-                      "must be even: the relative position encodings are sin and cos pairs of d_model / 2 "
-                      "frequencies")
+                      "must be even: the relative position encodings are sin and cos pairs of "
+                      "d_model / 2 frequencies")
         self._require(isinstance(self.mem_len, int) and self.mem_len >= 0, "mem_len",
                       "must be a non-negative integer: hidden states kept per layer (0: no memory)")
-        self._require(isinstance(self.clamp_len, int), "clamp_len", "must be an integer (<= 0: no clamping)")
+        self._require(isinstance(self.clamp_len, int), "clamp_len",
+                      "must be an integer (<= 0: no clamping)")
         cutoffs = list(self.cutoffs)
         self._require(all(isinstance(c, int) for c in cutoffs) and cutoffs == sorted(set(cutoffs))
                       and all(0 < c < self.vocab_size for c in cutoffs), "cutoffs",
-                      f"must be increasing token ids in (0, vocab_size={self.vocab_size}), e.g. [20000, 40000, "
-                      f"200000] for a 267735-token vocabulary, or [] for a plain softmax")
+                      f"must be increasing token ids in (0, vocab_size={self.vocab_size}), e.g. "
+                      f"[20000, 40000, 200000] for a 267735-token vocabulary, or [] for a plain "
+                      f"softmax")
         self._require(isinstance(self.div_val, int) and self.div_val >= 1, "div_val",
                       "must be an integer >= 1 (1: every cluster embeds in d_embed dimensions)")
         if self.div_val > 1:
             self._require(self.cluster_width(len(cutoffs)) >= 1, "div_val",
-                          f"leaves the last cluster d_embed // div_val**{len(cutoffs)} = 0 dimensions; use a "
-                          f"smaller div_val, fewer cutoffs or a larger d_embed")
+                          f"leaves the last cluster d_embed // div_val**{len(cutoffs)} = 0 "
+                          f"dimensions; use a smaller div_val, fewer cutoffs or a larger d_embed")
         self._require(len(self.tie_projs) == len(cutoffs) + 1, "tie_projs",
                       f"must hold one bool per cluster ({len(cutoffs) + 1}), or be None")
         self._require(self.attn_type in (0, 2), "attn_type",
-                      "must be 0 (the paper's relative positional attention) or 2 (its absolute-position ablation)")
-        self._require(self.sample_softmax <= 0, "sample_softmax", "must be <= 0 (no sampled softmax)")
-        self._require_kernel("relative_attention_kernel", RELATIVE_KERNELS, ("fused", "blocks"), "SDPA")
-        self._require(self.type_vocab_size == 0, "type_vocab_size", "must be 0: Transformer-XL has no token types")
+                      "must be 0 (the paper's relative positional attention) or 2 (its "
+                      "absolute-position ablation)")
+        self._require(self.sample_softmax <= 0, "sample_softmax",
+                      "must be <= 0 (no sampled softmax)")
+        self._require_kernel("relative_attention_kernel", RELATIVE_KERNELS, ("fused", "blocks"),
+                             "SDPA")
+        self._require(self.type_vocab_size == 0, "type_vocab_size",
+                      "must be 0: Transformer-XL has no token types")

@@ -59,6 +59,7 @@ from .modeling_blocks import (
     check_ids_below,
     input_shape,
     merge_heads,
+    output_flags,
     split_heads,
 )
 from .modeling_heads import (
@@ -618,10 +619,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
             hidden = hidden + self._absolute_encodings(new_padding, batch, length, hidden)
         hidden = self.dropout(hidden)
 
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
-                                else output_hidden_states)
+        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         shared = None
         if _shares_position_biases(self.config):
             shared = (self.content_bias, self.position_bias)
@@ -629,14 +627,14 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         for layer, layer_memory in zip(self.layers, memory.hidden):
             layer_inputs.append(hidden)
             hidden, weights = layer(hidden, layer_memory.to(hidden.dtype), encodings, visible,
-                                    shared_biases=shared, output_attentions=output_attentions)
+                                    shared_biases=shared, output_attentions=flags.attentions)
             all_weights += (weights,)
         hidden = self.dropout(hidden)
         new_memory = memory.extended(layer_inputs, new_padding, self.config.mem_len) \
             if use_cache is not False and self.config.mem_len > 0 else None
-        return backbone_output(self.config, return_dict, hidden, new_memory,
-                               tuple(layer_inputs) + (hidden,) if output_hidden_states else None,
-                               all_weights if output_attentions else None)
+        return backbone_output(self.config, flags.return_dict, hidden, new_memory,
+                               tuple(layer_inputs) + (hidden,) if flags.hidden_states else None,
+                               all_weights if flags.attentions else None)
 
     def _encodings(self, k_len: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoids of the distances k_len - 1, ..., 0, clamped at clamp_len (if > 0)."""
