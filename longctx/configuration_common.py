@@ -14,9 +14,12 @@ a given value may no longer fit the fields changed after it.
 """
 
 import sys
+from typing import ClassVar
 
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
+
+from .compat import CACHE_NAME
 
 POOLING_CHOICES = ("first", "last", "mean")
 CLASSIFIER_HEADS = ("pooler", "linear")
@@ -78,6 +81,10 @@ class LongctxConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
+    # Outputs that Trainer's evaluation must not gather as predictions: the cache (a DynamicCache,
+    # Transformer-XL's memory) is no tensor. transformers 5.19 declares [] here, which
+    # overrides the Trainer's own default (the cache's name) and makes evaluation fail.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = [CACHE_NAME]
 
     # Fields whose None means "derive from the others"; `_derived_value` computes them.
     derived_fields = ()

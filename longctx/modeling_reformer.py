@@ -362,6 +362,15 @@ class LongctxReformerPreTrainedModel(LongctxPreTrainedModel):
         the backward pass, so with `reversible=True` (the default) it changes nothing; a warning
         says so, once."""
         super().activation_checkpointing_enable(*args, **kwargs)
+        self._warn_if_reversible()
+
+    def gradient_checkpointing_enable(self, *args, **kwargs):
+        """transformers' name for `activation_checkpointing_enable` before 5.23, a deprecated alias
+        of it after (which then warns once, through the method above)."""
+        super().gradient_checkpointing_enable(*args, **kwargs)
+        self._warn_if_reversible()
+
+    def _warn_if_reversible(self):
         if self.config.reversible:
             logger.warning_once(
                 "longctx-reformer: gradient checkpointing is not applied to the reversible layers "

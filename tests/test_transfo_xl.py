@@ -359,3 +359,24 @@ def test_classifier_returns_its_memory_and_classifies_a_document_segment_by_segm
     alone = model(ids[:, 12:], attention_mask=mask[:, 12:]).logits
     assert not torch.allclose(alone, whole, rtol=1e-3, atol=1e-3)  # the memory mattered
     assert len(model(ids, return_dict=False)) == 2  # (logits, memory), as transformers' tuples
+
+
+# --------------------------------------------------------------------------------------- Trainer
+def test_trainer_predicts_with_a_classifier_that_returns_its_memory(tmp_path):
+    """The classifier returns its memory (no tensor) beside the logits: Trainer's evaluation must
+    leave it out of the predictions it gathers (transformers 5.19 took nothing out unless
+    the config names it in keys_to_ignore_at_inference)."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("longctx-transfo-xl", hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32, mem_len=8,
+                                  num_labels=2)
+    model = AutoModelForSequenceClassification.from_config(config)
+    rows = torch.randint(5, 261, (4, 6)).tolist()
+    dataset = Dataset.from_dict({"input_ids": rows, "labels": [0, 1, 0, 1]})
+    arguments = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2,
+                                  report_to="none", use_cpu=True)
+    predictions = Trainer(model=model, args=arguments).predict(dataset).predictions
+    assert predictions.shape == (4, 2)
