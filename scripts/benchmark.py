@@ -8,7 +8,7 @@ Prints ms/step, tokens/s, peak memory and ratios against --baseline (within this
 every (model, length), and writes them with the settings and environment to --output as JSON.
 Models: dense, hf-longformer, longctx-longformer, hf-reformer, or any longctx model type. Defaults
 for the model size, lengths and tokens per step depend on the device (the CPU ones are small).
-The logic lives in `longctx/benchmark.py`.
+The logic lives in `longctx/experiments/benchmark.py`.
 """
 
 import argparse
@@ -22,8 +22,8 @@ except ImportError:  # a checkout that is not pip-installed
 
 import torch
 
-from longctx import benchmark
-from longctx.run_common import parse_config_overrides
+from longctx.experiments import benchmark
+from longctx.experiments.run_common import parse_config_overrides
 
 DEFAULT_MODELS = "dense,hf-longformer,longctx-longformer"
 

@@ -1,4 +1,4 @@
-"""Regenerate the small data samples shipped in `longctx/samples/` from the real datasets.
+"""Regenerate the small data samples shipped in `longctx/experiments/samples/` from the real datasets.
 
     python scripts/make_samples.py                       # data in ../shared/data (from the repo root)
     python scripts/make_samples.py --data-dir /path/to/data --seed 0
@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_OUT_DIR = REPO_ROOT / "longctx" / "samples"
+DEFAULT_OUT_DIR = REPO_ROOT / "longctx" / "experiments" / "samples"
 
 # Gutenberg boilerplate markers, e.g. "*** START OF THE PROJECT GUTENBERG EBOOK EMMA ***",
 # "***END OF THE PROJECT GUTENBERG EBOOK ...***" or the older "*END*THE SMALL PRINT!" block.

@@ -21,7 +21,7 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from longctx import benchmark
+from longctx.experiments import benchmark
 
 
 def main(argv=None):

@@ -11,8 +11,8 @@
         --output_dir runs/imdb --do_train --do_eval
 
 Writes train_results.json, eval_results.json and all_results.json in --output_dir; honours
---push_to_hub; runs unchanged under `accelerate launch`. The logic lives in `longctx/run_common.py`
-and `longctx/metrics.py`.
+--push_to_hub; runs unchanged under `accelerate launch`. The logic lives in `longctx/experiments/run_common.py`
+and `longctx/experiments/metrics.py`.
 """
 
 import sys
@@ -27,8 +27,8 @@ except ImportError:  # a checkout that is not pip-installed
 import numpy as np
 from transformers import AutoModelForSequenceClassification, HfArgumentParser, Trainer, TrainingArguments
 
-from longctx.metrics import Metrics
-from longctx.run_common import (
+from longctx.experiments.metrics import Metrics
+from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,

@@ -10,7 +10,7 @@ Decoding follows transformers' generate() arguments (--do_sample, --temperature,
 --top_p, --num_beams; greedy by default). Writes eval_results.json / all_results.json (the
 scores, the settings and the metric implementation) and generations.jsonl (prompt, reference,
 generated text per passage) in --output_dir. Needs a causal LM (a decoder checkpoint, or
---model_type with is_decoder). The logic lives in `longctx/generation_eval.py`.
+--model_type with is_decoder). The logic lives in `longctx/experiments/generation_eval.py`.
 """
 
 import json
@@ -26,8 +26,8 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser, set_seed
 
-from longctx.generation_eval import TextSimilarity, passages, reference_scores
-from longctx.run_common import ModelArguments, build_model, encode_whole_text, load_tokenizer, run_info, write_run_info
+from longctx.experiments.generation_eval import TextSimilarity, passages, reference_scores
+from longctx.experiments.run_common import ModelArguments, build_model, encode_whole_text, load_tokenizer, run_info, write_run_info
 
 
 @dataclass

@@ -14,7 +14,7 @@ memory the previous one returned (one process); it is evaluated segment by segme
 Text files (.txt) are read whole; tabular files and Hub datasets (--dataset_name) are joined row
 by row from --text_column_name. Writes train_results.json, eval_results.json and
 all_results.json; honours --push_to_hub; runs unchanged under `accelerate launch`. The logic
-lives in `longctx/language_modeling.py` and `longctx/run_common.py`.
+lives in `longctx/experiments/language_modeling.py` and `longctx/experiments/run_common.py`.
 """
 
 import math
@@ -36,7 +36,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from longctx.language_modeling import (
+from longctx.experiments.language_modeling import (
     SegmentMemoryTrainer,
     evaluate_lm,
     evaluate_with_memory,
@@ -46,7 +46,7 @@ from longctx.language_modeling import (
     stream_segments,
     trains_with_memory,
 )
-from longctx.run_common import (DataArguments, ModelArguments, build_model, encode_whole_text, evaluation_split, finish,
+from longctx.experiments.run_common import (DataArguments, ModelArguments, build_model, encode_whole_text, evaluation_split, finish,
                                 load_tokenizer)
 
 
@@ -70,7 +70,7 @@ def read_text(data_args, split: str) -> str:
     path = {"train": data_args.train_file, "validation": data_args.validation_file}.get(split)
     if path is not None and Path(path).suffix == ".txt":
         return Path(path).read_text(encoding="utf-8")
-    from longctx.run_common import load_raw_datasets
+    from longctx.experiments.run_common import load_raw_datasets
     raw = load_raw_datasets(data_args)
     name = split if split == "train" else evaluation_split(raw)
     if data_args.text_column_name not in raw[name].column_names:

@@ -12,7 +12,7 @@
 Writes train_results.json, eval_results.json (exact_match, f1), all_results.json and
 eval_predictions.json in --output_dir; honours --push_to_hub; runs unchanged under
 `accelerate launch`. The logic lives in `longctx/question_answering.py` (windows, labels,
-spans), `longctx/squad.py` (files) and `longctx/metrics.py` (the official metric).
+spans), `longctx/experiments/squad.py` (files) and `longctx/experiments/metrics.py` (the official metric).
 """
 
 import json
@@ -28,9 +28,9 @@ except ImportError:  # a checkout that is not pip-installed
 import datasets
 from transformers import AutoModelForQuestionAnswering, HfArgumentParser, Trainer, TrainingArguments
 
-from longctx.metrics import SquadMetric
+from longctx.experiments.metrics import SquadMetric
 from longctx.question_answering import best_spans, prepare_features, training_labels
-from longctx.run_common import (
+from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,
@@ -41,7 +41,7 @@ from longctx.run_common import (
     load_tokenizer,
     require_columns,
 )
-from longctx.squad import read_squad_file, split_by_article
+from longctx.experiments.squad import read_squad_file, split_by_article
 
 COLUMNS = ("id", "question", "context", "answers")
 

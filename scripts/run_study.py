@@ -13,7 +13,7 @@ fallback (IMDb alone would come from the Hub).
 
 Writes `study_results.json` to --output_dir after each architecture, so a stopped run keeps
 what it finished; --resume runs only the architectures that file lacks (or that failed).
-The logic lives in `longctx/study.py`.
+The logic lives in `longctx/experiments/study.py`.
 """
 
 import argparse
@@ -25,7 +25,7 @@ try:
 except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from longctx import study
+from longctx.experiments import study
 
 
 def parse_args(argv=None):

@@ -20,7 +20,7 @@ except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from longctx import train_bpe_tokenizer
-from longctx.run_common import FILE_FORMATS
+from longctx.experiments.run_common import FILE_FORMATS
 
 
 def text_files(paths, column: str, scratch: Path) -> list[Path]:

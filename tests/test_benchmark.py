@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import longctx
-from longctx import benchmark
-from longctx.benchmark import (
+from longctx.experiments import benchmark
+from longctx.experiments.benchmark import (
     BenchmarkSettings,
     batch_size_for,
     format_table,
@@ -247,7 +247,7 @@ def test_compile_setting_compiles_the_model_and_says_so():
 def test_cpu_notes_say_which_allocator_regime_was_measured():
     """glibc's defaults page-fault large buffers in again every step; tuned settings or a
     preloaded allocator keep them: the note tells the two apart."""
-    from longctx.benchmark import allocator_note
+    from longctx.experiments.benchmark import allocator_note
     assert "glibc malloc defaults" in allocator_note({})
     tuned = allocator_note({"MALLOC_MMAP_THRESHOLD_": "4294967296"})
     assert "MALLOC_MMAP_THRESHOLD_=4294967296" in tuned and "defaults" not in tuned

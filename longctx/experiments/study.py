@@ -14,7 +14,7 @@ For each architecture (skipping a task whose head it lacks):
 `run_study` returns the results, prints one comparison table and writes `study_results.json`.
 Presets (`PRESETS`) fix the size, data, budget and device:
 
-* "smoke" (the default): the tiny samples shipped in longctx/samples, a few minutes on 2 CPU
+* "smoke" (the default): the tiny samples shipped in longctx/experiments/samples, a few minutes on 2 CPU
   cores, a check that everything runs end to end -- its accuracies are not results;
 * "cpu": the real data (a `data_dir` laid out like ../shared/data; IMDb alone may come from
   the Hub) at 1,024 bytes on CPU, 12-41 minutes per architecture on 2 quiet cores
@@ -91,7 +91,7 @@ class TaskBudget:
     eval_chars: int | None = None
 
 
-SHIPPED_SAMPLES = "samples"  # longctx/samples
+SHIPPED_SAMPLES = "samples"  # longctx/experiments/samples
 REAL_DATA = "real"  # a data_dir laid out like ../shared/data; IMDb alone may come from the Hub
 
 
@@ -117,7 +117,7 @@ class Preset:
 PRESETS = {
     "smoke": Preset(
         name="smoke",
-        description="tiny shipped samples (longctx/samples), a few minutes on 2 CPU cores",
+        description="tiny shipped samples (longctx/experiments/samples), a few minutes on 2 CPU cores",
         # No attention dropout: on CPU, SDPA with dropout falls back to its slow math kernel
         # (about 5x slower here), which would swamp what the throughput column compares.
         model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
@@ -174,7 +174,7 @@ def check_device(preset: Preset):
 
 
 def samples_dir() -> Path:
-    return Path(longctx.__file__).parent / "samples"
+    return Path(__file__).parent / "samples"
 
 
 def load_imdb(split: str) -> list[dict]:
@@ -257,7 +257,7 @@ def hub_imdb(split: str) -> list[dict]:
 def read_reviews(preset: Preset, split: str, data_dir) -> tuple[list[dict], str]:
     """IMDb rows of `split` ("train" or "test") and where they came from."""
     if preset.data == SHIPPED_SAMPLES:
-        return load_imdb(split), f"longctx/samples/imdb_{split}.jsonl"
+        return load_imdb(split), f"longctx/experiments/samples/imdb_{split}.jsonl"
     if data_dir is not None:
         path = data_file(data_dir, f"imdb_{split}")
         return read_imdb_parquet(path), str(path)
@@ -267,7 +267,7 @@ def read_reviews(preset: Preset, split: str, data_dir) -> tuple[list[dict], str]
 def read_book(preset: Preset, split: str, data_dir) -> tuple[str, str]:
     """The book of `split` ("train" or "valid") and where it came from."""
     if preset.data == SHIPPED_SAMPLES:
-        return load_book(split), f"longctx/samples/book_{split}.txt"
+        return load_book(split), f"longctx/experiments/samples/book_{split}.txt"
     if data_dir is None:
         raise ValueError(f"preset {preset.name!r}: the books for language modelling have no Hub fallback; pass "
                          f"--data_dir DIR laid out like ../shared/data ({DATA_LAYOUT})")

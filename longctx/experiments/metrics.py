@@ -121,7 +121,7 @@ class Metrics:
         except Exception as error:  # no Hub access, no cached module, or no scikit-learn
             self.unavailable_reason = f"{type(error).__name__}: {error}"
             self.modules = None
-            self.implementation = (f"local (longctx.metrics.binary_classification_metrics; evaluate.load failed: "
+            self.implementation = (f"local (longctx.experiments.metrics.binary_classification_metrics; evaluate.load failed: "
                                    f"{type(error).__name__})")
 
     def __call__(self, predictions, references) -> dict:
@@ -145,7 +145,7 @@ class SquadMetric:
         except Exception as error:
             self.unavailable_reason = f"{type(error).__name__}: {error}"
             self.module = None
-            self.implementation = f"local (longctx.metrics.squad_v1_scores; evaluate.load failed: {type(error).__name__})"
+            self.implementation = f"local (longctx.experiments.metrics.squad_v1_scores; evaluate.load failed: {type(error).__name__})"
 
     def __call__(self, predictions, references) -> dict:
         if self.module is None:

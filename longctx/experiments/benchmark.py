@@ -9,7 +9,7 @@ random token ids of shape (batch, length) and times a training step -- forward, 
 - tokens per second: batch x length / seconds per step;
 - peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (after
   `reset_peak_memory_stats`: weights, gradients, optimizer state and activations); on CPU the
-  peak growth of the process's resident set over one extra step (`longctx.study.PeakRSS`:
+  peak growth of the process's resident set over one extra step (`longctx.experiments.study.PeakRSS`:
   activations and gradients -- weights and optimizer state exist before it).
 
 Every model is a backbone (`AutoModel`-like, no task head) and the loss is the mean square of
@@ -242,7 +242,7 @@ def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
 def converted_from(build_reference, reference_name: str, settings: BenchmarkSettings, length: int) -> Built:
     """The longctx model converted from a transformers model (same seed, so the same weights as the
     reference's cells): the performance bars compare the two implementations on the same weights."""
-    from .convert import convert_transformers_model
+    from longctx.convert import convert_transformers_model
 
     reference = build_reference(settings, length)
     model = convert_transformers_model(reference.model)
@@ -552,7 +552,7 @@ def memory_measurement(settings: BenchmarkSettings) -> str:
         span = "the warm-up and timed steps" if settings.compile else "the timed steps"
         return (f"torch.cuda.max_memory_allocated over {span}, after reset_peak_memory_stats: "
                 "weights, gradients, optimizer state and activations")
-    return ("peak growth of the process resident set size (longctx.study.PeakRSS: psutil, sampled every 5 ms) "
+    return ("peak growth of the process resident set size (longctx.experiments.study.PeakRSS: psutil, sampled every 5 ms) "
             "over one extra step after the timed ones, over the RSS just before it: activations, "
             "gradients and allocator overhead; weights and optimizer state exist before it and are not counted")
 
