@@ -23,6 +23,7 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 
 from longctx.experiments import benchmark
+from longctx.experiments.measure import failed
 from longctx.experiments.run_common import parse_config_overrides
 
 DEFAULT_MODELS = "dense,hf-longformer,longctx-longformer"
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     except ValueError as error:  # unknown model, bad length, ...
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 1 if benchmark.failed(results) else 0
+    return 1 if failed(results) else 0
 
 
 if __name__ == "__main__":

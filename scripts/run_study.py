@@ -26,6 +26,7 @@ except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from longctx.experiments import study
+from longctx.experiments.measure import failed
 
 
 def parse_args(argv=None):
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     except ValueError as error:  # e.g. an unknown architecture name, missing data, no GPU
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 1 if study.failed(results) else 0
+    return 1 if failed(results) else 0
 
 
 if __name__ == "__main__":

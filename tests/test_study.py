@@ -18,9 +18,9 @@ import longctx
 from longctx.experiments.language_modeling import evaluate_lm, lm_blocks, lm_scores
 from longctx.experiments.study import (
     PRESETS,
-    format_table,
     override_steps,
     select_architectures,
+    study_table,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +74,12 @@ def test_override_steps_and_architecture_selection():
         select_architectures("no-such-model")
 
 
-def test_format_table_marks_skipped_tasks():
+def test_study_table_marks_skipped_tasks():
     rows = [{"architecture": "a", "classification": {"accuracy": 0.5, "f1": 0.25},
              "language_modeling": {"perplexity": 3.0, "bits_per_byte": 1.5, "tokens_per_s": 1234.0,
                                    "peak_memory_mib": 10.0}},
             {"architecture": "bbbb", "classification": None, "language_modeling": None}]
-    lines = format_table(rows).splitlines()
+    lines = study_table(rows).splitlines()
     assert len(lines) == 4 and "accuracy" in lines[0] and "1,234" in lines[2]
     assert lines[3].startswith("bbbb") and lines[3].count("n/a") == 6
 
@@ -332,22 +332,6 @@ def test_training_arguments_follow_the_preset_device(tmp_path):
     args = training_arguments(cpu, cpu.classification, seed=0, output_dir=tmp_path)
     assert args.use_cpu and not args.bf16 and args.device.type == "cpu"
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate) == (400, 8, 1e-3)
-
-
-def test_cuda_memory_meter_measures_growth_over_the_block(monkeypatch):
-    import torch
-
-    from longctx.experiments import study
-
-    allocated = {"now": 100 * 2**20, "peak": 900 * 2**20}  # a peak left over from an earlier run
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocated.update(peak=allocated["now"]))
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocated["now"])
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocated["peak"])
-    with study.memory_meter("cuda") as memory:
-        allocated.update(peak=allocated["now"] + 64 * 2**20)  # training: 64 MiB more at its peak
-    assert memory.growth_mib == 64
-    assert isinstance(study.memory_meter("cpu"), study.PeakRSS)
 
 
 # --------------------------------------------------------------------------- stop and resume

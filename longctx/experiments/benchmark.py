@@ -9,7 +9,7 @@ random token ids of shape (batch, length) and times a training step -- forward, 
 - tokens per second: batch x length / seconds per step;
 - peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (after
   `reset_peak_memory_stats`: weights, gradients, optimizer state and activations); on CPU the
-  peak growth of the process's resident set over one extra step (`longctx.experiments.study.PeakRSS`:
+  peak growth of the process's resident set over one extra step (`longctx.experiments.measure.PeakRSS`:
   activations and gradients -- weights and optimizer state exist before it).
 
 Every model is a backbone (`AutoModel`-like, no task head) and the loss is the mean square of
@@ -32,7 +32,6 @@ import inspect
 import json
 import math
 import os
-import platform
 import sys
 import time
 import traceback
@@ -45,8 +44,10 @@ import transformers
 from transformers import AutoConfig, AutoModel
 
 import longctx
+from longctx.convert import convert_transformers_model
 
-MIB = 2**20
+from .measure import MIB, RSS_GROWTH, PeakRSS, device_name, environment, format_table
+
 MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
 FIRST_TOKEN_ID = 5  # after the special tokens: no padding, no separators in the inputs
@@ -242,8 +243,6 @@ def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
 def converted_from(build_reference, reference_name: str, settings: BenchmarkSettings, length: int) -> Built:
     """The longctx model converted from a transformers model (same seed, so the same weights as the
     reference's cells): the performance bars compare the two implementations on the same weights."""
-    from longctx.convert import convert_transformers_model
-
     reference = build_reference(settings, length)
     model = convert_transformers_model(reference.model)
     del reference
@@ -465,8 +464,6 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
             cell["peak_memory_mib"] = torch.cuda.max_memory_allocated() / MIB
             cell["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
         else:  # one more step, sampled: the sampling thread stays out of the timed steps
-            from .study import PeakRSS
-
             with PeakRSS() as memory:
                 loss = step(model, inputs, optimizer, settings)
             cell["peak_memory_mib"] = memory.growth_mib
@@ -519,31 +516,25 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def format_table(cells: list[dict], baseline: str | None) -> str:
+def benchmark_table(cells: list[dict], baseline: str | None) -> str:
+    """One line per cell: its numbers and ratios, or the reason it failed."""
     ratios = ratio_table(cells, baseline)
     base = baseline or "-"
-    header = ["model", "length", "batch", "ms/step", "tokens/s", "peak MiB", f"time/{base}", f"mem/{base}"]
+    header = ["model", "length", "batch", "ms/step", "tokens/s", "peak MiB", f"time/{base}",
+              f"mem/{base}"]
     fmt_ratio = lambda value: "n/a" if value is None else f"{value:.2f}x"  # noqa: E731
-    lines = [header]
+    lines = []
     for cell in cells:
-        if cell["error"] is not None:
+        if cell["error"] is not None:  # a short line: its message spans the numeric columns
             lines.append([cell["model"], str(cell["length"]), str(cell["batch_size"]),
                           f"FAILED ({cell['error_kind']}): {shorten(cell['error'], 100)}"])
             continue
         ratio = ratios[(cell["model"], cell["length"])]
         lines.append([cell["model"], str(cell["length"]), str(cell["batch_size"]),
                       f"{cell['seconds_per_step'] * 1000:,.1f}", f"{cell['tokens_per_s']:,.0f}",
-                      f"{cell['peak_memory_mib']:,.1f}", fmt_ratio(ratio["time"]), fmt_ratio(ratio["memory"])])
-    widths = [max(len(line[i]) for line in lines if len(line) == len(header) and i < len(line))
-              for i in range(len(header))]
-
-    def render(line):
-        if len(line) < len(header):  # a failed cell: its message spans the numeric columns
-            return " | ".join([line[0].ljust(widths[0]), line[1].rjust(widths[1]), line[2].rjust(widths[2]),
-                               line[3]])
-        return " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-
-    return "\n".join([render(lines[0]), "-+-".join("-" * w for w in widths), *map(render, lines[1:])])
+                      f"{cell['peak_memory_mib']:,.1f}", fmt_ratio(ratio["time"]),
+                      fmt_ratio(ratio["memory"])])
+    return format_table(header, lines)
 
 
 def memory_measurement(settings: BenchmarkSettings) -> str:
@@ -552,7 +543,7 @@ def memory_measurement(settings: BenchmarkSettings) -> str:
         span = "the warm-up and timed steps" if settings.compile else "the timed steps"
         return (f"torch.cuda.max_memory_allocated over {span}, after reset_peak_memory_stats: "
                 "weights, gradients, optimizer state and activations")
-    return ("peak growth of the process resident set size (longctx.experiments.study.PeakRSS: psutil, sampled every 5 ms) "
+    return (f"{RSS_GROWTH} "
             "over one extra step after the timed ones, over the RSS just before it: activations, "
             "gradients and allocator overhead; weights and optimizer state exist before it and are not counted")
 
@@ -622,30 +613,6 @@ def allocator_note(environ=os.environ) -> str:
         return f"allocator: {chosen} (large buffers kept between steps)"
     return ("allocator: glibc malloc defaults (large freed buffers return to the OS and are page-faulted in again "
             "each step; MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 keep them)")
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: str) -> dict:
-    env = {"device": device, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "longctx": longctx.__version__,
-           "platform": platform.platform()}
-    if device == "cuda":
-        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   device_memory_mib=torch.cuda.get_device_properties(0).total_memory / MIB)
-    return env
 
 
 PLOTS = (("seconds_per_step", "seconds per step", "time"), ("peak_memory_mib", "peak memory (MiB)", "memory"))
@@ -734,7 +701,7 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
     for cell in cells:
         ratio = ratios[(cell["model"], cell["length"])]
         cell["time_vs_baseline"], cell["memory_vs_baseline"] = ratio["time"], ratio["memory"]
-    table, table_notes = format_table(cells, settings.baseline), notes(settings, cells)
+    table, table_notes = benchmark_table(cells, settings.baseline), notes(settings, cells)
     settings_record, environment_record = dataclasses.asdict(settings), environment(settings.device)
     plots = write_plots(cells, output, plot_title(settings_record, environment_record))
     results = {
@@ -751,7 +718,3 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
     print(f"results: {output} ({results['wall_seconds']:.0f} s)", flush=True)
     return results
 
-
-def failed(results: dict) -> bool:
-    """True when a cell failed for a reason other than memory or a length its model cannot take."""
-    return any(cell["error_kind"] == "error" for cell in results["results"])

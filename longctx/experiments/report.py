@@ -13,7 +13,10 @@ import json
 import os
 from pathlib import Path
 
+from .benchmark import plot_paths, plot_title, write_plots
+from .measure import machine_summary
 from .run_common import RUN_INFO
+from .study import TABLE_COLUMNS, table_cells
 
 # The metrics each task's table shows (keys of all_results.json), with their column titles.
 TASK_COLUMNS = {
@@ -116,8 +119,6 @@ def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
 
 
 def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
-    from .benchmark import plot_title
-
     lines = [f"### {plot_title(benchmark['settings'], benchmark['environment'])}, "
              f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
              "| model | length | batch | ms/step | tokens/s | peak MiB |", "|---|---|---|---|---|---|"]
@@ -140,8 +141,6 @@ def benchmark_plots(benchmark: dict) -> list[Path] | str:
     """The plots beside the benchmark's JSON, drawn from its cells where they are missing (a run
     without matplotlib, or one whose plots stayed on the machine that ran it); a reason when
     they cannot be drawn."""
-    from .benchmark import plot_paths, plot_title, write_plots
-
     paths = plot_paths(Path(benchmark["path"]))
     if not all(path.exists() for path in paths):
         drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")], Path(benchmark["path"]),
@@ -154,8 +153,6 @@ def benchmark_plots(benchmark: dict) -> list[Path] | str:
 def study_section(study: dict, relative_to: Path) -> list[str]:
     """One study_results.json: its table (the columns run_study prints), the machine of each row,
     and the commands that made the rows (a resumed study has several)."""
-    from .study import TABLE_COLUMNS, table_cells
-
     preset = study["preset"]
     model = preset.get("model", {})
     budgets = [f"{budget['steps']} {task} steps of {budget['batch_size']} × {budget['max_length']}"
@@ -166,8 +163,7 @@ def study_section(study: dict, relative_to: Path) -> list[str]:
              "| " + " | ".join([header for header, *_ in TABLE_COLUMNS] + ["machine"]) + " |",
              "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
     for row in study["results"]:
-        environment = row.get("environment", study.get("environment", {}))
-        machine = environment.get("gpu") or f"{environment.get('device', '?')}, {environment.get('cpu_threads', '?')} threads"
+        machine = machine_summary(row.get("environment", study.get("environment", {})))
         lines.append("| " + " | ".join(table_cells(row) + [machine]) + " |")
     commands = dict.fromkeys(row.get("command", study.get("command", "?")) for row in study["results"])
     lines += ["", f"- data: {json.dumps(study.get('data', {}))}"] + [f"- `{command}`" for command in commands]

@@ -27,20 +27,15 @@ This module is a user of the models; modeling files never import it.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import json
 import os
-import platform
 import random
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import torch
 import transformers
 from transformers import (
@@ -64,6 +59,7 @@ from .language_modeling import (
     stream_segments,
     trains_with_memory,
 )
+from .measure import RSS_GROWTH, environment, format_table, memory_meter
 from .metrics import Metrics
 from .run_common import command_line, encode_whole_text
 
@@ -334,9 +330,6 @@ def load_study_data(preset: Preset, data_dir: str | os.PathLike | None = None) -
     return data
 
 
-# --------------------------------------------------------------------------- metrics
-
-
 # --------------------------------------------------------------------------- efficiency
 
 
@@ -360,71 +353,12 @@ class StepTimer(TrainerCallback):
                 "measured_seconds": seconds, "tokens_per_step": tokens_per_step}
 
 
-def release_free_memory():
-    """Collects garbage and hands the C heap's free pages back to the OS (glibc `malloc_trim`),
-    so that memory freed by an earlier training does not hide this one's growth."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: growth may be understated after earlier runs
-        pass
-
-
-class PeakRSS:
-    """Peak growth of this process's resident set size over the `with` block, in MiB, sampled
-    every `interval` seconds by a background thread (and at entry and exit)."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.process = psutil.Process()
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        release_free_memory()
-        self.baseline = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        self.growth_mib = (self.peak - self.baseline) / 2**20
-        return False
-
-
-class PeakCudaMemory:
-    """Peak growth of the memory PyTorch allocates on the current GPU over the `with` block, in
-    MiB (the peak statistics are reset at entry, so an earlier training does not count)."""
-
-    def __enter__(self):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        self.baseline = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.growth_mib = (torch.cuda.max_memory_allocated() - self.baseline) / 2**20
-        return False
-
-
-MEMORY_MEASUREMENT = ("peak growth of the process resident set size (psutil, sampled every 5 ms) during "
-                      "Trainer.train(), over the RSS just before it; includes gradients, optimizer state, "
-                      "activations and allocator overhead")
+MEMORY_MEASUREMENT = (f"{RSS_GROWTH} during Trainer.train(), over the RSS just before it; includes "
+                      "gradients, optimizer state, activations and allocator overhead")
 CUDA_MEMORY_MEASUREMENT = ("peak growth of torch.cuda.max_memory_allocated (peak statistics reset just before) "
                            "during Trainer.train(), over the memory allocated just before it (the model already "
                            "on the GPU); includes gradients, optimizer state and activations, not the caching "
                            "allocator's reserve or the CUDA context")
-
-
-def memory_meter(device: str):
-    return PeakCudaMemory() if device == "cuda" else PeakRSS()
 
 
 def memory_measurement(device: str) -> str:
@@ -568,13 +502,9 @@ def table_cells(row: dict) -> list[str]:
     return cells
 
 
-def format_table(rows: list[dict]) -> str:
+def study_table(rows: list[dict]) -> str:
     """One line per architecture."""
-    cells = [[header for header, *_ in TABLE_COLUMNS], *map(table_cells, rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
-    render = lambda line: " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w)  # noqa: E731
-                                     for i, (cell, w) in enumerate(zip(line, widths)))
-    return "\n".join([render(cells[0]), "-+-".join("-" * w for w in widths), *map(render, cells[1:])])
+    return format_table([header for header, *_ in TABLE_COLUMNS], [table_cells(row) for row in rows])
 
 
 def table_notes(preset: Preset, metrics: Metrics, data: StudyData, rows: list[dict] = ()) -> list[str]:
@@ -611,16 +541,6 @@ def scored_share(facts: dict) -> str:
 def scored_text(facts: dict) -> str:
     scored, total = facts["book_valid_chars_scored"], facts["book_valid_chars"]
     return f"all {total:,} characters" if scored == total else f"its first {scored:,} of {total:,} characters"
-
-
-def environment(device: str) -> dict:
-    info = {"device": device, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "longctx": longctx.__version__,
-            "platform": platform.platform()}
-    if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
-    return info
 
 
 def device_summary(preset: Preset) -> str:
@@ -711,7 +631,7 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
         save()
     results = save()
     print()
-    print(format_table(results["results"]))
+    print(study_table(results["results"]))
     for note in table_notes(chosen_preset, metrics, data, results["results"]):
         print("  " + note)
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
@@ -758,6 +678,3 @@ def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metr
                           if row["architecture"] in order else len(order)),
     }
 
-
-def failed(results: dict) -> bool:
-    return any(row["errors"] for row in results["results"])
