@@ -615,7 +615,7 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
           f"architecture(s); {steps_summary(chosen_preset)}; {device_summary(chosen_preset)}", flush=True)
     for name in kept:
         print(f"  {name}: kept from {path} (--resume)", flush=True)
-    if to_run and WARM_UP_ARCHITECTURE in longctx.ARCHITECTURES and chosen_preset.language_modeling is not None:
+    if to_run and chosen_preset.language_modeling is not None:
         warm_up(chosen_preset, output_dir / "trainer" / "warm-up", data)
     rows = dict(kept)
 
