@@ -20,8 +20,10 @@ from longctx.experiments.report import build_report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="*", default=["runs", "results"], help="folders to search (default runs results)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="*", default=["runs", "results"],
+                        help="folders to search (default runs results)")
     parser.add_argument("--output", default="REPORT.md")
     args = parser.parse_args(argv)
     roots = [root for root in args.roots if Path(root).exists()]
