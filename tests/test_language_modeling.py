@@ -97,7 +97,11 @@ def test_segment_memory_trainer_carries_the_memory_between_steps_and_restarts_ea
     of that batch computed by hand: from the memory of the previous batch within an epoch, from an
     empty memory at an epoch's first step."""
     from transformers import TrainingArguments
-    from longctx.experiments.language_modeling import SegmentMemoryTrainer, stream_segments, trains_with_memory
+    from longctx.experiments.language_modeling import (
+        SegmentMemoryTrainer,
+        stream_segments,
+        trains_with_memory,
+    )
     model = tiny_transfo_xl(mem_len=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ids = torch.randint(5, 261, (200,), generator=torch.Generator().manual_seed(3)).tolist()
     data = stream_segments(ids, batch_size=2, segment_length=12)  # 8 segments per stream: 8 steps an epoch
