@@ -1,16 +1,19 @@
-"""Regenerate the small data samples shipped in `longctx/samples/` from the real datasets.
+"""Regenerate the small data samples shipped in `longctx/experiments/samples/` from the real
+datasets.
 
-    python scripts/make_samples.py                       # data in ../shared/data (from the repo root)
+    python scripts/make_samples.py          # data in ../shared/data (from the repo root)
     python scripts/make_samples.py --data-dir /path/to/data --seed 0
 
 Inputs (the layout of `../shared/data`, see its README):
-    imdb/train.parquet, imdb/test.parquet   Large Movie Review Dataset v1.0 (columns text, label, ...)
+    imdb/train.parquet, imdb/test.parquet   Large Movie Review Dataset v1.0 (columns text,
+                                            label, ...)
     books/<name>.txt                        Project Gutenberg plain-text books
     squad/dev-v1.1.json.gz                  official SQuAD v1.1 dev set
 
 Outputs (deterministic for a given seed and input; rerunning rewrites identical files):
     imdb_train.jsonl, imdb_test.jsonl       {"text", "label"} rows, balanced, shuffled
-    book_train.txt, book_valid.txt          excerpts of two different books, Gutenberg header/footer stripped
+    book_train.txt, book_valid.txt          excerpts of two different books, Gutenberg
+                                            header/footer stripped
     squad_sample.json                       official-format SQuAD v1.1 JSON with a few dev articles
 """
 
@@ -25,16 +28,18 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_OUT_DIR = REPO_ROOT / "longctx" / "samples"
+DEFAULT_OUT_DIR = REPO_ROOT / "longctx" / "experiments" / "samples"
 
 # Gutenberg boilerplate markers, e.g. "*** START OF THE PROJECT GUTENBERG EBOOK EMMA ***",
 # "***END OF THE PROJECT GUTENBERG EBOOK ...***" or the older "*END*THE SMALL PRINT!" block.
 _START_MARKERS = [
-    re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG[^\n]*$", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"^\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG[^\n]*$",
+               re.IGNORECASE | re.MULTILINE),
     re.compile(r"^\*END\*THE SMALL PRINT![^\n]*$", re.IGNORECASE | re.MULTILINE),
 ]
 _END_MARKERS = [
-    re.compile(r"^\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG[^\n]*$", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"^\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG[^\n]*$",
+               re.IGNORECASE | re.MULTILINE),
     re.compile(r"^\s*End of (the )?Project Gutenberg[^\n]*$", re.IGNORECASE | re.MULTILINE),
 ]
 
@@ -57,7 +62,8 @@ def imdb_rows(parquet_path: Path, per_label: int, max_chars: int, seed: int) -> 
             raise ValueError(f"{parquet_path}: only {len(candidates)} reviews with label {label} "
                              f"under {max_chars} characters; need {per_label}")
         chosen = sorted(rng.sample(range(len(candidates)), per_label))
-        rows += [{"text": str(text), "label": int(label)} for text in candidates["text"].iloc[chosen]]
+        rows += [{"text": str(text), "label": int(label)}
+                 for text in candidates["text"].iloc[chosen]]
     rng.shuffle(rows)
     return rows
 
@@ -115,22 +121,26 @@ def squad_sample(dev_path: Path, num_articles: int, paragraphs_per_article: int)
     opener = gzip.open if str(dev_path).endswith(".gz") else open
     with opener(dev_path, "rt", encoding="utf-8") as f:
         dev = json.load(f)
-    data = [{"title": article["title"], "paragraphs": article["paragraphs"][:paragraphs_per_article]}
+    data = [{"title": article["title"],
+             "paragraphs": article["paragraphs"][:paragraphs_per_article]}
             for article in dev["data"][:num_articles]]
     for article in data:  # sanity: answers point into their own context
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 for answer in qa["answers"]:
                     start = answer["answer_start"]
-                    assert paragraph["context"][start:start + len(answer["text"])] == answer["text"], qa["id"]
+                    assert (paragraph["context"][start:start + len(answer["text"])]
+                            == answer["text"]), qa["id"]
     return {"version": dev.get("version", "1.1"), "data": data}
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="folder with imdb/, books/, squad/ (default: ../shared/data from the repo root)")
+                        help="folder with imdb/, books/, squad/ (default: ../shared/data from the "
+                             "repo root)")
     parser.add_argument("--imdb-train", type=Path, help="default: DATA_DIR/imdb/train.parquet")
     parser.add_argument("--imdb-test", type=Path, help="default: DATA_DIR/imdb/test.parquet")
     parser.add_argument("--book-train", type=Path, help="default: DATA_DIR/books/austen-emma.txt")
@@ -154,7 +164,8 @@ def main(argv=None) -> None:
     book_valid = args.book_valid or data / "books" / "austen-sense.txt"
     squad_dev = args.squad_dev or data / "squad" / "dev-v1.1.json.gz"
     if book_train.resolve() == book_valid.resolve():
-        raise ValueError("--book-train and --book-valid must be different books (held-out text is split by book)")
+        raise ValueError("--book-train and --book-valid must be different books (held-out text is "
+                         "split by book)")
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
 
@@ -163,10 +174,13 @@ def main(argv=None) -> None:
                 out / "imdb_train.jsonl")
     write_jsonl(imdb_rows(imdb_test, args.imdb_test_per_label, args.imdb_max_chars, args.seed + 1),
                 out / "imdb_test.jsonl")
-    write_text(excerpt(strip_gutenberg(read_book(book_train)), args.book_train_chars), out / "book_train.txt")
-    write_text(excerpt(strip_gutenberg(read_book(book_valid)), args.book_valid_chars), out / "book_valid.txt")
+    write_text(excerpt(strip_gutenberg(read_book(book_train)), args.book_train_chars),
+               out / "book_train.txt")
+    write_text(excerpt(strip_gutenberg(read_book(book_valid)), args.book_valid_chars),
+               out / "book_valid.txt")
     with open(out / "squad_sample.json", "w", encoding="utf-8", newline="\n") as f:
-        json.dump(squad_sample(squad_dev, args.squad_articles, args.squad_paragraphs), f, ensure_ascii=False)
+        json.dump(squad_sample(squad_dev, args.squad_articles, args.squad_paragraphs), f,
+                  ensure_ascii=False)
         f.write("\n")
 
     total = 0

@@ -1,10 +1,12 @@
-"""Record the transformers 4.35.2 Transformer-XL reference that tests/test_convert_transfo_xl.py checks.
+"""Record the transformers 4.35.2 Transformer-XL reference that tests/test_convert_transfo_xl.py
+checks.
 
 transformers 5 has no TransfoXL (4.35.2 is the last release whose TransfoXL runs), so the
 reference lives in its own virtual environment, which this script creates and re-runs itself in:
 
-    python scripts/record_transfo_xl_reference.py                       # venv in /tmp/venv-tf4352
-    python scripts/record_transfo_xl_reference.py --venv DIR --output tests/fixtures/transfo_xl_4352
+    python scripts/record_transfo_xl_reference.py          # venv in /tmp/venv-tf4352
+    python scripts/record_transfo_xl_reference.py --venv DIR \
+        --output tests/fixtures/transfo_xl_4352
 
 Inside it, a `TransfoXLLMHeadModel` with random weights (adaptive input and softmax with
 `div_val > 1`, `same_length=True`, `clamp_len`, `mem_len > 0`, heads of a width other than
@@ -21,12 +23,12 @@ segments of a batch are run carrying `mems`, and OUTPUT/reference.safetensors re
 - log_probs (segments, batch, length, vocab): `prediction_scores` without labels.
 
 The first segment gets transformers' default memory: `mem_len` zero vectors per layer (not an
-empty memory). OUTPUT/pre_lnorm holds a second model (no .bin) covering the other branches: pre-LN, one pair of
-position biases for all layers, one projected embedding table (div_val=1), an untied softmax, no
-clamping. OUTPUT/sequence_classification holds a `TransfoXLForSequenceClassification` (3 labels,
-pad_token_id set) and, for a right-padded batch without an attention mask (transformers' TransfoXL
-takes none) from the default zero memory: input_ids, labels, logits and the loss. Everything is
-< 500 KB.
+empty memory). OUTPUT/pre_lnorm holds a second model (no .bin) covering the other branches:
+pre-LN, one pair of position biases for all layers, one projected embedding table (div_val=1), an
+untied softmax, no clamping. OUTPUT/sequence_classification holds a
+`TransfoXLForSequenceClassification` (3 labels, pad_token_id set) and, for a right-padded batch
+without an attention mask (transformers' TransfoXL takes none) from the default zero memory:
+input_ids, labels, logits and the loss. Everything is < 500 KB.
 """
 
 import argparse
@@ -39,15 +41,17 @@ PINS = ["torch==2.13.0", "transformers==4.35.2", "numpy<2"]
 REFERENCE_VERSION = "4.35.2"
 ROOT = Path(__file__).resolve().parents[1]
 
-CONFIG = dict(vocab_size=100, cutoffs=[20, 50], div_val=2, d_model=32, d_embed=32, n_head=4, d_head=6,
-              d_inner=48, n_layer=3, mem_len=6, clamp_len=5, same_length=True, proj_share_all_but_first=True,
-              pre_lnorm=False, untie_r=True, dropout=0.1, dropatt=0.0, eos_token_id=0)
+CONFIG = dict(vocab_size=100, cutoffs=[20, 50], div_val=2, d_model=32, d_embed=32, n_head=4,
+              d_head=6, d_inner=48, n_layer=3, mem_len=6, clamp_len=5, same_length=True,
+              proj_share_all_but_first=True, pre_lnorm=False, untie_r=True, dropout=0.1,
+              dropatt=0.0, eos_token_id=0)
 # The other branches: pre-LN (whose memory is normalised too), one pair of position biases for all
 # layers, a single projected table (div_val=1, d_embed != d_model), an untied softmax, no clamping.
-PRE_LNORM_CONFIG = dict(vocab_size=100, cutoffs=[30, 70], div_val=1, d_model=32, d_embed=24, n_head=2, d_head=10,
-                        d_inner=40, n_layer=2, mem_len=4, clamp_len=0, same_length=False,
-                        proj_share_all_but_first=True, pre_lnorm=True, untie_r=False, tie_word_embeddings=False,
-                        dropout=0.1, dropatt=0.0, eos_token_id=0)
+PRE_LNORM_CONFIG = dict(vocab_size=100, cutoffs=[30, 70], div_val=1, d_model=32, d_embed=24,
+                        n_head=2, d_head=10, d_inner=40, n_layer=2, mem_len=4, clamp_len=0,
+                        same_length=False, proj_share_all_but_first=True, pre_lnorm=True,
+                        untie_r=False, tie_word_embeddings=False, dropout=0.1, dropatt=0.0,
+                        eos_token_id=0)
 VARIANTS = {"": CONFIG, "pre_lnorm": PRE_LNORM_CONFIG}  # subfolder -> config
 BATCH, LENGTH, SEGMENTS, SEED = 2, 5, 3, 0
 # The classifier: CONFIG's backbone with labels and a pad id (its `score` needs d_embed == d_model).
@@ -112,8 +116,8 @@ def record_classifier(output: Path, config: dict):
     labels = torch.randint(0, config["num_labels"], (len(CLASSIFIER_LENGTHS),), generator=generator)
     with torch.no_grad():
         out = model(ids, labels=labels)
-    save_file({"input_ids": ids, "labels": labels, "logits": out.logits, "loss": out.loss.reshape(1)},
-              output / "reference.safetensors")
+    save_file({"input_ids": ids, "labels": labels, "logits": out.logits,
+               "loss": out.loss.reshape(1)}, output / "reference.safetensors")
     print(f"recorded {output}: loss {out.loss:.4f}")
 
 
@@ -130,7 +134,8 @@ def record_variant(output: Path, config: dict, with_bin: bool):
     if with_bin:
         model.save_pretrained(output / "bin", safe_serialization=False)
 
-    ids = torch.randint(0, config["vocab_size"], (SEGMENTS, BATCH, LENGTH), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, config["vocab_size"], (SEGMENTS, BATCH, LENGTH),
+                        generator=torch.Generator().manual_seed(1))
     ids[0, 0, :3] = torch.tensor([99, 60, 30])  # every cluster in the first segment
     losses, in_order, log_probs, mems = [], [], [], None
     with torch.no_grad():
@@ -142,14 +147,16 @@ def record_variant(output: Path, config: dict, with_bin: bool):
             out = model(segment, mems=mems, labels=segment.clone())
             losses.append(out.losses)
             mems = out.mems
-    save_file({"input_ids": ids, "losses": torch.stack(losses), "losses_in_order": torch.stack(in_order),
-               "log_probs": torch.stack(log_probs)}, output / "reference.safetensors")
+    save_file({"input_ids": ids, "losses": torch.stack(losses),
+               "losses_in_order": torch.stack(in_order), "log_probs": torch.stack(log_probs)},
+              output / "reference.safetensors")
     print(f"recorded {output}: losses {torch.stack(in_order).mean():.4f} over {SEGMENTS} segments")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--venv", default="/tmp/venv-tf4352", help="virtual environment with transformers 4.35.2")
+    parser.add_argument("--venv", default="/tmp/venv-tf4352",
+                        help="virtual environment with transformers 4.35.2")
     parser.add_argument("--output", default=str(ROOT / "tests" / "fixtures" / "transfo_xl_4352"))
     args = parser.parse_args()
     if running_reference():
@@ -157,7 +164,8 @@ def main():
         return
     python = ensure_venv(Path(args.venv))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    subprocess.run([str(python), __file__, "--venv", args.venv, "--output", args.output], check=True, env=env)
+    subprocess.run([str(python), __file__, "--venv", args.venv, "--output", args.output],
+                   check=True, env=env)
 
 
 if __name__ == "__main__":

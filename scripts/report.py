@@ -4,7 +4,7 @@ scripts' run folders (run_info.json + all_results.json) and scripts/benchmark.py
     python scripts/report.py                        # runs/ results/ -> REPORT.md
     python scripts/report.py runs/imdb runs/squad --output REPORT.md
 
-The logic lives in `longctx/report.py`.
+The logic lives in `longctx/experiments/report.py`.
 """
 
 import argparse
@@ -16,12 +16,14 @@ try:
 except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from longctx.report import build_report
+from longctx.experiments.report import build_report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="*", default=["runs", "results"], help="folders to search (default runs results)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="*", default=["runs", "results"],
+                        help="folders to search (default runs results)")
     parser.add_argument("--output", default="REPORT.md")
     args = parser.parse_args(argv)
     roots = [root for root in args.roots if Path(root).exists()]

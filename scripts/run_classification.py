@@ -7,12 +7,13 @@
     # offline, on local files (parquet, csv, json/jsonl with "text" and "label" columns)
     python scripts/run_classification.py --model_type longctx-transformer \
         --config_overrides "hidden_size=256,num_hidden_layers=4" \
-        --train_file ../shared/data/imdb/train.parquet --validation_file ../shared/data/imdb/test.parquet \
+        --train_file ../shared/data/imdb/train.parquet \
+        --validation_file ../shared/data/imdb/test.parquet \
         --output_dir runs/imdb --do_train --do_eval
 
 Writes train_results.json, eval_results.json and all_results.json in --output_dir; honours
---push_to_hub; runs unchanged under `accelerate launch`. The logic lives in `longctx/run_common.py`
-and `longctx/metrics.py`.
+--push_to_hub; runs unchanged under `accelerate launch`. The logic lives in
+`longctx/experiments/run_common.py` and `longctx/experiments/metrics.py`.
 """
 
 import sys
@@ -25,10 +26,15 @@ except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from transformers import AutoModelForSequenceClassification, HfArgumentParser, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+)
 
-from longctx.metrics import Metrics
-from longctx.run_common import (
+from longctx.experiments.metrics import Metrics
+from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,
@@ -43,8 +49,10 @@ from longctx.run_common import (
 
 @dataclass
 class ClassificationDataArguments(DataArguments):
-    text_column_name: str = field(default="text", metadata={"help": "The column holding the text."})
-    label_column_name: str = field(default="label", metadata={"help": "The column holding 0/1 labels."})
+    text_column_name: str = field(default="text", metadata={
+        "help": "The column holding the text."})
+    label_column_name: str = field(default="label", metadata={
+        "help": "The column holding 0/1 labels."})
 
 
 def tokenized(dataset, tokenizer, data_args):
@@ -52,11 +60,13 @@ def tokenized(dataset, tokenizer, data_args):
                     "name them with --text_column_name / --label_column_name")
     labels = set(dataset.unique(data_args.label_column_name))
     if not labels <= {0, 1}:
-        raise ValueError(f"labels {sorted(labels)[:10]} in column {data_args.label_column_name!r}: this script "
-                         f"trains binary classifiers (0/1); drop or map other labels (IMDb's unlabelled rows are -1)")
+        raise ValueError(f"labels {sorted(labels)[:10]} in column {data_args.label_column_name!r}: "
+                         f"this script trains binary classifiers (0/1); drop or map other labels "
+                         f"(IMDb's unlabelled rows are -1)")
 
     def encode(batch):
-        encoded = tokenizer(batch[data_args.text_column_name], truncation=True, max_length=data_args.max_seq_length)
+        encoded = tokenizer(batch[data_args.text_column_name], truncation=True,
+                            max_length=data_args.max_seq_length)
         encoded["labels"] = batch[data_args.label_column_name]
         return encoded
 
@@ -73,11 +83,13 @@ def main(argv=None):
     if training_args.do_train:
         train = tokenized(first(raw["train"], data_args.max_train_samples), tokenizer, data_args)
     if training_args.do_eval:
-        eval_set = tokenized(first(raw[evaluation_split(raw)], data_args.max_eval_samples), tokenizer, data_args)
+        eval_set = tokenized(first(raw[evaluation_split(raw)], data_args.max_eval_samples),
+                             tokenizer, data_args)
     metrics = Metrics()
 
     def compute_metrics(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        logits = (prediction.predictions[0] if isinstance(prediction.predictions, tuple)
+                  else prediction.predictions)
         return metrics(np.argmax(logits, axis=-1), prediction.label_ids)
 
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=eval_set,

@@ -10,7 +10,7 @@ Decoding follows transformers' generate() arguments (--do_sample, --temperature,
 --top_p, --num_beams; greedy by default). Writes eval_results.json / all_results.json (the
 scores, the settings and the metric implementation) and generations.jsonl (prompt, reference,
 generated text per passage) in --output_dir. Needs a causal LM (a decoder checkpoint, or
---model_type with is_decoder). The logic lives in `longctx/generation_eval.py`.
+--model_type with is_decoder). The logic lives in `longctx/experiments/generation_eval.py`.
 """
 
 import json
@@ -26,17 +26,26 @@ except ImportError:  # a checkout that is not pip-installed
 import torch
 from transformers import AutoModelForCausalLM, HfArgumentParser, set_seed
 
-from longctx.generation_eval import TextSimilarity, passages, reference_scores
-from longctx.run_common import ModelArguments, build_model, encode_whole_text, load_tokenizer, run_info, write_run_info
+from longctx.experiments.generation_eval import TextSimilarity, passages, reference_scores
+from longctx.experiments.run_common import (
+    ModelArguments,
+    build_model,
+    encode_whole_text,
+    load_tokenizer,
+    run_info,
+    write_run_info,
+)
 
 
 @dataclass
 class GenerationArguments:
     validation_file: str = field(metadata={"help": "The held-out text (.txt), read whole."})
     output_dir: str = field(metadata={"help": "Where the results and generations go."})
-    num_passages: int = field(default=20, metadata={"help": "Passages spread evenly over the text."})
+    num_passages: int = field(default=20, metadata={
+        "help": "Passages spread evenly over the text."})
     prompt_length: int = field(default=256, metadata={"help": "Prompt tokens per passage."})
-    continuation_length: int = field(default=64, metadata={"help": "Reference (and generated) tokens per passage."})
+    continuation_length: int = field(default=64, metadata={
+        "help": "Reference (and generated) tokens per passage."})
     do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
     temperature: float = field(default=1.0, metadata={"help": "With --do_sample."})
     top_k: int = field(default=50, metadata={"help": "With --do_sample."})
@@ -48,13 +57,15 @@ class GenerationArguments:
 
     def __post_init__(self):
         if Path(self.validation_file).suffix != ".txt":
-            raise ValueError(f"--validation_file {self.validation_file}: give a .txt file (read whole)")
+            raise ValueError(f"--validation_file {self.validation_file}: give a .txt file (read "
+                             "whole)")
 
 
 def generate(model, tokenizer, items, args) -> list[list[int]]:
     device = next(model.parameters()).device
     options = dict(max_new_tokens=args.continuation_length, min_new_tokens=args.continuation_length,
-                   do_sample=args.do_sample, num_beams=args.num_beams, pad_token_id=tokenizer.pad_token_id)
+                   do_sample=args.do_sample, num_beams=args.num_beams,
+                   pad_token_id=tokenizer.pad_token_id)
     if args.do_sample:
         options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     outputs = []
@@ -70,8 +81,10 @@ def main(argv=None):
     model_args, args = parser.parse_args_into_dataclasses(argv)
     set_seed(args.seed)
     tokenizer = load_tokenizer(model_args)
-    model = build_model(model_args, AutoModelForCausalLM, tokenizer, **({"is_decoder": True} if model_args.model_type else {}))
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model = build_model(model_args, AutoModelForCausalLM, tokenizer,
+                        **({"is_decoder": True} if model_args.model_type else {}))
+    device = (("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto"
+              else args.device)
     model.to(device).eval()
     text = Path(args.validation_file).read_text(encoding="utf-8")
     ids = encode_whole_text(tokenizer, text)
@@ -80,13 +93,16 @@ def main(argv=None):
     decode = lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True)  # noqa: E731
     predictions, references = [decode(g) for g in generated], [decode(p.reference) for p in items]
     similarity = TextSimilarity()
-    results = {**reference_scores(model, items), **similarity(predictions, references), "passages": len(items),
-               "metric_implementation": similarity.implementation, "settings": asdict(args)}
+    results = {**reference_scores(model, items), **similarity(predictions, references),
+               "passages": len(items), "metric_implementation": similarity.implementation,
+               "settings": asdict(args)}
     write_outputs(Path(args.output_dir), results, items, predictions, references, decode)
-    write_run_info(args.output_dir, run_info("generation", model, asdict(args), {"generated_tokens_per_passage":
-                                                                                 args.continuation_length}))
+    write_run_info(args.output_dir, run_info(
+        "generation", model, asdict(args),
+        {"generated_tokens_per_passage": args.continuation_length}))
     print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=1))
-    for passage, prediction, reference in list(zip(items, predictions, references))[:args.num_samples_shown]:
+    for passage, prediction, reference in (
+            list(zip(items, predictions, references))[:args.num_samples_shown]):
         print(f"\n--- prompt (...{decode(passage.prompt)[-200:]!r})\n    reference: {reference!r}\n"
               f"    generated: {prediction!r}")
 
@@ -95,11 +111,13 @@ def write_outputs(output_dir: Path, results, items, predictions, references, dec
     output_dir.mkdir(parents=True, exist_ok=True)
     scores = {f"eval_{k}": v for k, v in results.items()}
     for name in ("eval_results.json", "all_results.json"):
-        (output_dir / name).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (output_dir / name).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
+                                       encoding="utf-8")
     with open(output_dir / "generations.jsonl", "w", encoding="utf-8") as f:
         for passage, prediction, reference in zip(items, predictions, references):
-            f.write(json.dumps({"start_token": passage.start, "prompt": decode(passage.prompt), "reference": reference,
-                                "generated": prediction}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"start_token": passage.start, "prompt": decode(passage.prompt),
+                                "reference": reference, "generated": prediction},
+                               ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@
     python scripts/run_qa.py --model_type longctx-longformer --dataset_name squad \
         --max_seq_length 512 --output_dir runs/squad --do_train --do_eval
     # offline: an official SQuAD JSON (.json or .json.gz) split BY ARTICLE (the last N evaluate)
-    python scripts/run_qa.py --model_type longctx-transformer --squad_file ../shared/data/squad/dev-v1.1.json.gz \
+    python scripts/run_qa.py --model_type longctx-transformer \
+        --squad_file ../shared/data/squad/dev-v1.1.json.gz \
         --eval_articles 10 --output_dir runs/squad --do_train --do_eval
 
 Writes train_results.json, eval_results.json (exact_match, f1), all_results.json and
 eval_predictions.json in --output_dir; honours --push_to_hub; runs unchanged under
 `accelerate launch`. The logic lives in `longctx/question_answering.py` (windows, labels,
-spans), `longctx/squad.py` (files) and `longctx/metrics.py` (the official metric).
+spans), `longctx/experiments/squad.py` (files) and `longctx/experiments/metrics.py` (the
+official metric).
 """
 
 import json
@@ -28,9 +30,9 @@ except ImportError:  # a checkout that is not pip-installed
 import datasets
 from transformers import AutoModelForQuestionAnswering, HfArgumentParser, Trainer, TrainingArguments
 
-from longctx.metrics import SquadMetric
+from longctx.experiments.metrics import SquadMetric
 from longctx.question_answering import best_spans, prepare_features, training_labels
-from longctx.run_common import (
+from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,
@@ -41,7 +43,7 @@ from longctx.run_common import (
     load_tokenizer,
     require_columns,
 )
-from longctx.squad import read_squad_file, split_by_article
+from longctx.experiments.squad import read_squad_file, split_by_article
 
 COLUMNS = ("id", "question", "context", "answers")
 
@@ -49,9 +51,12 @@ COLUMNS = ("id", "question", "context", "answers")
 @dataclass
 class QADataArguments(DataArguments):
     squad_file: str | None = field(default=None, metadata={
-        "help": "An official SQuAD v1.1 JSON file (.json or .json.gz), split by article with --eval_articles."})
-    eval_articles: int = field(default=10, metadata={"help": "With --squad_file: the last N articles evaluate."})
-    doc_stride: int = field(default=128, metadata={"help": "Context tokens shared by consecutive windows."})
+        "help": "An official SQuAD v1.1 JSON file (.json or .json.gz), split by article with "
+                "--eval_articles."})
+    eval_articles: int = field(default=10, metadata={
+        "help": "With --squad_file: the last N articles evaluate."})
+    doc_stride: int = field(default=128, metadata={
+        "help": "Context tokens shared by consecutive windows."})
     n_best_size: int = field(default=20, metadata={"help": "Start/end candidates per window."})
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens."})
     max_seq_length: int = field(default=384, metadata={"help": "Tokens per window."})
@@ -62,26 +67,30 @@ class QADataArguments(DataArguments):
 def raw_splits(data_args) -> dict:
     if data_args.squad_file is None:
         return load_raw_datasets(data_args)
-    train, held_out = split_by_article(read_squad_file(data_args.squad_file), data_args.eval_articles)
-    return {"train": datasets.Dataset.from_list(train), "validation": datasets.Dataset.from_list(held_out)}
+    train, held_out = split_by_article(read_squad_file(data_args.squad_file),
+                                       data_args.eval_articles)
+    return {"train": datasets.Dataset.from_list(train),
+            "validation": datasets.Dataset.from_list(held_out)}
 
 
 def train_features(examples, tokenizer, data_args):
-    features = prepare_features(tokenizer, examples["question"], examples["context"], data_args.max_seq_length,
-                                data_args.doc_stride)
-    features["start_positions"], features["end_positions"] = training_labels(features, examples["answers"])
+    features = prepare_features(tokenizer, examples["question"], examples["context"],
+                                data_args.max_seq_length, data_args.doc_stride)
+    features["start_positions"], features["end_positions"] = training_labels(features,
+                                                                             examples["answers"])
     del features["example_index"], features["offset_mapping"]
     return features
 
 
 def eval_features(examples, tokenizer, data_args):
-    features = prepare_features(tokenizer, examples["question"], examples["context"], data_args.max_seq_length,
-                                data_args.doc_stride)
+    features = prepare_features(tokenizer, examples["question"], examples["context"],
+                                data_args.max_seq_length, data_args.doc_stride)
     features["example_id"] = [examples["id"][i] for i in features.pop("example_index")]
     return features
 
 
-def predictions_from_logits(examples, features, start_logits, end_logits, data_args) -> list[dict]:
+def predictions_from_logits(examples, features, start_logits, end_logits,
+                            data_args) -> list[dict]:
     """The best span of every example from the logits of all its windows."""
     windows = {}
     for index, example_id in enumerate(features["example_id"]):
@@ -89,15 +98,17 @@ def predictions_from_logits(examples, features, start_logits, end_logits, data_a
     predictions = []
     for example in examples:
         rows = windows.get(example["id"], [])
-        best = best_spans(start_logits[rows], end_logits[rows], [features["offset_mapping"][i] for i in rows],
-                          example["context"], max_answer_len=data_args.max_answer_length, n_best=data_args.n_best_size)
+        best = best_spans(start_logits[rows], end_logits[rows],
+                          [features["offset_mapping"][i] for i in rows], example["context"],
+                          max_answer_len=data_args.max_answer_length,
+                          n_best=data_args.n_best_size)
         predictions.append({"id": example["id"], "prediction_text": best[0]["answer"]})
     return predictions
 
 
 def evaluate(trainer, examples, tokenizer, data_args, metric):
-    features = examples.map(eval_features, fn_kwargs=dict(tokenizer=tokenizer, data_args=data_args), batched=True,
-                            remove_columns=examples.column_names)
+    features = examples.map(eval_features, fn_kwargs=dict(tokenizer=tokenizer, data_args=data_args),
+                            batched=True, remove_columns=examples.column_names)
     model_inputs = features.remove_columns(["example_id", "offset_mapping"])
     output = trainer.predict(model_inputs, metric_key_prefix="eval")
     start_logits, end_logits = output.predictions[:2]
@@ -121,7 +132,8 @@ def main(argv=None):
         examples = first(raw["train"], data_args.max_train_samples)
         require_columns(examples, COLUMNS, "use SQuAD's layout (id, question, context, answers)")
         train = examples.map(train_features, remove_columns=examples.column_names, **kwargs)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train,
+                      processing_class=tokenizer)
     train_result = trainer.train() if training_args.do_train else None
     eval_metrics = None
     if training_args.do_eval:
@@ -131,7 +143,8 @@ def main(argv=None):
         if trainer.is_world_process_zero():
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(training_args.output_dir) / "eval_predictions.json").write_text(
-                json.dumps({p["id"]: p["prediction_text"] for p in predictions}, indent=1, ensure_ascii=False),
+                json.dumps({p["id"]: p["prediction_text"] for p in predictions}, indent=1,
+                           ensure_ascii=False),
                 encoding="utf-8")
     finish(trainer, train_result, eval_metrics, task="question_answering", data_args=data_args,
            push_kwargs={"finetuned_from": model_args.model_name_or_path,

@@ -1,10 +1,10 @@
 """The seed study: trains every longctx architecture at one size and budget, prints one table.
 
-    python scripts/run_study.py                                   # preset "smoke": a few minutes on CPU
-    python scripts/run_study.py --architectures longctx-transformer --max_steps 2 --output_dir /tmp/study
-    python scripts/run_study.py --preset cpu --data_dir ../shared/data      # real data, ~2 h 15 min on 2 CPU cores
-    python scripts/run_study.py --preset cpu --data_dir ../shared/data --resume  # goes on after a stop
-    python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # needs a CUDA GPU, hours
+    python scripts/run_study.py                 # preset "smoke": a few minutes on CPU
+    python scripts/run_study.py --architectures longctx-transformer --max_steps 2  # a quick one
+    # real data, ~2 h 15 min on 2 CPU cores; --resume goes on after a stop
+    python scripts/run_study.py --preset cpu --data_dir ../shared/data [--resume]
+    python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # a CUDA GPU, hours
 
 --data_dir is a folder laid out like ../shared/data: imdb/train.parquet, imdb/test.parquet
 (columns text, label), books/austen-emma.txt (training book), books/austen-sense.txt (held-out
@@ -13,7 +13,7 @@ fallback (IMDb alone would come from the Hub).
 
 Writes `study_results.json` to --output_dir after each architecture, so a stopped run keeps
 what it finished; --resume runs only the architectures that file lacks (or that failed).
-The logic lives in `longctx/study.py`.
+The logic lives in `longctx/experiments/study.py`.
 """
 
 import argparse
@@ -25,11 +25,13 @@ try:
 except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from longctx import study
+from longctx.experiments import study
+from longctx.experiments.measure import failed
 
 
 def parse_args(argv=None):
-    presets = "\n".join(f"  {name:8} {preset.description}" for name, preset in study.PRESETS.items())
+    presets = "\n".join(f"  {name:8} {preset.description}"
+                        for name, preset in study.PRESETS.items())
     parser = argparse.ArgumentParser(description=__doc__, epilog="presets:\n" + presets,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smoke", choices=sorted(study.PRESETS),
@@ -39,29 +41,34 @@ def parse_args(argv=None):
     parser.add_argument("--max_steps", type=int, default=None,
                         help="training steps per task, overriding the preset (at least 2)")
     parser.add_argument("--data_dir", default=None,
-                        help="real data for the cpu and gpu-lra presets, laid out like ../shared/data")
+                        help="real data for the cpu and gpu-lra presets, laid out like "
+                             "../shared/data")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--architectures", default=None,
-                        help="comma-separated model types (default: every one in longctx.ARCHITECTURES)")
+                        help="comma-separated model types (default: every one in "
+                             "longctx.ARCHITECTURES)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the finished architectures of --output_dir's study_results.json (same preset, "
-                             "data and seed) and run only the others: a long preset can stop and go on later")
+                        help="keep the finished architectures of --output_dir's "
+                             "study_results.json (same preset, data and seed) and run only the "
+                             "others: a long preset can stop and go on later")
     args = parser.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 2:
-        parser.error("--max_steps must be at least 2 (the first step is a warm-up, excluded from the throughput)")
+        parser.error("--max_steps must be at least 2 (the first step is a warm-up, excluded from "
+                     "the throughput)")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        results = study.run_study(preset=args.preset, output_dir=args.output_dir, max_steps=args.max_steps,
-                                  seed=args.seed, architectures=args.architectures, data_dir=args.data_dir,
+        results = study.run_study(preset=args.preset, output_dir=args.output_dir,
+                                  max_steps=args.max_steps, seed=args.seed,
+                                  architectures=args.architectures, data_dir=args.data_dir,
                                   resume=args.resume)
     except ValueError as error:  # e.g. an unknown architecture name, missing data, no GPU
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 1 if study.failed(results) else 0
+    return 1 if failed(results) else 0
 
 
 if __name__ == "__main__":

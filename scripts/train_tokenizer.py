@@ -1,8 +1,8 @@
 """Train longctx's byte-level BPE tokenizer (the byte tokenizer's special tokens and bytes, plus
 learned merges) on local text, offline, and save it for --tokenizer_name.
 
-    python scripts/train_tokenizer.py --train_file ../shared/data/imdb/unsup.parquet --vocab_size 8192 \
-        --output_dir runs/tokenizers/imdb-bpe-8k
+    python scripts/train_tokenizer.py --train_file ../shared/data/imdb/unsup.parquet \
+        --vocab_size 8192 --output_dir runs/tokenizers/imdb-bpe-8k
     python scripts/train_tokenizer.py --train_file book1.txt --train_file book2.txt --output_dir tok
 
 Tabular files (parquet, csv, json/jsonl) give the rows of --text_column_name; .txt files are read
@@ -20,7 +20,7 @@ except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from longctx import train_bpe_tokenizer
-from longctx.run_common import FILE_FORMATS
+from longctx.experiments.run_common import FILE_FORMATS
 
 
 def text_files(paths, column: str, scratch: Path) -> list[Path]:
@@ -34,9 +34,11 @@ def text_files(paths, column: str, scratch: Path) -> list[Path]:
         if path.suffix == ".txt":
             files.append(path)
             continue
-        table = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path), split="train")
+        table = datasets.load_dataset(FILE_FORMATS[path.suffix], data_files=str(path),
+                                      split="train")
         if column not in table.column_names:
-            raise ValueError(f"{path} has no column {column!r} ({table.column_names}); use --text_column_name")
+            raise ValueError(f"{path} has no column {column!r} ({table.column_names}); use "
+                             "--text_column_name")
         target = scratch / f"{len(files)}-{path.stem}.txt"
         target.write_text("\n".join(table[column]), encoding="utf-8")
         files.append(target)
@@ -44,8 +46,10 @@ def text_files(paths, column: str, scratch: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_file", action="append", required=True, help="repeat for several files")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_file", action="append", required=True,
+                        help="repeat for several files")
     parser.add_argument("--text_column_name", default="text")
     parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--min_frequency", type=int, default=2)
@@ -55,7 +59,8 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory() as scratch:
             files = text_files(args.train_file, args.text_column_name, Path(scratch))
-            tokenizer = train_bpe_tokenizer(files, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+            tokenizer = train_bpe_tokenizer(files, vocab_size=args.vocab_size,
+                                            min_frequency=args.min_frequency,
                                             model_max_length=args.model_max_length)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

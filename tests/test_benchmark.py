@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import longctx
-from longctx import benchmark
-from longctx.benchmark import (
+from longctx.experiments import benchmark
+from longctx.experiments.benchmark import (
     BenchmarkSettings,
     batch_size_for,
-    format_table,
+    benchmark_table,
     median,
     parse_int_list,
     ratio_table,
@@ -84,10 +84,10 @@ def test_ratio_table_divides_by_the_baseline_at_the_same_length():
         {"time": None, "memory": None}
 
 
-def test_format_table_shows_numbers_ratios_and_failures():
+def test_benchmark_table_shows_numbers_ratios_and_failures():
     cells = [cell("base", 1024, 2.0, 100.0), cell("fast", 1024, 0.5, 25.0),
              cell("broken", 1024, error="OutOfMemoryError: CUDA out of memory")]
-    text = format_table(cells, "base")
+    text = benchmark_table(cells, "base")
     lines = text.splitlines()
     assert "time/base" in lines[0] and "mem/base" in lines[0]
     assert "0.25x" in lines[3] and "500.0" in lines[3]  # time and memory ratios, ms/step
@@ -247,7 +247,7 @@ def test_compile_setting_compiles_the_model_and_says_so():
 def test_cpu_notes_say_which_allocator_regime_was_measured():
     """glibc's defaults page-fault large buffers in again every step; tuned settings or a
     preloaded allocator keep them: the note tells the two apart."""
-    from longctx.benchmark import allocator_note
+    from longctx.experiments.benchmark import allocator_note
     assert "glibc malloc defaults" in allocator_note({})
     tuned = allocator_note({"MALLOC_MMAP_THRESHOLD_": "4294967296"})
     assert "MALLOC_MMAP_THRESHOLD_=4294967296" in tuned and "defaults" not in tuned

@@ -1,6 +1,6 @@
 """longctx models inside the stock Hugging Face ecosystem: pipelines, `Trainer`, `datasets`,
 gradient checkpointing and `generate()`, on tiny models and the data shipped in
-`longctx/samples/` (no network, no `../shared`).
+`longctx/experiments/samples/` (no network, no `../shared`).
 
 Each check compares against an independent route to the same answer (a direct forward pass,
 a hand-written decoding, a known planted answer, a reloaded checkpoint), never against numbers
@@ -28,7 +28,7 @@ from transformers import (
 
 import longctx
 
-SAMPLES = importlib.resources.files("longctx") / "samples"
+SAMPLES = importlib.resources.files("longctx.experiments") / "samples"
 VOCAB = 261
 BYTE_OFFSET = 5  # byte b has id 5 + b
 MASK_ID, EOS_ID, PAD_ID = 4, 2, 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from longctx.generation_eval import Passage, TextSimilarity, passages, reference_scores
+from longctx.experiments.generation_eval import Passage, TextSimilarity, passages, reference_scores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,8 @@ def test_generation_script_writes_scores_and_generations(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [
         "run_generation.py", "--model_type", "longctx-longformer", "--config_overrides",
         "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=256,"
-        "attention_window=16", "--validation_file", str(REPO_ROOT / "longctx" / "samples" / "book_valid.txt"),
+        "attention_window=16", "--validation_file",
+        str(REPO_ROOT / "longctx" / "experiments" / "samples" / "book_valid.txt"),
         "--num_passages", "3", "--prompt_length", "40", "--continuation_length", "12", "--output_dir", str(out)])
     runpy.run_path(str(REPO_ROOT / "scripts" / "run_generation.py"), run_name="__main__")
     results = json.loads((out / "all_results.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from longctx.language_modeling import evaluate_lm, position_buckets
+from longctx.experiments.language_modeling import evaluate_lm, position_buckets
 
 
 def test_position_buckets_grow_fourfold_and_cover_every_predicted_position():
@@ -54,7 +54,7 @@ def tiny_transfo_xl(mem_len: int, **overrides):
 def test_memory_covering_the_text_scores_like_recomputing_the_whole_prefix():
     """With a memory holding everything seen, each segment's tokens attend exactly the keys a
     fresh forward over the whole prefix would: the two evaluations give the same losses."""
-    from longctx.language_modeling import memory_versus_recompute
+    from longctx.experiments.language_modeling import memory_versus_recompute
     ids = torch.randint(5, 261, (100,), generator=torch.Generator().manual_seed(1)).tolist()
     result = memory_versus_recompute(tiny_transfo_xl(mem_len=128), ids, segment_length=25, context_length=128)
     assert result["with_memory"]["tokens"] == result["fixed_context"]["tokens"] == 96  # 4 segment starts unscored
@@ -63,7 +63,7 @@ def test_memory_covering_the_text_scores_like_recomputing_the_whole_prefix():
 
 
 def test_a_short_memory_changes_the_scores():
-    from longctx.language_modeling import memory_versus_recompute
+    from longctx.experiments.language_modeling import memory_versus_recompute
     ids = torch.randint(5, 261, (100,), generator=torch.Generator().manual_seed(1)).tolist()
     result = memory_versus_recompute(tiny_transfo_xl(mem_len=5), ids, segment_length=25, context_length=128)
     assert result["with_memory"]["loss"] != pytest.approx(result["fixed_context"]["loss"], rel=1e-5)
@@ -73,7 +73,7 @@ def test_a_short_memory_changes_the_scores():
 
 
 def test_stream_segments_continue_each_row_in_the_next_batch():
-    from longctx.language_modeling import stream_segments
+    from longctx.experiments.language_modeling import stream_segments
     ids = list(range(1000, 1100))
     data = stream_segments(ids, batch_size=3, segment_length=10)  # 3 streams of 33 tokens: 3 segments each
     rows = data["input_ids"]
@@ -87,7 +87,7 @@ def test_stream_segments_continue_each_row_in_the_next_batch():
 
 
 def test_stream_segments_refuse_a_text_too_short_for_the_batch():
-    from longctx.language_modeling import stream_segments
+    from longctx.experiments.language_modeling import stream_segments
     with pytest.raises(ValueError, match="per_device_train_batch_size"):
         stream_segments(list(range(50)), batch_size=8, segment_length=10)
 
@@ -97,7 +97,11 @@ def test_segment_memory_trainer_carries_the_memory_between_steps_and_restarts_ea
     of that batch computed by hand: from the memory of the previous batch within an epoch, from an
     empty memory at an epoch's first step."""
     from transformers import TrainingArguments
-    from longctx.language_modeling import SegmentMemoryTrainer, stream_segments, trains_with_memory
+    from longctx.experiments.language_modeling import (
+        SegmentMemoryTrainer,
+        stream_segments,
+        trains_with_memory,
+    )
     model = tiny_transfo_xl(mem_len=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ids = torch.randint(5, 261, (200,), generator=torch.Generator().manual_seed(3)).tolist()
     data = stream_segments(ids, batch_size=2, segment_length=12)  # 8 segments per stream: 8 steps an epoch

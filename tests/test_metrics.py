@@ -3,7 +3,7 @@ hand-worked cases of the official evaluation script's normalisation and F1)."""
 
 import pytest
 
-from longctx.metrics import (
+from longctx.experiments.metrics import (
     Metrics,
     SquadMetric,
     binary_classification_metrics,

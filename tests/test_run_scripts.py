@@ -1,5 +1,5 @@
 """The run_*.py scripts end to end on the shipped samples (tiny models, a few steps), and the
-argument handling they share (longctx/run_common.py)."""
+argument handling they share (longctx/experiments/run_common.py)."""
 
 import json
 import runpy
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from longctx.run_common import DataArguments, ModelArguments, parse_config_overrides
+from longctx.experiments.run_common import DataArguments, ModelArguments, parse_config_overrides
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = REPO_ROOT / "longctx" / "samples"
+SAMPLES = REPO_ROOT / "longctx" / "experiments" / "samples"
 TINY = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,max_position_embeddings=256"
 
 
@@ -110,9 +110,9 @@ def test_qa_labels_and_span_post_processing_recover_every_answer():
     import numpy as np
 
     import longctx
-    from longctx.metrics import squad_v1_scores
+    from longctx.experiments.metrics import squad_v1_scores
     from longctx.question_answering import prepare_features, training_labels
-    from longctx.squad import read_squad_file
+    from longctx.experiments.squad import read_squad_file
 
     qa = load_run_qa()
     rows = read_squad_file(SAMPLES / "squad_sample.json")[:40]
@@ -149,7 +149,7 @@ def test_qa_trains_and_evaluates_on_an_official_file_split_by_article(tmp_path, 
     assert 0.0 <= results["eval_exact_match"] <= 100.0 and 0.0 <= results["eval_f1"] <= 100.0
     assert results["eval_samples"] == 6 and results["eval_features"] > 6  # long contexts: several windows each
     predictions = json.loads((out / "eval_predictions.json").read_text())
-    from longctx.squad import read_squad_file, split_by_article
+    from longctx.experiments.squad import read_squad_file, split_by_article
     _, held_out = split_by_article(read_squad_file(source), 1)
     assert list(predictions) == [row["id"] for row in held_out[:6]]
 
@@ -208,7 +208,7 @@ def test_classification_runs_unchanged_under_launchers(tmp_path, launcher):
 
 
 def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monkeypatch):
-    from longctx.report import build_report
+    from longctx.experiments.report import build_report
     runs = tmp_path / "runs"
     run_script("run_classification.py", ["--model_type", "longctx-transformer", "--config_overrides", TINY,
                                          "--train_file", str(SAMPLES / "imdb_train.jsonl"),
@@ -269,7 +269,7 @@ def test_the_tokenizer_takes_the_models_input_limit():
     from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
 
     from longctx import byte_tokenizer, model_max_length_for
-    from longctx.run_common import build_model
+    from longctx.experiments.run_common import build_model
 
     limits = (("longctx-transformer", 256), ("longctx-transfo-xl", VERY_LARGE_INTEGER))
     for model_type, limit in limits:
@@ -284,7 +284,7 @@ def test_the_tokenizer_takes_the_models_input_limit():
 
 def test_a_vocab_size_override_below_the_tokenizer_raises():
     from longctx import byte_tokenizer
-    from longctx.run_common import build_model
+    from longctx.experiments.run_common import build_model
     from transformers import AutoModel
 
     model_args = ModelArguments(model_type="longctx-transformer", config_overrides=TINY + ",vocab_size=100")
@@ -306,7 +306,7 @@ def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_p
     # Transformer-XL takes any length: its saved tokenizer says so the way transformers does.
     from transformers.tokenization_utils_base import VERY_LARGE_INTEGER
     assert saved_tokenizer_limit(out) == VERY_LARGE_INTEGER
-    from longctx.report import _size
+    from longctx.experiments.report import _size
     assert _size(json.loads((out / "run_info.json").read_text())) == "1×32 (memory 64)"  # the report names the memory
     assert results["eval_comparison_tokens"] == 128 - 2  # the first token of each 64-token segment is unscored
     assert results["eval_recompute_slowdown"] > 0 and results["eval_perplexity"] > 1

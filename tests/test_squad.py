@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from longctx.squad import read_squad_file, split_by_article
+from longctx.experiments.squad import read_squad_file, split_by_article
 
-SAMPLE = Path(__file__).resolve().parent.parent / "longctx" / "samples" / "squad_sample.json"
+SAMPLES = Path(__file__).resolve().parent.parent / "longctx" / "experiments" / "samples"
+SAMPLE = SAMPLES / "squad_sample.json"
 
 
 def test_sample_rows_follow_the_datasets_schema_and_point_at_their_answers():

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 import longctx
-from longctx.language_modeling import evaluate_lm, lm_blocks, lm_scores
-from longctx.study import (
+from longctx.experiments.language_modeling import evaluate_lm, lm_blocks, lm_scores
+from longctx.experiments.study import (
     PRESETS,
-    format_table,
     override_steps,
     select_architectures,
+    study_table,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +74,12 @@ def test_override_steps_and_architecture_selection():
         select_architectures("no-such-model")
 
 
-def test_format_table_marks_skipped_tasks():
+def test_study_table_marks_skipped_tasks():
     rows = [{"architecture": "a", "classification": {"accuracy": 0.5, "f1": 0.25},
              "language_modeling": {"perplexity": 3.0, "bits_per_byte": 1.5, "tokens_per_s": 1234.0,
                                    "peak_memory_mib": 10.0}},
             {"architecture": "bbbb", "classification": None, "language_modeling": None}]
-    lines = format_table(rows).splitlines()
+    lines = study_table(rows).splitlines()
     assert len(lines) == 4 and "accuracy" in lines[0] and "1,234" in lines[2]
     assert lines[3].startswith("bbbb") and lines[3].count("n/a") == 6
 
@@ -132,7 +132,7 @@ def test_run_study_script_end_to_end(tmp_path):
 
 
 def test_tasks_are_skipped_for_missing_heads(monkeypatch, tmp_path):
-    from longctx import study
+    from longctx.experiments import study
 
     baseline = longctx.ARCHITECTURES["longctx-transformer"]
     encoder_only = longctx.Architecture(config=baseline.config, backbone=baseline.backbone, heads={})
@@ -196,7 +196,7 @@ def offline_hub(monkeypatch):
 
 
 def test_cpu_preset_end_to_end_on_a_fake_data_dir(tmp_path, offline_hub):
-    from longctx import study
+    from longctx.experiments import study
 
     data_dir = write_fake_data_dir(tmp_path / "data")
     results = study.run_study(preset=tiny("cpu"), data_dir=data_dir, output_dir=tmp_path / "out", max_steps=2,
@@ -230,7 +230,7 @@ def test_cpu_preset_end_to_end_on_a_fake_data_dir(tmp_path, offline_hub):
 
 
 def test_cpu_preset_notes_say_how_much_was_scored(tmp_path, capsys):
-    from longctx import study
+    from longctx.experiments import study
 
     preset = dataclasses.replace(tiny("cpu"), language_modeling=None)
     study.run_study(preset=preset, data_dir=write_fake_data_dir(tmp_path / "data"), output_dir=tmp_path / "out",
@@ -241,7 +241,7 @@ def test_cpu_preset_notes_say_how_much_was_scored(tmp_path, capsys):
 
 
 def test_scored_rows_take_a_fixed_shuffle_not_a_prefix():
-    from longctx.study import scored_rows
+    from longctx.experiments.study import scored_rows
 
     rows = [{"text": str(i), "label": i * 2 // 100} for i in range(100)]  # sorted by label
     chosen = scored_rows(rows, 10)
@@ -251,7 +251,7 @@ def test_scored_rows_take_a_fixed_shuffle_not_a_prefix():
 
 
 def test_real_data_preset_without_data_dir_names_it(offline_hub):
-    from longctx import study
+    from longctx.experiments import study
 
     with pytest.raises(ValueError, match="--data_dir") as raised:
         study.run_study(preset="cpu", architectures="longctx-transformer")
@@ -267,7 +267,7 @@ def test_real_data_preset_without_data_dir_names_it(offline_hub):
 def test_imdb_comes_from_the_hub_without_data_dir(monkeypatch):
     import datasets
 
-    from longctx import study
+    from longctx.experiments import study
 
     hub = {split: datasets.Dataset.from_dict({"text": [f"{split} {i}" for i in range(n)], "label": [0, 1] * (n // 2)})
            for split, n in (("train", 8), ("test", 4))}
@@ -279,7 +279,7 @@ def test_imdb_comes_from_the_hub_without_data_dir(monkeypatch):
 
 
 def test_missing_or_wrong_files_in_data_dir_are_named(tmp_path, offline_hub):
-    from longctx import study
+    from longctx.experiments import study
 
     data_dir = write_fake_data_dir(tmp_path / "data")
     (data_dir / "books" / "austen-sense.txt").unlink()
@@ -312,7 +312,7 @@ def test_script_reports_data_errors_and_never_uses_the_samples(tmp_path, offline
 def test_gpu_preset_refuses_to_run_without_cuda(tmp_path, monkeypatch):
     import torch
 
-    from longctx import study
+    from longctx.experiments import study
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
@@ -326,28 +326,12 @@ def test_gpu_preset_refuses_to_run_without_cuda(tmp_path, monkeypatch):
 
 
 def test_training_arguments_follow_the_preset_device(tmp_path):
-    from longctx.study import training_arguments
+    from longctx.experiments.study import training_arguments
 
     cpu = PRESETS["cpu"]
     args = training_arguments(cpu, cpu.classification, seed=0, output_dir=tmp_path)
     assert args.use_cpu and not args.bf16 and args.device.type == "cpu"
     assert (args.max_steps, args.per_device_train_batch_size, args.learning_rate) == (400, 8, 1e-3)
-
-
-def test_cuda_memory_meter_measures_growth_over_the_block(monkeypatch):
-    import torch
-
-    from longctx import study
-
-    allocated = {"now": 100 * 2**20, "peak": 900 * 2**20}  # a peak left over from an earlier run
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocated.update(peak=allocated["now"]))
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocated["now"])
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocated["peak"])
-    with study.memory_meter("cuda") as memory:
-        allocated.update(peak=allocated["now"] + 64 * 2**20)  # training: 64 MiB more at its peak
-    assert memory.growth_mib == 64
-    assert isinstance(study.memory_meter("cpu"), study.PeakRSS)
 
 
 # --------------------------------------------------------------------------- stop and resume
@@ -356,7 +340,7 @@ def test_cuda_memory_meter_measures_growth_over_the_block(monkeypatch):
 def fake_architecture_runs(monkeypatch, failing=(), interrupt_at=None):
     """run_architecture replaced by a recorder: a row with one made-up result per call (errors
     for the `failing` names; KeyboardInterrupt, as a killed run, at `interrupt_at`)."""
-    from longctx import study
+    from longctx.experiments import study
 
     calls = []
 
@@ -375,7 +359,7 @@ def fake_architecture_runs(monkeypatch, failing=(), interrupt_at=None):
 
 
 def test_results_are_written_after_each_architecture(monkeypatch, tmp_path):
-    from longctx import study
+    from longctx.experiments import study
 
     first, second, third = list(longctx.ARCHITECTURES)[:3]
     fake_architecture_runs(monkeypatch, interrupt_at=third)
@@ -386,7 +370,7 @@ def test_results_are_written_after_each_architecture(monkeypatch, tmp_path):
 
 
 def test_resume_runs_only_what_is_missing_or_failed(monkeypatch, tmp_path):
-    from longctx import study
+    from longctx.experiments import study
 
     first, second, third = list(longctx.ARCHITECTURES)[:3]
     calls = fake_architecture_runs(monkeypatch, failing=(second,))
@@ -407,7 +391,7 @@ def test_resume_runs_only_what_is_missing_or_failed(monkeypatch, tmp_path):
 
 
 def test_resume_refuses_results_of_other_settings(monkeypatch, tmp_path):
-    from longctx import study
+    from longctx.experiments import study
 
     fake_architecture_runs(monkeypatch)
     first = list(longctx.ARCHITECTURES)[0]
@@ -426,8 +410,8 @@ def test_resume_refuses_results_of_other_settings(monkeypatch, tmp_path):
 def test_report_shows_a_study_with_the_command_of_each_row(monkeypatch, tmp_path):
     import torch
 
-    from longctx import study
-    from longctx.report import build_report
+    from longctx.experiments import study
+    from longctx.experiments.report import build_report
 
     first, second = list(longctx.ARCHITECTURES)[:2]
     fake_architecture_runs(monkeypatch)

@@ -21,7 +21,8 @@ import longctx
 
 logger = logging.getLogger(__name__)
 
-FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json", ".txt": "text"}
+FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json",
+                ".txt": "text"}
 
 
 @dataclass
@@ -31,31 +32,43 @@ class ModelArguments:
     model_type: str | None = field(default=None, metadata={
         "help": f"Train from scratch: one of {', '.join(longctx.ARCHITECTURES)}."})
     config_overrides: str | None = field(default=None, metadata={
-        "help": 'With --model_type: config fields, e.g. "hidden_size=256,num_hidden_layers=4,attention_window=512".'})
+        "help": "With --model_type: config fields, e.g. "
+                '"hidden_size=256,num_hidden_layers=4,attention_window=512".'})
     tokenizer_name: str | None = field(default=None, metadata={
-        "help": "A tokenizer folder or Hub id (default: the checkpoint's, else longctx's byte tokenizer)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Load checkpoints that carry their own code."})
+        "help": "A tokenizer folder or Hub id (default: the checkpoint's, else longctx's byte "
+                "tokenizer)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Load checkpoints that carry their own code."})
 
     def __post_init__(self):
         if (self.model_name_or_path is None) == (self.model_type is None):
-            raise ValueError("give exactly one of --model_name_or_path (a checkpoint) or --model_type (train from "
-                             f"scratch: {', '.join(longctx.ARCHITECTURES)})")
+            raise ValueError("give exactly one of --model_name_or_path (a checkpoint) or "
+                             f"--model_type (train from scratch: "
+                             f"{', '.join(longctx.ARCHITECTURES)})")
         if self.model_type is not None and self.model_type not in longctx.ARCHITECTURES:
-            raise ValueError(f"--model_type {self.model_type!r} is not a longctx model type; use one of "
-                             f"{', '.join(longctx.ARCHITECTURES)}")
+            raise ValueError(f"--model_type {self.model_type!r} is not a longctx model type; use "
+                             f"one of {', '.join(longctx.ARCHITECTURES)}")
         if self.config_overrides and self.model_type is None:
-            raise ValueError("--config_overrides only applies with --model_type (a checkpoint has its config)")
+            raise ValueError("--config_overrides only applies with --model_type (a checkpoint has "
+                             "its config)")
 
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset (needs network access)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "Local training data: parquet, csv, json, jsonl (txt for LM)."})
-    validation_file: str | None = field(default=None, metadata={"help": "Local evaluation data, same formats."})
-    max_seq_length: int = field(default=512, metadata={"help": "Tokens per example after truncation."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N evaluation examples."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "A Hub dataset (needs network access)."})
+    dataset_config_name: str | None = field(default=None, metadata={
+        "help": "The Hub dataset's configuration."})
+    train_file: str | None = field(default=None, metadata={
+        "help": "Local training data: parquet, csv, json, jsonl (txt for LM)."})
+    validation_file: str | None = field(default=None, metadata={
+        "help": "Local evaluation data, same formats."})
+    max_seq_length: int = field(default=512, metadata={
+        "help": "Tokens per example after truncation."})
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "Use the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={
+        "help": "Use the first N evaluation examples."})
 
     # The arguments that name data; a task's subclass may add its own (e.g. run_qa's --squad_file).
     source_arguments = ("dataset_name", "train_file", "validation_file")
@@ -144,12 +157,13 @@ def fit_tokenizer_to_model(tokenizer, config) -> None:
 
 
 def tokenizer_fields(tokenizer, overrides: dict) -> dict:
-    """vocab_size = len(tokenizer) and the tokenizer's pad/bos/eos ids, for a model built from scratch;
-    an overridden vocab_size below len(tokenizer) could not embed its ids and raises."""
+    """vocab_size = len(tokenizer) and the tokenizer's pad/bos/eos ids, for a model built from
+    scratch; an overridden vocab_size below len(tokenizer) could not embed its ids and raises."""
     size = len(tokenizer)
     if "vocab_size" in overrides and overrides["vocab_size"] < size:
-        raise ValueError(f"--config_overrides vocab_size={overrides['vocab_size']} is below the tokenizer's {size} "
-                         f"tokens; drop vocab_size (it defaults to the tokenizer's size) or raise it to {size}")
+        raise ValueError(f"--config_overrides vocab_size={overrides['vocab_size']} is below the "
+                         f"tokenizer's {size} tokens; drop vocab_size (it defaults to the "
+                         f"tokenizer's size) or raise it to {size}")
     fields = {"vocab_size": size}
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if getattr(tokenizer, name, None) is not None:
@@ -158,11 +172,13 @@ def tokenizer_fields(tokenizer, overrides: dict) -> dict:
 
 
 def load_tokenizer(model_args: ModelArguments):
-    """--tokenizer_name, else the checkpoint's own tokenizer if it has one, else the byte tokenizer."""
+    """--tokenizer_name, else the checkpoint's own tokenizer if it has one, else the byte
+    tokenizer."""
     source = model_args.tokenizer_name
     if source is None and model_args.model_name_or_path is not None:
         folder = Path(model_args.model_name_or_path)
-        if not folder.is_dir() or (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
+        if (not folder.is_dir() or (folder / "tokenizer.json").exists()
+                or (folder / "tokenizer_config.json").exists()):
             source = model_args.model_name_or_path
     if source is None:
         logger.info("no tokenizer given: using longctx's byte tokenizer")
@@ -187,7 +203,8 @@ def load_raw_datasets(data_args: DataArguments):
                                              ("validation", data_args.validation_file)) if path}
     formats = {FILE_FORMATS[Path(path).suffix] for path in files.values()}
     if len(formats) > 1:
-        raise ValueError(f"--train_file and --validation_file have different formats {sorted(formats)}; use one")
+        raise ValueError("--train_file and --validation_file have different formats "
+                         f"{sorted(formats)}; use one")
     return datasets.load_dataset(formats.pop(), data_files=files)
 
 
@@ -206,13 +223,14 @@ def first(dataset, count: int | None):
 def require_columns(dataset, columns, argument_hint: str):
     missing = [column for column in columns if column not in dataset.column_names]
     if missing:
-        raise ValueError(f"the data has no column(s) {missing} (it has {dataset.column_names}); {argument_hint}")
+        raise ValueError(f"the data has no column(s) {missing} (it has {dataset.column_names}); "
+                         f"{argument_hint}")
 
 
 RUN_INFO = "run_info.json"
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "max_position_embeddings", "attention_window", "projection_dim", "sharing", "is_decoder",
-               "mem_len", "attn_type")
+               "max_position_embeddings", "attention_window", "projection_dim", "sharing",
+               "is_decoder", "mem_len", "attn_type")
 
 
 def command_line() -> str:
@@ -238,8 +256,11 @@ def run_info(task: str, model, data: dict, steps: dict) -> dict:
         "model_type": config.model_type, "parameters": sum(p.numel() for p in model.parameters()),
         "size": {name: getattr(config, name) for name in SIZE_FIELDS if hasattr(config, name)},
         "data": {k: v for k, v in data.items() if v is not None}, "steps": steps,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "transformers": transformers.__version__, "longctx": longctx.__version__,
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, "
+                        f"{torch.get_num_threads()} threads)"),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "longctx": longctx.__version__,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
 
@@ -250,14 +271,16 @@ def write_run_info(output_dir, info: dict):
     path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def finish(trainer, train_result=None, eval_metrics=None, push_kwargs=None, task: str = "", data_args=None):
+def finish(trainer, train_result=None, eval_metrics=None, push_kwargs=None, task: str = "",
+           data_args=None):
     """Saves metrics as the example scripts do (train_results.json, eval_results.json and
     all_results.json in output_dir) and run_info.json (what produced them), the model and
     tokenizer, and pushes if asked."""
     if trainer.is_world_process_zero():
         steps = {"max_steps": trainer.args.max_steps, "epochs": trainer.args.num_train_epochs,
                  "global_step": trainer.state.global_step,
-                 "train_batch_size": trainer.args.per_device_train_batch_size * trainer.args.world_size}
+                 "train_batch_size": (trainer.args.per_device_train_batch_size
+                                      * trainer.args.world_size)}
         data = vars(data_args) if data_args is not None else {}
         write_run_info(trainer.args.output_dir, run_info(task, trainer.model, data, steps))
     if train_result is not None:

@@ -28,19 +28,22 @@ class Passage:
     reference: list[int]
 
 
-def passages(ids: list[int], count: int, prompt_length: int, continuation_length: int) -> list[Passage]:
-    """`count` passages spread evenly over the text, each `prompt_length` tokens of prompt and the
-    next `continuation_length` tokens as reference; raises ValueError when the text is too short."""
+def passages(ids: list[int], count: int, prompt_length: int,
+             continuation_length: int) -> list[Passage]:
+    """`count` passages spread evenly over the text, each `prompt_length` tokens of prompt and
+    the next `continuation_length` tokens as reference; raises ValueError when the text is too
+    short."""
     span = prompt_length + continuation_length
     if min(count, prompt_length, continuation_length) < 1:
-        raise ValueError(f"num_passages={count}, prompt_length={prompt_length} and continuation_length="
-                         f"{continuation_length} must all be positive")
+        raise ValueError(f"num_passages={count}, prompt_length={prompt_length} and "
+                         f"continuation_length={continuation_length} must all be positive")
     if len(ids) < span:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one passage of prompt_length + "
-                         f"continuation_length = {span}; use a longer text or shorter passages")
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one passage of prompt_length "
+                         f"+ continuation_length = {span}; use a longer text or shorter passages")
     last_start = len(ids) - span
     starts = [round(i * last_start / max(count - 1, 1)) for i in range(count)] if count > 1 else [0]
-    return [Passage(s, ids[s:s + prompt_length], ids[s + prompt_length:s + span]) for s in dict.fromkeys(starts)]
+    return [Passage(s, ids[s:s + prompt_length], ids[s + prompt_length:s + span])
+            for s in dict.fromkeys(starts)]
 
 
 @torch.no_grad()
@@ -56,7 +59,8 @@ def reference_scores(model, items: list[Passage]) -> dict:
         nll += float(F.cross_entropy(logits, targets, reduction="sum"))
         count += len(passage.reference)
     loss = nll / count
-    return {"reference_loss": loss, "reference_perplexity": math.exp(loss), "reference_tokens": count}
+    return {"reference_loss": loss, "reference_perplexity": math.exp(loss),
+            "reference_tokens": count}
 
 
 class TextSimilarity:
@@ -72,17 +76,21 @@ class TextSimilarity:
         except Exception as error:  # no Hub access and no cached module
             self.unavailable_reason = f"{type(error).__name__}: {error}"
             self.bleu = self.rouge = None
-            self.implementation = (f"local (the sacrebleu and rouge_score packages, as evaluate calls them; "
-                                   f"evaluate.load failed: {type(error).__name__})")
+            self.implementation = ("local (the sacrebleu and rouge_score packages, as evaluate "
+                                   "calls them; evaluate.load failed: "
+                                   f"{type(error).__name__})")
 
     def __call__(self, predictions: list[str], references: list[str]) -> dict:
         if len(predictions) != len(references) or not predictions:
-            raise ValueError(f"{len(predictions)} predictions for {len(references)} references: give one each")
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references: "
+                             "give one each")
         if self.bleu is not None:
-            bleu = self.bleu.compute(predictions=predictions, references=[[r] for r in references])["score"]
-            rouge = self.rouge.compute(predictions=predictions, references=references, rouge_types=list(ROUGE_TYPES),
-                                       use_aggregator=False)
-            return {"bleu": float(bleu), **{name: sum(rouge[name]) / len(predictions) for name in ROUGE_TYPES}}
+            bleu = self.bleu.compute(predictions=predictions,
+                                     references=[[r] for r in references])["score"]
+            rouge = self.rouge.compute(predictions=predictions, references=references,
+                                       rouge_types=list(ROUGE_TYPES), use_aggregator=False)
+            return {"bleu": float(bleu),
+                    **{name: sum(rouge[name]) / len(predictions) for name in ROUGE_TYPES}}
         return {"bleu": local_bleu(predictions, references), **local_rouge(predictions, references)}
 
 
@@ -96,5 +104,7 @@ def local_rouge(predictions: list[str], references: list[str]) -> dict:
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
-    scores = [scorer.score(reference, prediction) for prediction, reference in zip(predictions, references)]
-    return {name: sum(score[name].fmeasure for score in scores) / len(scores) for name in ROUGE_TYPES}
+    scores = [scorer.score(reference, prediction)
+              for prediction, reference in zip(predictions, references)]
+    return {name: sum(score[name].fmeasure for score in scores) / len(scores)
+            for name in ROUGE_TYPES}

@@ -9,8 +9,9 @@ random token ids of shape (batch, length) and times a training step -- forward, 
 - tokens per second: batch x length / seconds per step;
 - peak memory: on CUDA `torch.cuda.max_memory_allocated` over the timed steps (after
   `reset_peak_memory_stats`: weights, gradients, optimizer state and activations); on CPU the
-  peak growth of the process's resident set over one extra step (`longctx.study.PeakRSS`:
-  activations and gradients -- weights and optimizer state exist before it).
+  peak growth of the process's resident set over one extra step
+  (`longctx.experiments.measure.PeakRSS`: activations and gradients -- weights and optimizer
+  state exist before it).
 
 Every model is a backbone (`AutoModel`-like, no task head) and the loss is the mean square of
 its last hidden state, so the step costs the same outside the backbones. Dropout is 0 in every
@@ -32,7 +33,6 @@ import inspect
 import json
 import math
 import os
-import platform
 import sys
 import time
 import traceback
@@ -45,8 +45,10 @@ import transformers
 from transformers import AutoConfig, AutoModel
 
 import longctx
+from longctx.convert import convert_transformers_model
 
-MIB = 2**20
+from .measure import MIB, RSS_GROWTH, PeakRSS, device_name, environment, format_table
+
 MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
 FIRST_TOKEN_ID = 5  # after the special tokens: no padding, no separators in the inputs
@@ -63,11 +65,12 @@ DEVICE_DEFAULTS = {
                  lengths=(1024, 2048, 4096, 8192, 16384), tokens_per_step=16384),
 }
 
-DROPOUT_NOTE = ("dropout 0 in every model: with dropout, PyTorch's CPU SDPA falls back to its slow math "
-                "kernel, which would distort the comparison")
-LOSS_NOTE = "loss = mean square of the backbone's last hidden state (no task head: the same cost for every model)"
-CPU_NOISE_NOTE = ("CPU timings are noisy (shared cores, frequency scaling): compare ratios within one run "
-                  "only, never across runs or machines")
+DROPOUT_NOTE = ("dropout 0 in every model: with dropout, PyTorch's CPU SDPA falls back to its slow "
+                "math kernel, which would distort the comparison")
+LOSS_NOTE = ("loss = mean square of the backbone's last hidden state (no task head: the same cost "
+             "for every model)")
+CPU_NOISE_NOTE = ("CPU timings are noisy (shared cores, frequency scaling): compare ratios within "
+                  "one run only, never across runs or machines")
 
 
 # --------------------------------------------------------------------------- settings
@@ -90,12 +93,14 @@ class BenchmarkSettings:
     warmup_steps: int = 1
     steps: int = 5
     optimizer_step: bool = True
-    # torch.compile every model with this mode ("default", "reduce-overhead": CUDA graphs, ...); None:
-    # eager. Compiling happens in the warm-up steps.
+    # torch.compile every model with this mode ("default", "reduce-overhead": CUDA graphs, ...);
+    # None: eager. Compiling happens in the warm-up steps.
     compile: str | None = None
-    inference: bool = False  # time a forward pass under torch.inference_mode() instead of a training step
-    # Config fields for the longctx models built from their own config (e.g. {"projection_dim": 128});
-    # a field a model's config does not have is left out for that model, and the notes say which.
+    # time a forward pass under torch.inference_mode() instead of a training step
+    inference: bool = False
+    # Config fields for the longctx models built from their own config (e.g.
+    # {"projection_dim": 128}); a field a model's config does not have is left out for that
+    # model, and the notes say which.
     model_config: dict = field(default_factory=dict)
     baseline: str | None = "hf-longformer"
     seed: int = 0
@@ -110,7 +115,8 @@ class BenchmarkSettings:
         if self.device not in MAX_LENGTH:
             raise ValueError(f"device={self.device!r}: use 'cpu' or 'cuda'")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but torch.cuda.is_available() is False; use --device cpu")
+            raise ValueError("device='cuda' but torch.cuda.is_available() is False; use --device "
+                             "cpu")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype={self.dtype!r}: use 'fp32' or 'bf16'")
         if self.dtype == "bf16" and self.device != "cuda":
@@ -120,22 +126,28 @@ class BenchmarkSettings:
         if self.max_length > MAX_LENGTH[self.device]:
             raise ValueError(f"length {self.max_length} is over the {self.device} limit of "
                              f"{MAX_LENGTH[self.device]} tokens")
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "window", "steps"):
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "window",
+                     "steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by "
+                             f"num_heads={self.num_heads}")
         if self.window % 2:
-            raise ValueError(f"window={self.window} must be even (half of it on each side of a token)")
+            raise ValueError(f"window={self.window} must be even (half of it on each side of a "
+                             "token)")
         if self.warmup_steps < 0 or self.global_tokens < 0:
             raise ValueError("warmup_steps and global_tokens must be >= 0")
         if self.compile is not None and self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile={self.compile!r}: use one of {COMPILE_MODES} (or None for eager)")
+            raise ValueError(f"compile={self.compile!r}: use one of {COMPILE_MODES} (or None for "
+                             "eager)")
         if self.compile and self.warmup_steps < 2:
-            raise ValueError(f"compile={self.compile!r} with warmup_steps={self.warmup_steps}: compiling (and a recompile after "
-                             "the first step) would be timed; use at least 2 warm-up steps")
+            raise ValueError(f"compile={self.compile!r} with warmup_steps={self.warmup_steps}: "
+                             "compiling (and a recompile after the first step) would be timed; "
+                             "use at least 2 warm-up steps")
         if self.global_tokens > min(self.lengths):
-            raise ValueError(f"global_tokens={self.global_tokens} is more than the shortest length {min(self.lengths)}")
+            raise ValueError(f"global_tokens={self.global_tokens} is more than the shortest length "
+                             f"{min(self.lengths)}")
         if self.batch_size is None and not (self.tokens_per_step and self.tokens_per_step > 0):
             raise ValueError("give a positive tokens_per_step or a batch_size")
         if self.batch_size is not None and self.batch_size <= 0:
@@ -145,7 +157,8 @@ class BenchmarkSettings:
                              f"add it to the models or choose another baseline")
 
 
-def batch_size_for(length: int, tokens_per_step: int | None = None, batch_size: int | None = None) -> int:
+def batch_size_for(length: int, tokens_per_step: int | None = None,
+                   batch_size: int | None = None) -> int:
     """The fixed `batch_size` if given, else `tokens_per_step // length`, at least 1."""
     if batch_size is not None:
         if batch_size <= 0:
@@ -168,7 +181,8 @@ def parse_int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"{text!r}: expected comma-separated integers, e.g. 1024,2048,4096") from None
+        raise ValueError(f"{text!r}: expected comma-separated integers, e.g. "
+                         "1024,2048,4096") from None
     if not values:
         raise ValueError(f"{text!r}: expected at least one integer")
     return values
@@ -202,9 +216,9 @@ def common_fields(settings: BenchmarkSettings) -> dict:
     """The size and dropout fields every longctx config takes (configuration_common.py)."""
     return dict(vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
                 num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
-                intermediate_size=settings.intermediate_size, max_position_embeddings=settings.max_length,
-                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
-                is_decoder=False)
+                intermediate_size=settings.intermediate_size,
+                max_position_embeddings=settings.max_length, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, classifier_dropout=0.0, is_decoder=False)
 
 
 def build_longctx(model_type: str, settings: BenchmarkSettings, **extra) -> Built:
@@ -230,8 +244,9 @@ def build_dense(settings: BenchmarkSettings, length: int) -> Built:
 
 def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
     config = transformers.LongformerConfig(
-        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size, num_hidden_layers=settings.num_layers,
-        num_attention_heads=settings.num_heads, intermediate_size=settings.intermediate_size,
+        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers, num_attention_heads=settings.num_heads,
+        intermediate_size=settings.intermediate_size,
         attention_window=settings.window, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         # RoBERTa positions start after the padding id: a length-L row needs L + pad + 1 of them
         pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=2,
@@ -239,11 +254,11 @@ def build_hf_longformer(settings: BenchmarkSettings, length: int) -> Built:
     return Built(transformers.LongformerModel(config, add_pooling_layer=False))
 
 
-def converted_from(build_reference, reference_name: str, settings: BenchmarkSettings, length: int) -> Built:
-    """The longctx model converted from a transformers model (same seed, so the same weights as the
-    reference's cells): the performance bars compare the two implementations on the same weights."""
-    from .convert import convert_transformers_model
-
+def converted_from(build_reference, reference_name: str, settings: BenchmarkSettings,
+                   length: int) -> Built:
+    """The longctx model converted from a transformers model (same seed, so the same weights as
+    the reference's cells): the performance bars compare the two implementations on the same
+    weights."""
     reference = build_reference(settings, length)
     model = convert_transformers_model(reference.model)
     del reference
@@ -272,23 +287,29 @@ def build_hf_reformer(settings: BenchmarkSettings, length: int) -> Built:
     per length; lengths that are not multiples of the chunk length cannot run."""
     chunk = REFORMER_CHUNK_LENGTH
     if length % chunk:
-        raise UnsupportedLength(f"hf-reformer needs lengths that are multiples of its chunk length {chunk}")
+        raise UnsupportedLength("hf-reformer needs lengths that are multiples of its chunk length "
+                                f"{chunk}")
     if settings.hidden_size % 2:
         raise UnsupportedLength("hf-reformer's axial position embeddings need an even hidden_size")
     config = transformers.ReformerConfig(
         vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
-        num_attention_heads=settings.num_heads, attention_head_size=settings.hidden_size // settings.num_heads,
+        num_attention_heads=settings.num_heads,
+        attention_head_size=settings.hidden_size // settings.num_heads,
         feed_forward_size=settings.intermediate_size, hidden_act="gelu",
         attn_layers=[("local", "lsh")[i % 2] for i in range(settings.num_layers)],
         num_hashes=1, lsh_attn_chunk_length=chunk, local_attn_chunk_length=chunk,
-        num_buckets=2 ** ((2 * (length // chunk)).bit_length() - 1),  # transformers' own choice, made quietly
+        # transformers' own choice, made quietly
+        num_buckets=2 ** ((2 * (length // chunk)).bit_length() - 1),
         axial_pos_embds=True, axial_pos_shape=reformer_axial_shape(length),
-        axial_pos_embds_dim=(settings.hidden_size // 2, settings.hidden_size - settings.hidden_size // 2),
-        max_position_embeddings=length, hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
-        local_attention_probs_dropout_prob=0.0, axial_pos_embds_init_std=0.02,
+        axial_pos_embds_dim=(settings.hidden_size // 2,
+                             settings.hidden_size - settings.hidden_size // 2),
+        max_position_embeddings=length, hidden_dropout_prob=0.0,
+        lsh_attention_probs_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0,
+        axial_pos_embds_init_std=0.02,
         is_decoder=False, pad_token_id=0, eos_token_id=2)
     return Built(transformers.ReformerModel(config),
-                 notes={"attn_layers": list(config.attn_layers), "axial_pos_shape": list(config.axial_pos_shape),
+                 notes={"attn_layers": list(config.attn_layers),
+                        "axial_pos_shape": list(config.axial_pos_shape),
                         "num_buckets": config.num_buckets})
 
 
@@ -308,14 +329,15 @@ MODELS: dict[str, ModelSpec] = {
     "dense": ModelSpec(build_dense, "longctx-transformer encoder, SDPA dense attention"),
     "hf-longformer": ModelSpec(build_hf_longformer, "transformers.LongformerModel, random weights",
                                global_attention=True),
-    "longctx-longformer": ModelSpec(build_longctx_longformer, "longctx-longformer encoder, chunked exact "
-                                    "sliding window", global_attention=True),
-    "hf-reformer": ModelSpec(build_hf_reformer, "transformers.ReformerModel, local/LSH alternating, 1 hash, "
-                             f"chunk {REFORMER_CHUNK_LENGTH}"),
-    "longctx-reformer": ModelSpec(build_longctx_reformer, "longctx-reformer converted from hf-reformer (same "
-                                  "weights, reversible layers)"),
-    "longctx-transfo-xl-memory": ModelSpec(build_transfo_xl_with_memory, "longctx-transfo-xl as it trains: "
-                                           "L/2 new tokens after a memory of L/2 (span L); tok/s counts new tokens",
+    "longctx-longformer": ModelSpec(build_longctx_longformer, "longctx-longformer encoder, chunked "
+                                    "exact sliding window", global_attention=True),
+    "hf-reformer": ModelSpec(build_hf_reformer, "transformers.ReformerModel, local/LSH "
+                             f"alternating, 1 hash, chunk {REFORMER_CHUNK_LENGTH}"),
+    "longctx-reformer": ModelSpec(build_longctx_reformer, "longctx-reformer converted from "
+                                  "hf-reformer (same weights, reversible layers)"),
+    "longctx-transfo-xl-memory": ModelSpec(build_transfo_xl_with_memory, "longctx-transfo-xl as it "
+                                           "trains: L/2 new tokens after a memory of L/2 (span L); "
+                                           "tok/s counts new tokens",
                                            memory=True),
 }
 
@@ -366,8 +388,9 @@ def make_inputs(spec: ModelSpec, settings: BenchmarkSettings, batch: int, length
     inputs = {"input_ids": torch.randint(FIRST_TOKEN_ID, settings.vocab_size, (batch, new_tokens),
                                          generator=generator).to(settings.device)}
     if spec.memory:  # a full memory, as after the first segment of a stream
-        inputs["mems"] = [torch.randn(batch, length - new_tokens, settings.hidden_size, generator=generator)
-                          .to(settings.device) for _ in range(settings.num_layers)]
+        inputs["mems"] = [torch.randn(batch, length - new_tokens, settings.hidden_size,
+                                      generator=generator).to(settings.device)
+                          for _ in range(settings.num_layers)]
     if spec.global_attention and settings.global_tokens:
         mask = torch.zeros(batch, length, dtype=torch.long)
         mask[:, :settings.global_tokens] = 1
@@ -399,7 +422,8 @@ def training_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -
 
 
 def inference_step(model, inputs: dict, optimizer, settings: BenchmarkSettings) -> float:
-    """A forward pass under torch.inference_mode(); returns the same scalar as a training step's loss."""
+    """A forward pass under torch.inference_mode(); returns the same scalar as a training
+    step's loss."""
     with torch.inference_mode(), autocast_for(settings):
         return backbone_loss(model(**inputs))
 
@@ -422,7 +446,8 @@ def steal_fraction(before, after) -> float | None:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(error).lower()
+    return (isinstance(error, (torch.OutOfMemoryError, MemoryError))
+            or "out of memory" in str(error).lower())
 
 
 def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
@@ -430,21 +455,24 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
     spec = resolve_spec(name)
     batch = batch_size_for(length, settings.tokens_per_step, settings.batch_size)
     cell = {"model": name, "length": length, "batch_size": batch, "tokens_per_step": batch * length,
-            "seconds_per_step": None, "tokens_per_s": None, "peak_memory_mib": None, "step_seconds": [],
-            "parameters": None, "weights": None, "error": None, "error_kind": None}
+            "seconds_per_step": None, "tokens_per_s": None, "peak_memory_mib": None,
+            "step_seconds": [], "parameters": None, "weights": None, "error": None,
+            "error_kind": None}
     model = optimizer = inputs = None
     try:
         torch.manual_seed(settings.seed)
         built = spec.build(settings, length)
         model = built.model.to(settings.device).train(not settings.inference)
-        cell.update(weights=built.weights, parameters=sum(p.numel() for p in model.parameters()), **built.notes)
+        cell.update(weights=built.weights, parameters=sum(p.numel() for p in model.parameters()),
+                    **built.notes)
         training = settings.optimizer_step and not settings.inference
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if training else None
         step = inference_step if settings.inference else training_step
         if settings.compile:
             model = torch.compile(model, mode=settings.compile)
         inputs = make_inputs(spec, settings, batch, length)
-        cell["tokens_per_step"] = inputs["input_ids"].numel()  # new tokens (fewer than batch x length with memory)
+        # new tokens (fewer than batch x length with memory)
+        cell["tokens_per_step"] = inputs["input_ids"].numel()
         if settings.device == "cuda" and settings.compile:  # see memory_measurement
             torch.cuda.reset_peak_memory_stats()
         for _ in range(settings.warmup_steps):
@@ -465,8 +493,6 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
             cell["peak_memory_mib"] = torch.cuda.max_memory_allocated() / MIB
             cell["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
         else:  # one more step, sampled: the sampling thread stays out of the timed steps
-            from .study import PeakRSS
-
             with PeakRSS() as memory:
                 loss = step(model, inputs, optimizer, settings)
             cell["peak_memory_mib"] = memory.growth_mib
@@ -478,7 +504,8 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
         cell["tokens_per_s"] = cell["tokens_per_step"] / cell["seconds_per_step"]
     except Exception as error:  # recorded; the run goes on with the next cell
         cell["error_kind"] = ("out_of_memory" if is_out_of_memory(error)
-                              else "unsupported" if isinstance(error, UnsupportedLength) else "error")
+                              else "unsupported" if isinstance(error, UnsupportedLength)
+                              else "error")
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         cell["error"] = f"{type(error).__name__}: {message[:400]}"
         if cell["error_kind"] == "error":
@@ -510,8 +537,9 @@ def ratio_table(cells: list[dict], baseline: str | None) -> dict[tuple[str, int]
     for (model, length), cell in by_key.items():
         base = by_key.get((baseline, length)) if baseline is not None else None
         base = base or {}
-        table[(model, length)] = {"time": ratio(base.get("tokens_per_s"), cell.get("tokens_per_s")),
-                                  "memory": ratio(cell.get("peak_memory_mib"), base.get("peak_memory_mib"))}
+        table[(model, length)] = {
+            "time": ratio(base.get("tokens_per_s"), cell.get("tokens_per_s")),
+            "memory": ratio(cell.get("peak_memory_mib"), base.get("peak_memory_mib"))}
     return table
 
 
@@ -519,31 +547,25 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def format_table(cells: list[dict], baseline: str | None) -> str:
+def benchmark_table(cells: list[dict], baseline: str | None) -> str:
+    """One line per cell: its numbers and ratios, or the reason it failed."""
     ratios = ratio_table(cells, baseline)
     base = baseline or "-"
-    header = ["model", "length", "batch", "ms/step", "tokens/s", "peak MiB", f"time/{base}", f"mem/{base}"]
+    header = ["model", "length", "batch", "ms/step", "tokens/s", "peak MiB", f"time/{base}",
+              f"mem/{base}"]
     fmt_ratio = lambda value: "n/a" if value is None else f"{value:.2f}x"  # noqa: E731
-    lines = [header]
+    lines = []
     for cell in cells:
-        if cell["error"] is not None:
+        if cell["error"] is not None:  # a short line: its message spans the numeric columns
             lines.append([cell["model"], str(cell["length"]), str(cell["batch_size"]),
                           f"FAILED ({cell['error_kind']}): {shorten(cell['error'], 100)}"])
             continue
         ratio = ratios[(cell["model"], cell["length"])]
         lines.append([cell["model"], str(cell["length"]), str(cell["batch_size"]),
                       f"{cell['seconds_per_step'] * 1000:,.1f}", f"{cell['tokens_per_s']:,.0f}",
-                      f"{cell['peak_memory_mib']:,.1f}", fmt_ratio(ratio["time"]), fmt_ratio(ratio["memory"])])
-    widths = [max(len(line[i]) for line in lines if len(line) == len(header) and i < len(line))
-              for i in range(len(header))]
-
-    def render(line):
-        if len(line) < len(header):  # a failed cell: its message spans the numeric columns
-            return " | ".join([line[0].ljust(widths[0]), line[1].rjust(widths[1]), line[2].rjust(widths[2]),
-                               line[3]])
-        return " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-
-    return "\n".join([render(lines[0]), "-+-".join("-" * w for w in widths), *map(render, lines[1:])])
+                      f"{cell['peak_memory_mib']:,.1f}", fmt_ratio(ratio["time"]),
+                      fmt_ratio(ratio["memory"])])
+    return format_table(header, lines)
 
 
 def memory_measurement(settings: BenchmarkSettings) -> str:
@@ -552,58 +574,62 @@ def memory_measurement(settings: BenchmarkSettings) -> str:
         span = "the warm-up and timed steps" if settings.compile else "the timed steps"
         return (f"torch.cuda.max_memory_allocated over {span}, after reset_peak_memory_stats: "
                 "weights, gradients, optimizer state and activations")
-    return ("peak growth of the process resident set size (longctx.study.PeakRSS: psutil, sampled every 5 ms) "
-            "over one extra step after the timed ones, over the RSS just before it: activations, "
-            "gradients and allocator overhead; weights and optimizer state exist before it and are not counted")
+    return (f"{RSS_GROWTH} over one extra step after the timed ones, over the RSS just before it: "
+            "activations, gradients and allocator overhead; weights and optimizer state exist "
+            "before it and are not counted")
 
 
 def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
-    step = "forward + backward" + (" + AdamW step" if settings.optimizer_step else " (no optimizer step)")
+    step = "forward + backward" + (" + AdamW step" if settings.optimizer_step
+                                   else " (no optimizer step)")
     if settings.inference:
         step = "inference: a forward pass under torch.inference_mode(), eval mode"
     if settings.compile:
-        step += f"; every model under torch.compile(mode={settings.compile!r}), compiled during the warm-up steps"
+        step += (f"; every model under torch.compile(mode={settings.compile!r}), compiled during "
+                 "the warm-up steps")
     lines = [
         f"step = {step}; {LOSS_NOTE}",
-        f"ms/step: median of {settings.steps} timed step(s) after {settings.warmup_steps} warm-up step(s)"
-        + ("; torch.cuda.synchronize() around each" if settings.device == "cuda" else ""),
+        f"ms/step: median of {settings.steps} timed step(s) after {settings.warmup_steps} warm-up "
+        "step(s)" + ("; torch.cuda.synchronize() around each" if settings.device == "cuda" else ""),
         "tokens/s = batch x length / step time; "
         + (f"batch = {settings.batch_size} (fixed)" if settings.batch_size is not None
            else f"batch = max(1, {settings.tokens_per_step} tokens per step // length)"),
         "peak MiB: " + memory_measurement(settings),
         DROPOUT_NOTE,
-        f"size of every model: hidden {settings.hidden_size}, {settings.num_layers} layers, {settings.num_heads} heads, "
-        f"intermediate {settings.intermediate_size}; "
+        f"size of every model: hidden {settings.hidden_size}, {settings.num_layers} layers, "
+        f"{settings.num_heads} heads, intermediate {settings.intermediate_size}; "
         + ("fp32" if settings.dtype == "fp32" else "bf16 autocast over fp32 weights"),
         f"Longformers: attention_window {settings.window}; "
-        + (f"the first {settings.global_tokens} token(s) of each row global" if settings.global_tokens
-           else "no global attention tokens"),
+        + (f"the first {settings.global_tokens} token(s) of each row global"
+           if settings.global_tokens else "no global attention tokens"),
     ]
     disturbed = [f"{c['model']} @ {c['length']} ({c['cpu_steal_fraction']:.0%})" for c in cells
                  if (c.get("cpu_steal_fraction") or 0) > STEAL_WARNING]
     if disturbed:
-        lines.append("CPU steal time over " + f"{STEAL_WARNING:.0%} (the machine was shared; timings suspect): "
-                     + ", ".join(disturbed))
+        lines.append("CPU steal time over " + f"{STEAL_WARNING:.0%} (the machine was shared; "
+                     "timings suspect): " + ", ".join(disturbed))
     padded = [n for n in settings.lengths if n % settings.window]
     if padded and "hf-longformer" in settings.models:
-        lines.append(f"hf-longformer pads each row to a multiple of the window ({settings.window}) at length(s) "
-                     f"{', '.join(map(str, padded))}; the padding is part of its step time")
+        lines.append(f"hf-longformer pads each row to a multiple of the window ({settings.window}) "
+                     f"at length(s) {', '.join(map(str, padded))}; the padding is part of its "
+                     "step time")
     if settings.model_config:
         for name in settings.models:
             if name in longctx.ARCHITECTURES and name not in MODELS:
                 taken = config_overrides_for(name, settings)
                 lines.append(f"{name} config: {taken or 'none of'} "
-                             + ("" if taken else f"{settings.model_config} (not fields of its config)"))
+                             + ("" if taken
+                                else f"{settings.model_config} (not fields of its config)"))
     weights = {cell["model"]: cell["weights"] for cell in cells if cell.get("weights")}
     if "longctx-longformer" in weights:
         lines.append(f"longctx-longformer weights: {weights['longctx-longformer']}")
     if "hf-reformer" in weights:
-        lines.append("hf-reformer: last hidden state is 2 x hidden wide (the reversible streams, concatenated); "
-                     f"lengths must be multiples of {REFORMER_CHUNK_LENGTH}")
+        lines.append("hf-reformer: last hidden state is 2 x hidden wide (the reversible streams, "
+                     f"concatenated); lengths must be multiples of {REFORMER_CHUNK_LENGTH}")
     if settings.baseline:
-        lines.append(f"time/{settings.baseline}, mem/{settings.baseline}: this model's time per token (1 / tokens/s) "
-                     f"and peak MiB over {settings.baseline}'s at the same length, in this run only (< 1: faster / "
-                     "smaller)")
+        lines.append(f"time/{settings.baseline}, mem/{settings.baseline}: this model's time per "
+                     f"token (1 / tokens/s) and peak MiB over {settings.baseline}'s at the same "
+                     "length, in this run only (< 1: faster / smaller)")
     if settings.device == "cpu":
         lines.append(f"{CPU_NOISE_NOTE}; {torch.get_num_threads()} threads")
         lines.append(allocator_note())
@@ -615,40 +641,19 @@ def allocator_note(environ=os.environ) -> str:
     the OS and page-faults them in again on the next step, which costs most to models with large
     temporaries (transformers' Longformer: about half its CPU step time, measured with the
     settings below). The note says which regime a run measured."""
-    tuned = {name: environ[name] for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if name in environ}
+    tuned = {name: environ[name] for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+             if name in environ}
     preloaded = environ.get("LD_PRELOAD", "")
     if tuned or "malloc" in preloaded:
         chosen = ", ".join(f"{k}={v}" for k, v in tuned.items()) or f"LD_PRELOAD={preloaded}"
         return f"allocator: {chosen} (large buffers kept between steps)"
-    return ("allocator: glibc malloc defaults (large freed buffers return to the OS and are page-faulted in again "
-            "each step; MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736 keep them)")
+    return ("allocator: glibc malloc defaults (large freed buffers return to the OS and are "
+            "page-faulted in again each step; MALLOC_MMAP_THRESHOLD_=4294967296 "
+            "MALLOC_TRIM_THRESHOLD_=68719476736 keep them)")
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: str) -> dict:
-    env = {"device": device, "device_name": device_name(device), "torch_threads": torch.get_num_threads(),
-           "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "longctx": longctx.__version__,
-           "platform": platform.platform()}
-    if device == "cuda":
-        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   device_memory_mib=torch.cuda.get_device_properties(0).total_memory / MIB)
-    return env
-
-
-PLOTS = (("seconds_per_step", "seconds per step", "time"), ("peak_memory_mib", "peak memory (MiB)", "memory"))
+PLOTS = (("seconds_per_step", "seconds per step", "time"),
+         ("peak_memory_mib", "peak memory (MiB)", "memory"))
 
 
 def plot_paths(output: Path) -> list[Path]:
@@ -683,7 +688,8 @@ def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
         axes.set(xscale="log", yscale="log", xlabel="sequence length", ylabel=label, title=title)
         axes.legend()
         figure.tight_layout()
-        figure.savefig(path, dpi=120, metadata={"Software": None})  # no version stamp: same cells, same bytes
+        # no version stamp: the same cells give the same bytes
+        figure.savefig(path, dpi=120, metadata={"Software": None})
         plt.close(figure)
     return [str(path) for path in plot_paths(output)]
 
@@ -691,7 +697,8 @@ def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
 # --------------------------------------------------------------------------- the run
 
 
-def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs/benchmark/benchmark.json",
+def run_benchmark(settings: BenchmarkSettings,
+                  output: str | os.PathLike = "runs/benchmark/benchmark.json",
                   progress: bool = True) -> dict:
     """Every (model, length) cell; prints the table and notes, writes the JSON (and plots)."""
     from tqdm.auto import tqdm
@@ -702,21 +709,22 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
     started = time.perf_counter()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    print(f"longctx benchmark on {settings.device} ({device_name(settings.device)}, {torch.get_num_threads()} "
-          f"threads): {', '.join(settings.models)} at lengths {', '.join(map(str, settings.lengths))}; "
-          f"{DROPOUT_NOTE}", flush=True)
+    print(f"longctx benchmark on {settings.device} ({device_name(settings.device)}, "
+          f"{torch.get_num_threads()} threads): {', '.join(settings.models)} at lengths "
+          f"{', '.join(map(str, settings.lengths))}; {DROPOUT_NOTE}", flush=True)
     cells = []
-    bar = tqdm(total=len(settings.models) * len(settings.lengths), unit="cell", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(settings.models) * len(settings.lengths), unit="cell",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for name in settings.models:
         out_of_memory_at = None
         for length in settings.lengths:
             bar.set_description(f"{name} @ {length}")
             if out_of_memory_at is not None:  # longer rows only need more
                 batch = batch_size_for(length, settings.tokens_per_step, settings.batch_size)
-                cell = {"model": name, "length": length, "batch_size": batch, "tokens_per_step": batch * length,
-                        "seconds_per_step": None, "tokens_per_s": None, "peak_memory_mib": None,
-                        "step_seconds": [], "parameters": None, "weights": None, "error_kind": "out_of_memory",
+                cell = {"model": name, "length": length, "batch_size": batch,
+                        "tokens_per_step": batch * length, "seconds_per_step": None,
+                        "tokens_per_s": None, "peak_memory_mib": None, "step_seconds": [],
+                        "parameters": None, "weights": None, "error_kind": "out_of_memory",
                         "error": f"skipped: out of memory at length {out_of_memory_at}"}
             else:
                 cell = measure(name, settings, length)
@@ -725,16 +733,17 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
                     out_of_memory_at = length  # the same rows, only longer: they need more
             cells.append(cell)
             summary = (f"FAILED ({cell['error']})" if cell["error"] else
-                       f"{cell['seconds_per_step'] * 1000:,.1f} ms/step, {cell['tokens_per_s']:,.0f} tokens/s, "
-                       f"{cell['peak_memory_mib']:,.1f} MiB")
-            bar.write(f"  {name} @ {length} (batch {cell['batch_size']}): {summary}", file=sys.stdout)
+                       f"{cell['seconds_per_step'] * 1000:,.1f} ms/step, "
+                       f"{cell['tokens_per_s']:,.0f} tokens/s, {cell['peak_memory_mib']:,.1f} MiB")
+            bar.write(f"  {name} @ {length} (batch {cell['batch_size']}): {summary}",
+                      file=sys.stdout)
             bar.update()
     bar.close()
     ratios = ratio_table(cells, settings.baseline)
     for cell in cells:
         ratio = ratios[(cell["model"], cell["length"])]
         cell["time_vs_baseline"], cell["memory_vs_baseline"] = ratio["time"], ratio["memory"]
-    table, table_notes = format_table(cells, settings.baseline), notes(settings, cells)
+    table, table_notes = benchmark_table(cells, settings.baseline), notes(settings, cells)
     settings_record, environment_record = dataclasses.asdict(settings), environment(settings.device)
     plots = write_plots(cells, output, plot_title(settings_record, environment_record))
     results = {
@@ -751,7 +760,3 @@ def run_benchmark(settings: BenchmarkSettings, output: str | os.PathLike = "runs
     print(f"results: {output} ({results['wall_seconds']:.0f} s)", flush=True)
     return results
 
-
-def failed(results: dict) -> bool:
-    """True when a cell failed for a reason other than memory or a length its model cannot take."""
-    return any(cell["error_kind"] == "error" for cell in results["results"])

@@ -14,8 +14,9 @@ For each architecture (skipping a task whose head it lacks):
 `run_study` returns the results, prints one comparison table and writes `study_results.json`.
 Presets (`PRESETS`) fix the size, data, budget and device:
 
-* "smoke" (the default): the tiny samples shipped in longctx/samples, a few minutes on 2 CPU
-  cores, a check that everything runs end to end -- its accuracies are not results;
+* "smoke" (the default): the tiny samples shipped in longctx/experiments/samples, a few
+  minutes on 2 CPU cores, a check that everything runs end to end -- its accuracies are not
+  results;
 * "cpu": the real data (a `data_dir` laid out like ../shared/data; IMDb alone may come from
   the Hub) at 1,024 bytes on CPU, 12-41 minutes per architecture on 2 quiet cores
   (Transformer-XL the longest), 2 h 15 min for all five, test reviews subsampled;
@@ -27,20 +28,15 @@ This module is a user of the models; modeling files never import it.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import json
 import os
-import platform
 import random
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import torch
 import transformers
 from transformers import (
@@ -64,6 +60,7 @@ from .language_modeling import (
     stream_segments,
     trains_with_memory,
 )
+from .measure import RSS_GROWTH, environment, format_table, memory_meter
 from .metrics import Metrics
 from .run_common import command_line, encode_whole_text
 
@@ -71,7 +68,8 @@ CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
 CAUSAL_LM_HEAD = "AutoModelForCausalLM"
 WARM_UP_ARCHITECTURE = "longctx-transformer"  # the dense baseline
 SMOKE_DISCLAIMER = ("The smoke preset is a plumbing check on tiny samples (400 training reviews, "
-                    "~59 KB of text, a few dozen steps): its accuracy and perplexity are not results.")
+                    "~59 KB of text, a few dozen steps): its accuracy and perplexity are not "
+                    "results.")
 
 
 # --------------------------------------------------------------------------- presets
@@ -91,7 +89,7 @@ class TaskBudget:
     eval_chars: int | None = None
 
 
-SHIPPED_SAMPLES = "samples"  # longctx/samples
+SHIPPED_SAMPLES = "samples"  # longctx/experiments/samples
 REAL_DATA = "real"  # a data_dir laid out like ../shared/data; IMDb alone may come from the Hub
 
 
@@ -117,36 +115,42 @@ class Preset:
 PRESETS = {
     "smoke": Preset(
         name="smoke",
-        description="tiny shipped samples (longctx/samples), a few minutes on 2 CPU cores",
+        description="tiny shipped samples (longctx/experiments/samples), a few minutes on 2 CPU "
+                    "cores",
         # No attention dropout: on CPU, SDPA with dropout falls back to its slow math kernel
         # (about 5x slower here), which would swamp what the throughput column compares.
-        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                   attention_probs_dropout_prob=0.0),
+        model=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=256, attention_probs_dropout_prob=0.0),
         classification=TaskBudget(max_length=512, batch_size=8, steps=40, learning_rate=1e-3),
         language_modeling=TaskBudget(max_length=512, batch_size=8, steps=40, learning_rate=1e-3),
     ),
     "cpu": Preset(
         name="cpu",
-        description="real data (--data_dir): byte-level IMDb and an Austen novel at 1,024 bytes, 12-41 "
-                    "minutes per architecture on 2 quiet CPU cores (2 h 15 min for all five)",
-        model=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
+        description="real data (--data_dir): byte-level IMDb and an Austen novel at 1,024 bytes, "
+                    "12-41 minutes per architecture on 2 quiet CPU cores (2 h 15 min for all five)",
+        model=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=1024,
                    attention_probs_dropout_prob=0.0),  # no attention dropout: same reason as smoke
         # 2,000 test reviews, not 25,000: scoring them all at 1,024 bytes would take longer than
         # the training, for every architecture. A fixed shuffle: the split is sorted by label.
-        classification=TaskBudget(max_length=1024, batch_size=8, steps=400, learning_rate=1e-3, eval_rows=2000),
+        classification=TaskBudget(max_length=1024, batch_size=8, steps=400, learning_rate=1e-3,
+                                  eval_rows=2000),
         language_modeling=TaskBudget(max_length=1024, batch_size=8, steps=400, learning_rate=1e-3,
                                      eval_chars=200_000),
         data=REAL_DATA,
     ),
     "gpu-lra": Preset(
         name="gpu-lra",
-        description="NEEDS A CUDA GPU and takes hours: the Long Range Arena text task (byte-level IMDb at "
-                    "4,096 tokens, full test set) and the books LM at 4,096 bytes, bf16, real data (--data_dir)",
+        description="NEEDS A CUDA GPU and takes hours: the Long Range Arena text task (byte-level "
+                    "IMDb at 4,096 tokens, full test set) and the books LM at 4,096 bytes, bf16, "
+                    "real data (--data_dir)",
         # Attention dropout stays at the config default: on CUDA, SDPA's fused kernels handle it.
-        model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+        model=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                   intermediate_size=1024),
         # Evaluation in batches of 8: evaluation runs in fp32, and a 32 x 4,096 batch of explicit
         # attention scores (Transformer-XL) would be 8 GiB a layer.
-        classification=TaskBudget(max_length=4096, batch_size=32, steps=5000, learning_rate=5e-4, eval_batch_size=8),
+        classification=TaskBudget(max_length=4096, batch_size=32, steps=5000, learning_rate=5e-4,
+                                  eval_batch_size=8),
         language_modeling=TaskBudget(max_length=4096, batch_size=8, steps=5000, learning_rate=5e-4,
                                      eval_batch_size=8),
         data=REAL_DATA, device="cuda", bf16=True,
@@ -166,15 +170,16 @@ def resolve_preset(preset: str | Preset) -> Preset:
 def check_device(preset: Preset):
     """A CUDA preset's sizes and budget are hours on a GPU: never fall back to the CPU."""
     if preset.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"preset {preset.name!r} needs a CUDA GPU and torch.cuda.is_available() is False "
-                         "here; it does not fall back to the CPU (use --preset cpu for real data on CPU)")
+        raise ValueError(f"preset {preset.name!r} needs a CUDA GPU and torch.cuda.is_available() "
+                         "is False here; it does not fall back to the CPU (use --preset cpu for "
+                         "real data on CPU)")
 
 
 # --------------------------------------------------------------------------- data
 
 
 def samples_dir() -> Path:
-    return Path(longctx.__file__).parent / "samples"
+    return Path(__file__).parent / "samples"
 
 
 def load_imdb(split: str) -> list[dict]:
@@ -204,7 +209,8 @@ def real_token_fraction(dataset, max_length: int) -> float:
     Python lists would take gigabytes)."""
     import pyarrow.compute as pc
 
-    return pc.sum(pc.list_flatten(dataset.data.column("attention_mask"))).as_py() / (len(dataset) * max_length)
+    return (pc.sum(pc.list_flatten(dataset.data.column("attention_mask"))).as_py()
+            / (len(dataset) * max_length))
 
 
 # What a data_dir must hold: the layout of ../shared/data.
@@ -217,7 +223,8 @@ HUB_IMDB = "imdb"
 def data_file(data_dir: str | os.PathLike, part: str) -> Path:
     path = Path(data_dir) / REAL_DATA_FILES[part]
     if not path.is_file():
-        raise ValueError(f"{path} not found: --data_dir must be laid out like ../shared/data ({DATA_LAYOUT})")
+        raise ValueError(f"{path} not found: --data_dir must be laid out like ../shared/data "
+                         f"({DATA_LAYOUT})")
     return path
 
 
@@ -226,7 +233,8 @@ def checked_reviews(texts, labels, origin: str) -> list[dict]:
     rows = [{"text": text, "label": int(label)} for text, label in zip(texts, labels)]
     unexpected = sorted({row["label"] for row in rows} - {0, 1})
     if unexpected:
-        raise ValueError(f"{origin}: labels {unexpected}; the study needs 0 (negative) and 1 (positive)")
+        raise ValueError(f"{origin}: labels {unexpected}; the study needs 0 (negative) and 1 "
+                         "(positive)")
     return rows
 
 
@@ -248,16 +256,16 @@ def hub_imdb(split: str) -> list[dict]:
     # Offline, this fails in many ways (connection, DNS, offline mode, missing cache): all mean
     # the same to the user.
     except Exception as error:
-        raise ValueError(f"IMDb: no --data_dir given and the Hugging Face Hub dataset {HUB_IMDB!r} could not be "
-                         f"loaded ({type(error).__name__}: {error}); pass --data_dir DIR laid out like "
-                         f"../shared/data ({DATA_LAYOUT})") from error
+        raise ValueError(f"IMDb: no --data_dir given and the Hugging Face Hub dataset {HUB_IMDB!r} "
+                         f"could not be loaded ({type(error).__name__}: {error}); pass --data_dir "
+                         f"DIR laid out like ../shared/data ({DATA_LAYOUT})") from error
     return checked_reviews(table["text"], table["label"], f"Hub dataset {HUB_IMDB!r}")
 
 
 def read_reviews(preset: Preset, split: str, data_dir) -> tuple[list[dict], str]:
     """IMDb rows of `split` ("train" or "test") and where they came from."""
     if preset.data == SHIPPED_SAMPLES:
-        return load_imdb(split), f"longctx/samples/imdb_{split}.jsonl"
+        return load_imdb(split), f"longctx/experiments/samples/imdb_{split}.jsonl"
     if data_dir is not None:
         path = data_file(data_dir, f"imdb_{split}")
         return read_imdb_parquet(path), str(path)
@@ -267,10 +275,11 @@ def read_reviews(preset: Preset, split: str, data_dir) -> tuple[list[dict], str]
 def read_book(preset: Preset, split: str, data_dir) -> tuple[str, str]:
     """The book of `split` ("train" or "valid") and where it came from."""
     if preset.data == SHIPPED_SAMPLES:
-        return load_book(split), f"longctx/samples/book_{split}.txt"
+        return load_book(split), f"longctx/experiments/samples/book_{split}.txt"
     if data_dir is None:
-        raise ValueError(f"preset {preset.name!r}: the books for language modelling have no Hub fallback; pass "
-                         f"--data_dir DIR laid out like ../shared/data ({DATA_LAYOUT})")
+        raise ValueError(f"preset {preset.name!r}: the books for language modelling have no Hub "
+                         f"fallback; pass --data_dir DIR laid out like ../shared/data "
+                         f"({DATA_LAYOUT})")
     path = data_file(data_dir, f"book_{split}")
     return path.read_text(encoding="utf-8"), str(path)
 
@@ -311,8 +320,9 @@ def load_study_data(preset: Preset, data_dir: str | os.PathLike | None = None) -
     """The preset's data: the shipped samples, or the real data from `data_dir` (IMDb alone may
     come from the Hub without it). A real-data preset never falls back to the samples."""
     if preset.data == SHIPPED_SAMPLES and data_dir is not None:
-        raise ValueError(f"preset {preset.name!r} runs on the shipped samples; --data_dir is for the real-data "
-                         f"presets ({', '.join(name for name, p in PRESETS.items() if p.data == REAL_DATA)})")
+        real_data_presets = ", ".join(name for name, p in PRESETS.items() if p.data == REAL_DATA)
+        raise ValueError(f"preset {preset.name!r} runs on the shipped samples; --data_dir is for "
+                         f"the real-data presets ({real_data_presets})")
     data = StudyData()
     lm, classification = preset.language_modeling, preset.classification
     if lm is not None:  # books first: a missing book should fail before a Hub download of IMDb
@@ -334,9 +344,6 @@ def load_study_data(preset: Preset, data_dir: str | os.PathLike | None = None) -
     return data
 
 
-# --------------------------------------------------------------------------- metrics
-
-
 # --------------------------------------------------------------------------- efficiency
 
 
@@ -347,96 +354,41 @@ class StepTimer(TrainerCallback):
         self.step_ends: list[float] = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        if args.device.type == "cuda":  # kernels run asynchronously: time their end, not their launch
+        if args.device.type == "cuda":  # kernels run asynchronously: time their end, not launch
             torch.cuda.synchronize(args.device)
         self.step_ends.append(time.perf_counter())
 
     def throughput(self, tokens_per_step: int) -> dict:
         measured = len(self.step_ends) - 1
         if measured < 1:
-            raise RuntimeError("throughput needs at least 2 training steps (the first is a warm-up)")
+            raise RuntimeError("throughput needs at least 2 training steps (the first is a "
+                               "warm-up)")
         seconds = self.step_ends[-1] - self.step_ends[0]
         return {"tokens_per_s": tokens_per_step * measured / seconds, "measured_steps": measured,
                 "measured_seconds": seconds, "tokens_per_step": tokens_per_step}
 
 
-def release_free_memory():
-    """Collects garbage and hands the C heap's free pages back to the OS (glibc `malloc_trim`),
-    so that memory freed by an earlier training does not hide this one's growth."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: growth may be understated after earlier runs
-        pass
-
-
-class PeakRSS:
-    """Peak growth of this process's resident set size over the `with` block, in MiB, sampled
-    every `interval` seconds by a background thread (and at entry and exit)."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.process = psutil.Process()
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        release_free_memory()
-        self.baseline = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        self.growth_mib = (self.peak - self.baseline) / 2**20
-        return False
-
-
-class PeakCudaMemory:
-    """Peak growth of the memory PyTorch allocates on the current GPU over the `with` block, in
-    MiB (the peak statistics are reset at entry, so an earlier training does not count)."""
-
-    def __enter__(self):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        self.baseline = torch.cuda.memory_allocated()
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.growth_mib = (torch.cuda.max_memory_allocated() - self.baseline) / 2**20
-        return False
-
-
-MEMORY_MEASUREMENT = ("peak growth of the process resident set size (psutil, sampled every 5 ms) during "
-                      "Trainer.train(), over the RSS just before it; includes gradients, optimizer state, "
-                      "activations and allocator overhead")
-CUDA_MEMORY_MEASUREMENT = ("peak growth of torch.cuda.max_memory_allocated (peak statistics reset just before) "
-                           "during Trainer.train(), over the memory allocated just before it (the model already "
-                           "on the GPU); includes gradients, optimizer state and activations, not the caching "
-                           "allocator's reserve or the CUDA context")
-
-
-def memory_meter(device: str):
-    return PeakCudaMemory() if device == "cuda" else PeakRSS()
+MEMORY_MEASUREMENT = (f"{RSS_GROWTH} during Trainer.train(), over the RSS just before it; "
+                      "includes gradients, optimizer state, activations and allocator overhead")
+CUDA_MEMORY_MEASUREMENT = ("peak growth of torch.cuda.max_memory_allocated (peak statistics reset "
+                           "just before) during Trainer.train(), over the memory allocated just "
+                           "before it (the model already on the GPU); includes gradients, "
+                           "optimizer state and activations, not the caching allocator's reserve "
+                           "or the CUDA context")
 
 
 def memory_measurement(device: str) -> str:
     return CUDA_MEMORY_MEASUREMENT if device == "cuda" else MEMORY_MEASUREMENT
 
 
-def training_arguments(preset: Preset, budget: TaskBudget, seed: int, output_dir: Path) -> TrainingArguments:
+def training_arguments(preset: Preset, budget: TaskBudget, seed: int,
+                       output_dir: Path) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=str(output_dir), max_steps=budget.steps, per_device_train_batch_size=budget.batch_size,
-        learning_rate=budget.learning_rate, warmup_steps=budget.steps // 10, weight_decay=0.01,
-        lr_scheduler_type="linear", seed=seed, data_seed=seed, use_cpu=preset.device == "cpu", bf16=preset.bf16,
-        report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+        output_dir=str(output_dir), max_steps=budget.steps,
+        per_device_train_batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+        warmup_steps=budget.steps // 10, weight_decay=0.01, lr_scheduler_type="linear", seed=seed,
+        data_seed=seed, use_cpu=preset.device == "cpu", bf16=preset.bf16, report_to=[],
+        save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
         dataloader_num_workers=0)
 
 
@@ -446,8 +398,8 @@ def train(model, dataset, preset: Preset, budget: TaskBudget, seed: int, output_
     on the preset's device; returns loss and efficiency numbers."""
     args = training_arguments(preset, budget, seed, output_dir)
     timer = StepTimer()
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
-                            callbacks=[timer])
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset,
+                            data_collator=default_data_collator, callbacks=[timer])
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
     with memory_meter(preset.device) as memory:
@@ -460,11 +412,12 @@ def train(model, dataset, preset: Preset, budget: TaskBudget, seed: int, output_
 
 
 def build_config(model_type: str, preset: Preset, max_length: int, **task_fields):
-    return AutoConfig.for_model(model_type, **preset.model, max_position_embeddings=max_length, **task_fields)
+    return AutoConfig.for_model(model_type, **preset.model, max_position_embeddings=max_length,
+                                **task_fields)
 
 
-def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
-                       metrics: Metrics, data: StudyData) -> dict:
+def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed: int,
+                       output_dir: Path, metrics: Metrics, data: StudyData) -> dict:
     train_set, test_set = data.classification_sets(budget.max_length)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=False, num_labels=2)
@@ -472,8 +425,9 @@ def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed
     result = train(model, train_set, preset, budget, seed, output_dir / "classification",
                    tokens_per_step=budget.batch_size * budget.max_length)
     trainer = Trainer(model=model, args=TrainingArguments(
-        output_dir=str(output_dir / "classification"), per_device_eval_batch_size=budget.eval_batch_size,
-        use_cpu=preset.device == "cpu", report_to=[], disable_tqdm=True), data_collator=default_data_collator)
+        output_dir=str(output_dir / "classification"),
+        per_device_eval_batch_size=budget.eval_batch_size, use_cpu=preset.device == "cpu",
+        report_to=[], disable_tqdm=True), data_collator=default_data_collator)
     predictions = trainer.predict(test_set)
     predicted = predictions.predictions.argmax(-1).tolist()
     result.update(metrics(predicted, predictions.label_ids.tolist()))
@@ -483,10 +437,11 @@ def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed
     return result
 
 
-def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, seed: int, output_dir: Path,
-                          data: StudyData) -> dict:
+def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, seed: int,
+                          output_dir: Path, data: StudyData) -> dict:
     tokenizer = longctx.byte_tokenizer()
-    train_ids, valid_ids = encode_whole_text(tokenizer, data.book_train), encode_whole_text(tokenizer, data.book_valid)
+    train_ids, valid_ids = (encode_whole_text(tokenizer, data.book_train),
+                            encode_whole_text(tokenizer, data.book_valid))
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=True)
     model = AutoModelForCausalLM.from_config(config)
@@ -500,27 +455,29 @@ def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, s
                    trainer_class=SegmentMemoryTrainer if recurrent else Trainer)
     if recurrent:
         scores = evaluate_with_memory(model, valid_ids, budget.max_length)
-        result.update(lm_scores(scores["loss"] * scores["tokens"], scores["tokens"]), mem_len=config.mem_len)
+        result.update(lm_scores(scores["loss"] * scores["tokens"], scores["tokens"]),
+                      mem_len=config.mem_len)
     else:
         result.update(evaluate_lm(model, valid_ids, budget.max_length, budget.eval_batch_size))
-    result.update(train_blocks=len(train_set), train_bytes=len(train_ids), valid_bytes=len(valid_ids),
-                  valid_chars=len(data.book_valid), with_memory=recurrent)
+    result.update(train_blocks=len(train_set), train_bytes=len(train_ids),
+                  valid_bytes=len(valid_ids), valid_chars=len(data.book_valid),
+                  with_memory=recurrent)
     return result
 
 
-def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Path, metrics: Metrics,
-                     data: StudyData) -> dict:
+def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Path,
+                     metrics: Metrics, data: StudyData) -> dict:
     """Both tasks for one architecture; a task its heads lack is skipped, a failing one recorded."""
     heads = longctx.ARCHITECTURES[model_type].heads
     row = {"architecture": model_type, "classification": None, "language_modeling": None,
            "skipped": [], "errors": {}}
     tasks = {
         "classification": (CLASSIFICATION_HEAD, preset.classification,
-                           lambda budget: run_classification(model_type, preset, budget, seed, output_dir, metrics,
-                                                             data)),
+                           lambda budget: run_classification(model_type, preset, budget, seed,
+                                                             output_dir, metrics, data)),
         "language_modeling": (CAUSAL_LM_HEAD, preset.language_modeling,
-                              lambda budget: run_language_modeling(model_type, preset, budget, seed, output_dir,
-                                                                   data)),
+                              lambda budget: run_language_modeling(model_type, preset, budget,
+                                                                   seed, output_dir, data)),
     }
     for task, (head, budget, run) in tasks.items():
         if head not in heads or budget is None:
@@ -540,7 +497,8 @@ def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Pat
 
 def summarize(task: str, result: dict) -> str:
     if task == "classification":
-        return f"accuracy {result['accuracy']:.3f}, F1 {result['f1']:.3f}, {result['tokens_per_s']:.0f} tok/s"
+        return (f"accuracy {result['accuracy']:.3f}, F1 {result['f1']:.3f}, "
+                f"{result['tokens_per_s']:.0f} tok/s")
     return f"perplexity {result['perplexity']:.2f}, {result['bits_per_byte']:.3f} bits/byte, " \
            f"{result['tokens_per_s']:.0f} tok/s"
 
@@ -568,28 +526,30 @@ def table_cells(row: dict) -> list[str]:
     return cells
 
 
-def format_table(rows: list[dict]) -> str:
+def study_table(rows: list[dict]) -> str:
     """One line per architecture."""
-    cells = [[header for header, *_ in TABLE_COLUMNS], *map(table_cells, rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]
-    render = lambda line: " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w)  # noqa: E731
-                                     for i, (cell, w) in enumerate(zip(line, widths)))
-    return "\n".join([render(cells[0]), "-+-".join("-" * w for w in widths), *map(render, cells[1:])])
+    return format_table([header for header, *_ in TABLE_COLUMNS],
+                        [table_cells(row) for row in rows])
 
 
-def table_notes(preset: Preset, metrics: Metrics, data: StudyData, rows: list[dict] = ()) -> list[str]:
+def table_notes(preset: Preset, metrics: Metrics, data: StudyData,
+                rows: list[dict] = ()) -> list[str]:
     notes, lm, facts = [], preset.language_modeling, data.summary
     if preset.classification is not None:
-        notes.append(f"accuracy, F1: IMDb test reviews from {facts['imdb_test']}, {scored_share(facts)}; F1 of "
-                     f"label 1 (positive); metrics: {metrics.implementation}")
+        notes.append(f"accuracy, F1: IMDb test reviews from {facts['imdb_test']}, "
+                     f"{scored_share(facts)}; F1 of label 1 (positive); metrics: "
+                     f"{metrics.implementation}")
     if lm is not None:
-        notes.append(f"perplexity, bits/byte: byte-level, on {facts['book_valid']} (a different book), "
-                     f"{scored_text(facts)}, {lm.max_length}-byte blocks scored independently")
-        notes.extend(f"{row['architecture']}: trained on consecutive {lm.max_length}-byte segments and scored "
-                     f"segment by segment, carrying a memory of {row['language_modeling']['mem_len']} states"
+        notes.append(f"perplexity, bits/byte: byte-level, on {facts['book_valid']} (a different "
+                     f"book), {scored_text(facts)}, {lm.max_length}-byte blocks scored "
+                     "independently")
+        notes.extend(f"{row['architecture']}: trained on consecutive {lm.max_length}-byte segments "
+                     "and scored segment by segment, carrying a memory of "
+                     f"{row['language_modeling']['mem_len']} states"
                      for row in rows if (row.get("language_modeling") or {}).get("with_memory"))
-        notes.append(f"train tok/s, peak mem: causal-LM training, {lm.batch_size} x {lm.max_length} tokens a step, "
-                     "after a warm-up step; peak mem = " + memory_measurement(preset.device).split(";")[0]
+        notes.append(f"train tok/s, peak mem: causal-LM training, {lm.batch_size} x "
+                     f"{lm.max_length} tokens a step, after a warm-up step; peak mem = "
+                     + memory_measurement(preset.device).split(";")[0]
                      + " (classification numbers: study_results.json)")
     if preset.bf16:
         notes.append(PRECISION_BF16)
@@ -598,7 +558,8 @@ def table_notes(preset: Preset, metrics: Metrics, data: StudyData, rows: list[di
     return notes
 
 
-PRECISION_BF16 = "training in bf16 mixed precision (Trainer bf16=True, fp32 weights); evaluation in fp32"
+PRECISION_BF16 = ("training in bf16 mixed precision (Trainer bf16=True, fp32 weights); evaluation "
+                  "in fp32")
 
 
 def scored_share(facts: dict) -> str:
@@ -610,36 +571,32 @@ def scored_share(facts: dict) -> str:
 
 def scored_text(facts: dict) -> str:
     scored, total = facts["book_valid_chars_scored"], facts["book_valid_chars"]
-    return f"all {total:,} characters" if scored == total else f"its first {scored:,} of {total:,} characters"
-
-
-def environment(device: str) -> dict:
-    info = {"device": device, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "longctx": longctx.__version__,
-            "platform": platform.platform()}
-    if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
-    return info
+    return (f"all {total:,} characters" if scored == total
+            else f"its first {scored:,} of {total:,} characters")
 
 
 def device_summary(preset: Preset) -> str:
     if preset.device == "cuda":
-        return f"CUDA ({torch.cuda.get_device_name()})" + (", bf16 mixed precision" if preset.bf16 else "")
+        return (f"CUDA ({torch.cuda.get_device_name()})"
+                + (", bf16 mixed precision" if preset.bf16 else ""))
     return f"CPU, {torch.get_num_threads()} threads"
 
 
 def steps_summary(preset: Preset) -> str:
     budgets = (("classification", preset.classification), ("LM", preset.language_modeling))
-    return " + ".join(f"{budget.steps} {task}" for task, budget in budgets if budget is not None) + " steps each"
+    return " + ".join(f"{budget.steps} {task}" for task, budget in budgets
+                      if budget is not None) + " steps each"
 
 
 def warm_up(preset: Preset, output_dir: Path, data: StudyData):
     """Two steps of a tiny baseline LM, so that one-time costs of the process (thread pools,
-    allocator arenas, CUDA context, Trainer set-up) do not land on the first architecture's numbers."""
+    allocator arenas, CUDA context, Trainer set-up) do not land on the first architecture's
+    numbers."""
     budget = dataclasses.replace(preset.language_modeling, steps=2, batch_size=2)
-    tiny = dataclasses.replace(preset, model=dict(preset.model, hidden_size=32, intermediate_size=32))
-    run_language_modeling(WARM_UP_ARCHITECTURE, tiny, budget, seed=0, output_dir=output_dir, data=data)
+    tiny = dataclasses.replace(preset, model=dict(preset.model, hidden_size=32,
+                                                  intermediate_size=32))
+    run_language_modeling(WARM_UP_ARCHITECTURE, tiny, budget, seed=0, output_dir=output_dir,
+                          data=data)
 
 
 def override_steps(preset: Preset, max_steps: int | None) -> Preset:
@@ -648,7 +605,8 @@ def override_steps(preset: Preset, max_steps: int | None) -> Preset:
     if max_steps < 2:
         raise ValueError(f"max_steps={max_steps}: use at least 2 (the first step is a warm-up, "
                          "excluded from the throughput)")
-    with_steps = lambda budget: budget and dataclasses.replace(budget, steps=max_steps)  # noqa: E731
+    with_steps = lambda budget: (  # noqa: E731
+        budget and dataclasses.replace(budget, steps=max_steps))
     return dataclasses.replace(preset, classification=with_steps(preset.classification),
                                language_modeling=with_steps(preset.language_modeling))
 
@@ -691,11 +649,12 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     to_run = [name for name in names if name not in kept]
-    print(f"longctx study, preset {chosen_preset.name!r}: {chosen_preset.description}; {len(names)} "
-          f"architecture(s); {steps_summary(chosen_preset)}; {device_summary(chosen_preset)}", flush=True)
+    print(f"longctx study, preset {chosen_preset.name!r}: {chosen_preset.description}; "
+          f"{len(names)} architecture(s); {steps_summary(chosen_preset)}; "
+          f"{device_summary(chosen_preset)}", flush=True)
     for name in kept:
         print(f"  {name}: kept from {path} (--resume)", flush=True)
-    if to_run and WARM_UP_ARCHITECTURE in longctx.ARCHITECTURES and chosen_preset.language_modeling is not None:
+    if to_run and chosen_preset.language_modeling is not None:
         warm_up(chosen_preset, output_dir / "trainer" / "warm-up", data)
     rows = dict(kept)
 
@@ -706,12 +665,14 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
         return results
 
     for name in to_run:
-        rows[name] = {**run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name, metrics, data),
-                      "environment": environment(chosen_preset.device), "command": command_line()}
+        rows[name] = {**run_architecture(name, chosen_preset, seed, output_dir / "trainer" / name,
+                                         metrics, data),
+                      "environment": environment(chosen_preset.device),
+                      "command": command_line()}
         save()
     results = save()
     print()
-    print(format_table(results["results"]))
+    print(study_table(results["results"]))
     for note in table_notes(chosen_preset, metrics, data, results["results"]):
         print("  " + note)
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
@@ -726,15 +687,18 @@ def finished_rows(path: Path, settings: dict) -> tuple[dict, float]:
     earlier = json.loads(path.read_text(encoding="utf-8"))
     for key, value in settings.items():
         if _without_prose(earlier.get(key)) != _without_prose(value):
-            raise ValueError(f"resume: {path} was written with a different {key} ({earlier.get(key)!r}, this run: "
-                             f"{value!r}); pass another output_dir, or run without resume to overwrite it")
+            raise ValueError(f"resume: {path} was written with a different {key} "
+                             f"({earlier.get(key)!r}, this run: {value!r}); pass another "
+                             "output_dir, or run without resume to overwrite it")
     rows = {row["architecture"]: row for row in earlier["results"] if not row["errors"]}
     return rows, earlier.get("wall_seconds", 0.0)
 
 
 def _without_prose(setting):
-    """A preset's description is prose, rewritten as measurements come in: not part of what must match."""
-    return {k: v for k, v in setting.items() if k != "description"} if isinstance(setting, dict) else setting
+    """A preset's description is prose, rewritten as measurements come in: not part of what
+    must match."""
+    return ({k: v for k, v in setting.items() if k != "description"}
+            if isinstance(setting, dict) else setting)
 
 
 def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metrics, rows: dict,
@@ -744,13 +708,15 @@ def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metr
     span machines)."""
     order = list(longctx.ARCHITECTURES)
     return {
-        **settings, "command": command_line(), "environment": environment(preset.device), "data": data.summary,
+        **settings, "command": command_line(), "environment": environment(preset.device),
+        "data": data.summary,
         "metric_implementation": metrics.implementation,
         "evaluate_unavailable_reason": metrics.unavailable_reason,
         "memory_measurement": memory_measurement(preset.device)
                               + "; after a 2-step warm-up training of a tiny baseline",
-        "throughput_measurement": "tokens per optimizer step (batch x sequence length, padding included for "
-                                  "classification) over the steps after the first, timed at Trainer step ends",
+        "throughput_measurement": "tokens per optimizer step (batch x sequence length, padding "
+                                  "included for classification) over the steps after the first, "
+                                  "timed at Trainer step ends",
         "precision": PRECISION_BF16 if preset.bf16 else "fp32",
         "note": SMOKE_DISCLAIMER if preset.name == "smoke" else "",
         "wall_seconds": wall_seconds,
@@ -758,6 +724,3 @@ def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metr
                           if row["architecture"] in order else len(order)),
     }
 
-
-def failed(results: dict) -> bool:
-    return any(row["errors"] for row in results["results"])

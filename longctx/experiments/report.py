@@ -13,19 +13,26 @@ import json
 import os
 from pathlib import Path
 
+from .benchmark import plot_paths, plot_title, write_plots
+from .measure import machine_summary
 from .run_common import RUN_INFO
+from .study import TABLE_COLUMNS, table_cells
 
 # The metrics each task's table shows (keys of all_results.json), with their column titles.
 TASK_COLUMNS = {
-    "classification": [("eval_accuracy", "accuracy"), ("eval_precision", "precision"), ("eval_recall", "recall"),
-                       ("eval_f1", "F1")],
-    "question_answering": [("eval_exact_match", "EM"), ("eval_f1", "F1"), ("eval_samples", "questions")],
-    "language_modeling": [("eval_perplexity", "perplexity"), ("eval_bits_per_character", "bits/char"),
+    "classification": [("eval_accuracy", "accuracy"), ("eval_precision", "precision"),
+                       ("eval_recall", "recall"), ("eval_f1", "F1")],
+    "question_answering": [("eval_exact_match", "EM"), ("eval_f1", "F1"),
+                           ("eval_samples", "questions")],
+    "language_modeling": [("eval_perplexity", "perplexity"),
+                          ("eval_bits_per_character", "bits/char"),
                           ("eval_bits_per_byte", "bits/byte"), ("eval_block_size", "eval block")],
-    "generation": [("eval_reference_perplexity", "ref. perplexity"), ("eval_bleu", "BLEU"), ("eval_rouge1", "ROUGE-1"),
-                   ("eval_rougeL", "ROUGE-L"), ("eval_passages", "passages")],
+    "generation": [("eval_reference_perplexity", "ref. perplexity"), ("eval_bleu", "BLEU"),
+                   ("eval_rouge1", "ROUGE-1"), ("eval_rougeL", "ROUGE-L"),
+                   ("eval_passages", "passages")],
 }
-TASK_TITLES = {"classification": "Classification", "question_answering": "Question answering (SQuAD v1.1)",
+TASK_TITLES = {"classification": "Classification",
+               "question_answering": "Question answering (SQuAD v1.1)",
                "language_modeling": "Language modelling", "generation": "Generation"}
 
 
@@ -38,7 +45,8 @@ def find_runs(roots) -> list[dict]:
             if not results_path.exists():
                 continue
             runs.append({"info": json.loads(info_path.read_text(encoding="utf-8")),
-                         "results": json.loads(results_path.read_text(encoding="utf-8")), "folder": info_path.parent})
+                         "results": json.loads(results_path.read_text(encoding="utf-8")),
+                         "folder": info_path.parent})
     return runs
 
 
@@ -89,7 +97,8 @@ def _size(info: dict) -> str:
 
 def _data(info: dict) -> str:
     data = info.get("data", {})
-    names = [Path(str(data[key])).name for key in ("dataset_name", "squad_file", "train_file", "validation_file")
+    names = [Path(str(data[key])).name
+             for key in ("dataset_name", "squad_file", "train_file", "validation_file")
              if key in data]
     limits = [f"{key.replace('max_', '').replace('_samples', '')} ≤ {data[key]}"
               for key in ("max_train_samples", "max_eval_samples") if key in data]
@@ -100,27 +109,28 @@ def _data(info: dict) -> str:
 
 def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
     columns = TASK_COLUMNS.get(task, [])
-    header = ["model", "parameters", "size", *[title for _, title in columns], "data", "steps", "device", "run"]
+    header = ["model", "parameters", "size", *[title for _, title in columns], "data", "steps",
+              "device", "run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         info, results = run["info"], run["results"]
         steps = info.get("steps", {}).get("global_step", "–")
         folder = os.path.relpath(run["folder"], relative_to)
         row = [info["model_type"], _number(info.get("parameters")), _size(info),
-               *[_number(results.get(key)) for key, _ in columns], _data(info), _number(steps), info.get("device", "?"),
-               f"[{Path(folder).name}]({folder})"]
+               *[_number(results.get(key)) for key, _ in columns], _data(info), _number(steps),
+               info.get("device", "?"), f"[{Path(folder).name}]({folder})"]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    lines += [f"- `{Path(run['folder']).name}`: `{run['info'].get('command', '?')}`" for run in runs]
+    lines += [f"- `{Path(run['folder']).name}`: `{run['info'].get('command', '?')}`"
+              for run in runs]
     return lines
 
 
 def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
-    from .benchmark import plot_title
-
     lines = [f"### {plot_title(benchmark['settings'], benchmark['environment'])}, "
              f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
-             "| model | length | batch | ms/step | tokens/s | peak MiB |", "|---|---|---|---|---|---|"]
+             "| model | length | batch | ms/step | tokens/s | peak MiB |",
+             "|---|---|---|---|---|---|"]
     for cell in benchmark["results"]:
         if cell.get("error"):
             lines.append(f"| {cell['model']} | {cell['length']} | {cell['batch_size']} | failed: "
@@ -140,11 +150,10 @@ def benchmark_plots(benchmark: dict) -> list[Path] | str:
     """The plots beside the benchmark's JSON, drawn from its cells where they are missing (a run
     without matplotlib, or one whose plots stayed on the machine that ran it); a reason when
     they cannot be drawn."""
-    from .benchmark import plot_paths, plot_title, write_plots
-
     paths = plot_paths(Path(benchmark["path"]))
     if not all(path.exists() for path in paths):
-        drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")], Path(benchmark["path"]),
+        drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")],
+                            Path(benchmark["path"]),
                             plot_title(benchmark["settings"], benchmark["environment"]))
         if isinstance(drawn, str):
             return drawn
@@ -154,23 +163,24 @@ def benchmark_plots(benchmark: dict) -> list[Path] | str:
 def study_section(study: dict, relative_to: Path) -> list[str]:
     """One study_results.json: its table (the columns run_study prints), the machine of each row,
     and the commands that made the rows (a resumed study has several)."""
-    from .study import TABLE_COLUMNS, table_cells
-
     preset = study["preset"]
     model = preset.get("model", {})
     budgets = [f"{budget['steps']} {task} steps of {budget['batch_size']} × {budget['max_length']}"
                for task, budget in (("classification", preset.get("classification")),
                                     ("LM", preset.get("language_modeling"))) if budget]
-    lines = [f"### Preset `{preset['name']}` — {model.get('num_hidden_layers', '?')}×{model.get('hidden_size', '?')}, "
-             f"{', '.join(budgets)}, {study.get('precision', '?')}, `{os.path.relpath(study['path'], relative_to)}`", "",
+    lines = [f"### Preset `{preset['name']}` — "
+             f"{model.get('num_hidden_layers', '?')}×{model.get('hidden_size', '?')}, "
+             f"{', '.join(budgets)}, {study.get('precision', '?')}, "
+             f"`{os.path.relpath(study['path'], relative_to)}`", "",
              "| " + " | ".join([header for header, *_ in TABLE_COLUMNS] + ["machine"]) + " |",
              "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
     for row in study["results"]:
-        environment = row.get("environment", study.get("environment", {}))
-        machine = environment.get("gpu") or f"{environment.get('device', '?')}, {environment.get('cpu_threads', '?')} threads"
+        machine = machine_summary(row.get("environment", study.get("environment", {})))
         lines.append("| " + " | ".join(table_cells(row) + [machine]) + " |")
-    commands = dict.fromkeys(row.get("command", study.get("command", "?")) for row in study["results"])
-    lines += ["", f"- data: {json.dumps(study.get('data', {}))}"] + [f"- `{command}`" for command in commands]
+    commands = dict.fromkeys(row.get("command", study.get("command", "?"))
+                             for row in study["results"])
+    lines += (["", f"- data: {json.dumps(study.get('data', {}))}"]
+              + [f"- `{command}`" for command in commands])
     if study.get("note"):
         lines.append(f"- {study['note']}")
     return lines + [""]
@@ -181,14 +191,16 @@ def build_report(roots, output: Path) -> str:
     runs, benchmarks, studies = find_runs(roots), find_benchmarks(roots), find_studies(roots)
     if not runs and not benchmarks and not studies:
         raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py, "
-                         f"scripts/benchmark.py or scripts/run_study.py with --output_dir / --output there first")
+                         f"scripts/benchmark.py or scripts/run_study.py with --output_dir / "
+                         "--output there first")
     lines = ["# longctx report", "", "Made by `scripts/report.py` from the results it found under "
-             + ", ".join(f"`{r}`" for r in roots) + ". Every row names the run that produced it; its command is "
-             "listed under the table.", ""]
+             + ", ".join(f"`{r}`" for r in roots) + ". Every row names the run that produced it; "
+             "its command is listed under the table.", ""]
     for task in dict.fromkeys([*TASK_COLUMNS, *(run["info"]["task"] for run in runs)]):
         chosen = [run for run in runs if run["info"]["task"] == task]
         if chosen:
-            lines += [f"## {TASK_TITLES.get(task, task)}", ""] + task_table(task, chosen, output.parent) + [""]
+            lines += ([f"## {TASK_TITLES.get(task, task)}", ""]
+                      + task_table(task, chosen, output.parent) + [""])
     if benchmarks:
         lines += ["## Efficiency (scripts/benchmark.py)", ""]
         for benchmark in benchmarks:

@@ -18,9 +18,12 @@ def lm_blocks(ids: list[int], block_size: int):
     import datasets
 
     if block_size < 2:
-        raise ValueError(f"block_size={block_size}: a block needs at least 2 tokens (one predicted)")
-    blocks = [ids[start:start + block_size] for start in range(0, len(ids) - block_size + 1, block_size)]
-    return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size] * len(blocks),
+        raise ValueError(f"block_size={block_size}: a block needs at least 2 tokens (one "
+                         "predicted)")
+    blocks = [ids[start:start + block_size]
+              for start in range(0, len(ids) - block_size + 1, block_size)]
+    return datasets.Dataset.from_dict({"input_ids": blocks,
+                                       "attention_mask": [[1] * block_size] * len(blocks),
                                        "labels": blocks})
 
 
@@ -42,12 +45,15 @@ def stream_segments(ids: list[int], batch_size: int, segment_length: int):
     per_stream = len(ids) // batch_size
     count = per_stream // segment_length
     if segment_length < 2 or count == 0:
-        raise ValueError(f"{len(ids)} training tokens cannot fill {batch_size} streams (the batch size) of at least "
-                         f"one segment of {segment_length} tokens (>= 2); use more text, a smaller "
-                         "--per_device_train_batch_size or a shorter --max_seq_length")
-    segments = [ids[row * per_stream + k * segment_length:row * per_stream + (k + 1) * segment_length]
+        raise ValueError(f"{len(ids)} training tokens cannot fill {batch_size} streams (the batch "
+                         f"size) of at least one segment of {segment_length} tokens (>= 2); use "
+                         "more text, a smaller --per_device_train_batch_size or a shorter "
+                         "--max_seq_length")
+    segments = [ids[row * per_stream + k * segment_length:
+                    row * per_stream + (k + 1) * segment_length]
                 for k in range(count) for row in range(batch_size)]
-    return datasets.Dataset.from_dict({"input_ids": segments, "attention_mask": [[1] * segment_length] * len(segments),
+    return datasets.Dataset.from_dict({"input_ids": segments,
+                                       "attention_mask": [[1] * segment_length] * len(segments),
                                        "labels": segments})
 
 
@@ -63,17 +69,20 @@ class SegmentMemoryTrainer(Trainer):
         if self.args.world_size > 1:
             raise ValueError(f"SegmentMemoryTrainer (Transformer-XL training with memory, mem_len="
                              f"{self.model.config.mem_len}) runs in one process; this run has "
-                             f"world_size={self.args.world_size}. Train in one process, or with mem_len=0.")
+                             f"world_size={self.args.world_size}. Train in one process, or with "
+                             "mem_len=0.")
         self.memory = None
         self.add_callback(_ForgetMemoryEachEpoch(self))
 
     def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return torch.utils.data.SequentialSampler(
+            train_dataset if train_dataset is not None else self.train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, outputs = super().compute_loss(model, dict(inputs, mems=self.memory), True, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, dict(inputs, mems=self.memory), True,
+                                             num_items_in_batch)
         self.memory = outputs.mems
         return (loss, outputs) if return_outputs else loss
 
@@ -106,7 +115,8 @@ def position_buckets(block_size: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def evaluate_lm(model, ids: list[int], block_size: int, batch_size: int, num_characters: int | None = None) -> dict:
+def evaluate_lm(model, ids: list[int], block_size: int, batch_size: int,
+                num_characters: int | None = None) -> dict:
     """Scores every token of `ids` but the first of each block: non-overlapping blocks, each
     evaluated on its own (no state carried between blocks), the last one right-padded.
 
@@ -115,7 +125,8 @@ def evaluate_lm(model, ids: list[int], block_size: int, batch_size: int, num_cha
     positions in their block (`position_buckets`)."""
     model.eval()
     device = next(model.parameters()).device
-    blocks = [block for block in (ids[s:s + block_size] for s in range(0, len(ids), block_size)) if len(block) > 1]
+    blocks = [block for block in (ids[s:s + block_size] for s in range(0, len(ids), block_size))
+              if len(block) > 1]
     nll_by_position = torch.zeros(block_size, dtype=torch.float64)
     count_by_position = torch.zeros(block_size, dtype=torch.long)
     for first in range(0, len(blocks), batch_size):
@@ -200,7 +211,8 @@ def evaluate_fixed_context(model, ids: list[int], context_length: int, segment_l
     return _timed_scores(nll, count, time.perf_counter() - started)
 
 
-def memory_versus_recompute(model, ids: list[int], segment_length: int, context_length: int) -> dict:
+def memory_versus_recompute(model, ids: list[int], segment_length: int,
+                            context_length: int) -> dict:
     """Both evaluations on the same tokens: their perplexities and how many times slower per
     token the fixed-context recomputation is."""
     with_memory = evaluate_with_memory(model, ids, segment_length)
@@ -213,5 +225,5 @@ def memory_versus_recompute(model, ids: list[int], segment_length: int, context_
 def _timed_scores(nll: float, count: int, seconds: float) -> dict:
     if count == 0:
         raise ValueError("nothing to score: the text needs at least 2 tokens per segment")
-    return {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens": count, "seconds": seconds,
-            "seconds_per_token": seconds / count}
+    return {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens": count,
+            "seconds": seconds, "seconds_per_token": seconds / count}

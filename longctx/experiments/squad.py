@@ -19,10 +19,12 @@ def read_squad_file(path) -> list[dict]:
         with opener(path, "rt", encoding="utf-8") as f:
             document = json.load(f)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read it as SQuAD JSON{' (gzip)' if path.suffix == '.gz' else ''}: "
+        raise ValueError(f"{path}: cannot read it as SQuAD JSON"
+                         f"{' (gzip)' if path.suffix == '.gz' else ''}: "
                          f"{type(error).__name__}: {error}") from None
     articles = _field(document, "data", list, f"{path}")
-    return [row for index, article in enumerate(articles) for row in _article_rows(article, f"{path}: data[{index}]")]
+    return [row for index, article in enumerate(articles)
+            for row in _article_rows(article, f"{path}: data[{index}]")]
 
 
 def _article_rows(article, where: str) -> list[dict]:
@@ -41,21 +43,24 @@ def _question_row(qa, title: str, context: str, where: str) -> dict:
         text = _field(answer, "text", str, f"{where}.answers[{a}]")
         start = _field(answer, "answer_start", int, f"{where}.answers[{a}]")
         if context[start:start + len(text)] != text:
-            raise ValueError(f"{where}.answers[{a}]: answer_start={start} does not point at the answer text "
-                             f"{text!r} in the context")
+            raise ValueError(f"{where}.answers[{a}]: answer_start={start} does not point at the "
+                             f"answer text {text!r} in the context")
         texts.append(text)
         starts.append(start)
     return {"id": str(_field(qa, "id", (str, int), where)), "title": title, "context": context,
-            "question": _field(qa, "question", str, where), "answers": {"text": texts, "answer_start": starts}}
+            "question": _field(qa, "question", str, where),
+            "answers": {"text": texts, "answer_start": starts}}
 
 
 def _field(container, name: str, kind, where: str):
     if not isinstance(container, dict) or name not in container:
         raise ValueError(f"{where}: missing field {name!r} (the official SQuAD v1.1 layout is "
-                         f"data -> [title, paragraphs -> [context, qas -> [id, question, answers -> [text, answer_start]]]])")
+                         f"data -> [title, paragraphs -> [context, qas -> [id, question, "
+                         f"answers -> [text, answer_start]]]])")
     value = container[name]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{where}.{name} is {type(value).__name__}, expected {getattr(kind, '__name__', kind)}")
+        raise ValueError(f"{where}.{name} is {type(value).__name__}, expected "
+                         f"{getattr(kind, '__name__', kind)}")
     return value
 
 
@@ -64,7 +69,8 @@ def split_by_article(rows: list[dict], eval_articles: int) -> tuple[list[dict], 
     the others for training -- e.g. the dev set's first 38 and last 10."""
     titles = list(dict.fromkeys(row["title"] for row in rows))
     if not 0 < eval_articles < len(titles):
-        raise ValueError(f"eval_articles={eval_articles}: the file has {len(titles)} articles; choose 1 to "
-                         f"{len(titles) - 1} so both splits keep at least one")
+        raise ValueError(f"eval_articles={eval_articles}: the file has {len(titles)} articles; "
+                         f"choose 1 to {len(titles) - 1} so both splits keep at least one")
     held_out = set(titles[-eval_articles:])
-    return ([row for row in rows if row["title"] not in held_out], [row for row in rows if row["title"] in held_out])
+    return ([row for row in rows if row["title"] not in held_out],
+            [row for row in rows if row["title"] in held_out])

@@ -78,7 +78,8 @@ def squad_v1_scores(predictions, references) -> dict:
         _require_keys(entry, ("id", "answers"), "reference")
         truths = list(entry["answers"]["text"])
         if not truths:
-            raise ValueError(f"reference {entry['id']!r} has no answer text: SQuAD v1.1 questions all have one")
+            raise ValueError(f"reference {entry['id']!r} has no answer text: SQuAD v1.1 questions "
+                             "all have one")
         if entry["id"] not in predicted:
             continue
         exact += max(exact_match_score(predicted[entry["id"]], truth) for truth in truths)
@@ -116,12 +117,15 @@ class Metrics:
     def __init__(self):
         self.unavailable_reason = None
         try:
-            self.modules = _load_evaluate_modules(self.NAMES, lambda m: m.compute(predictions=[0, 1], references=[0, 1]))
-            self.implementation = "evaluate (" + ", ".join(f'evaluate.load("{n}")' for n in self.NAMES) + ")"
+            self.modules = _load_evaluate_modules(
+                self.NAMES, lambda m: m.compute(predictions=[0, 1], references=[0, 1]))
+            self.implementation = ("evaluate ("
+                                   + ", ".join(f'evaluate.load("{n}")' for n in self.NAMES) + ")")
         except Exception as error:  # no Hub access, no cached module, or no scikit-learn
             self.unavailable_reason = f"{type(error).__name__}: {error}"
             self.modules = None
-            self.implementation = (f"local (longctx.metrics.binary_classification_metrics; evaluate.load failed: "
+            self.implementation = ("local (longctx.experiments.metrics."
+                                   "binary_classification_metrics; evaluate.load failed: "
                                    f"{type(error).__name__})")
 
     def __call__(self, predictions, references) -> dict:
@@ -145,7 +149,8 @@ class SquadMetric:
         except Exception as error:
             self.unavailable_reason = f"{type(error).__name__}: {error}"
             self.module = None
-            self.implementation = f"local (longctx.metrics.squad_v1_scores; evaluate.load failed: {type(error).__name__})"
+            self.implementation = ("local (longctx.experiments.metrics.squad_v1_scores; "
+                                   f"evaluate.load failed: {type(error).__name__})")
 
     def __call__(self, predictions, references) -> dict:
         if self.module is None:
