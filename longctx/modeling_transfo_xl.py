@@ -685,9 +685,10 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
 class TransfoXLLMOutput(CausalLMOutputWithPast):
     """`losses`: (batch, length - 1) per-token negative log-likelihoods (0 at -100 labels), in token
     order; `loss` their mean over labelled tokens. `logits`: log-probabilities (batch, length,
-    vocab_size), computed only without labels (the adaptive softmax then skips the full vocabulary,
-    as transformers' TransfoXL). `mems` (also `cache`; `past_key_values` before transformers
-    5.24): the memory for the next segment."""
+    vocab_size), computed without labels and in evaluation (eval mode), where Trainer's metrics
+    read them; a training step with labels skips them, so that the adaptive softmax skips the
+    full vocabulary (as transformers' TransfoXL did with labels). `mems` (also `cache`;
+    `past_key_values` before transformers 5.24): the memory for the next segment."""
 
     losses: torch.Tensor | None = None
 
@@ -725,7 +726,7 @@ class LongctxTransfoXLForCausalLM(GeneratesWithOwnCache, HeadBase, LongctxTransf
                                                 embeddings)
             losses = losses.view_as(targets)  # (batch, length - 1)
             loss = losses.sum() / (targets != -100).sum().clamp(min=1)
-        else:
+        if labels is None or not self.training:
             kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
             logits = self.lm_head.log_probs(kept, embeddings)  # (batch, kept, vocab_size)
         return self._finish(TransfoXLLMOutput(

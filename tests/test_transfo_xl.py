@@ -287,7 +287,8 @@ def test_losses_are_the_log_probs_of_the_labels_in_token_order():
     expected[1, 4] = 0.0
     torch.testing.assert_close(out.losses, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.loss, expected.sum() / 21)
-    assert out.logits is None  # with labels the full vocabulary is skipped
+    torch.testing.assert_close(out.logits, log_probs)  # eval mode: what Trainer's metrics read
+    assert model.train()(ids, labels=labels).logits is None  # training: the vocabulary is skipped
 
 
 def test_transformers_names_are_aliases_of_the_common_ones(tmp_path):
@@ -380,3 +381,27 @@ def test_trainer_predicts_with_a_classifier_that_returns_its_memory(tmp_path):
                                   report_to="none", use_cpu=True)
     predictions = Trainer(model=model, args=arguments).predict(dataset).predictions
     assert predictions.shape == (4, 2)
+
+
+def test_trainer_evaluates_the_metrics_of_transformers_run_clm(tmp_path):
+    """transformers' examples/pytorch run_clm.py evaluates accuracy from the argmax of the first
+    non-loss output, which must be the logits (with labels given, in eval mode)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = tiny(mem_len=8)
+    blocks = torch.randint(5, 261, (4, 10)).tolist()
+    dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    seen = {}
+
+    def argmax_of_first(logits, labels):
+        seen["shape"] = tuple(logits[0].shape)
+        return logits[0].argmax(dim=-1)
+
+    arguments = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2,
+                                  report_to="none", use_cpu=True)
+    trainer = Trainer(model=model, args=arguments, preprocess_logits_for_metrics=argmax_of_first,
+                      compute_metrics=lambda p: {"accuracy": float(
+                          (p.predictions[:, :-1] == p.label_ids[:, 1:]).mean())})
+    metrics = trainer.evaluate(dataset)
+    assert seen["shape"] == (2, 10, 261) and 0 <= metrics["eval_accuracy"] <= 1
