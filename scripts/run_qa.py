@@ -36,6 +36,7 @@ from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,
+    data_source,
     evaluation_split,
     finish,
     load_raw_datasets,
@@ -43,7 +44,7 @@ from longctx.experiments.run_common import (
     require_columns,
     sample,
 )
-from longctx.experiments.squad import read_squad_file, split_by_article
+from longctx.experiments.squad import check_answer_offsets, read_squad_file, split_by_article
 
 COLUMNS = ("id", "question", "context", "answers")
 
@@ -74,9 +75,11 @@ def raw_splits(data_args) -> dict:
 
 
 def checked_examples(raw, split: str, count, seed: int, data_args):
-    """`count` examples of the split drawn with `seed`."""
+    """`count` examples of the split drawn with `seed`, every answer offset checked (whatever the
+    source: the same check as --squad_file's)."""
     require_columns(raw[split], COLUMNS, "use SQuAD's layout (id, question, context, answers)")
-    examples, _ = sample(raw[split], count, seed)
+    examples, numbers = sample(raw[split], count, seed)
+    check_answer_offsets(examples, numbers, data_source(data_args, split))
     return examples
 
 

@@ -161,6 +161,28 @@ def test_classification_names_the_row_of_a_bad_label_or_text(tmp_path, monkeypat
         classify(path, tmp_path / "o", monkeypatch)
 
 
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_qa_checks_answer_offsets_of_local_files_too(tmp_path, monkeypatch, split):
+    """Only --squad_file was checked: a SQuAD-layout file with an offset past the context trained
+    on labels (0, 0)."""
+    from longctx.experiments.squad import read_squad_file
+
+    rows = [{k: row[k] for k in ("id", "question", "context", "answers")}
+            for row in read_squad_file(SAMPLES / "squad_sample.json")[:6]]
+    good = write_jsonl(tmp_path / "good.jsonl", rows)
+    rows[4]["answers"]["answer_start"][0] = len(rows[4]["context"]) + 10
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    files = {"train": good, "validation": good, split: bad}
+    where = rf"--{split}_file .*bad.jsonl: row 4 \(id '{rows[4]['id']}'\), answers\[0\]"
+    with pytest.raises(ValueError, match=where + r": answer_start=\d+ does not point"):
+        run_script("run_qa.py", [
+            "--model_type", "longctx-transformer", "--config_overrides", TINY,
+            "--train_file", str(files["train"]), "--validation_file", str(files["validation"]),
+            "--max_seq_length", "128", "--doc_stride", "32", "--max_steps", "1",
+            "--output_dir", str(tmp_path / "o"), "--do_train" if split == "train" else "--do_eval"],
+            monkeypatch)
+
+
 def load_run_qa():
     return runpy.run_path(str(REPO_ROOT / "scripts" / "run_qa.py"), run_name="run_qa")
 
