@@ -38,12 +38,13 @@ from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,
+    data_source,
     evaluation_split,
     finish,
-    first,
     load_raw_datasets,
     load_tokenizer,
     require_columns,
+    sample,
 )
 
 
@@ -56,14 +57,6 @@ class ClassificationDataArguments(DataArguments):
 
 
 def tokenized(dataset, tokenizer, data_args):
-    require_columns(dataset, [data_args.text_column_name, data_args.label_column_name],
-                    "name them with --text_column_name / --label_column_name")
-    labels = set(dataset.unique(data_args.label_column_name))
-    if not labels <= {0, 1}:
-        raise ValueError(f"labels {sorted(labels)[:10]} in column {data_args.label_column_name!r}: "
-                         f"this script trains binary classifiers (0/1); drop or map other labels "
-                         f"(IMDb's unlabelled rows are -1)")
-
     def encode(batch):
         encoded = tokenizer(batch[data_args.text_column_name], truncation=True,
                             max_length=data_args.max_seq_length)
@@ -71,6 +64,51 @@ def tokenized(dataset, tokenizer, data_args):
         return encoded
 
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def checked_rows(raw, split: str, count, seed: int, data_args):
+    """`count` rows of the split drawn with `seed`, refused with the file row that is wrong: a
+    label other than the integers 0/1 (1.0 and True pass a 0/1 test, then break the loss), or a
+    text that is missing or empty (the tokenizer's own error names no row)."""
+    require_columns(raw[split], [data_args.text_column_name, data_args.label_column_name],
+                    "name them with --text_column_name / --label_column_name")
+    dataset, numbers = sample(raw[split], count, seed)
+    source = data_source(data_args, split)
+    check_label_type(dataset, numbers, data_args.label_column_name, source)
+    texts, labels = dataset[data_args.text_column_name], dataset[data_args.label_column_name]
+    for number, text, label in zip(numbers, texts, labels):
+        if isinstance(label, bool) or label not in (0, 1):
+            raise ValueError(f"{source}: row {number} has label {label!r} "
+                             f"({type(label).__name__}) in column "
+                             f"{data_args.label_column_name!r}: this script trains binary "
+                             f"classifiers (0/1); drop or map other labels (IMDb's unlabelled "
+                             f"rows are -1)")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{source}: row {number} has text {text!r} in column "
+                             f"{data_args.text_column_name!r}: drop the row or give it its text")
+    return dataset
+
+
+def check_label_type(dataset, numbers, column: str, source: str):
+    """Integer labels only: a float or bool column (even of 0.0/1.0) gives the loss labels of
+    the wrong dtype, and training dies with a shape error far from the file."""
+    dtype = getattr(dataset.features[column], "dtype", None)
+    if len(dataset) and dtype is not None and not dtype.startswith(("int", "uint")):
+        raise ValueError(f"{source}: column {column!r} holds {dtype} labels (row {numbers[0]}: "
+                         f"{dataset[0][column]!r}); write them as the integers 0 and 1 (1, not "
+                         f"1.0 or true)")
+
+
+def require_both_classes(dataset, column: str, source: str, count):
+    """A classifier trained on one class learns nothing and still scores 1.0 on that class;
+    transformers' run_classification refuses such a training set too."""
+    labels = set(dataset[column])
+    if len(labels) < 2:
+        drawn = (f", {len(dataset)} rows drawn by --max_train_samples {count}"
+                 if count is not None and count <= len(dataset) else "")
+        raise ValueError(f"{source}: every training row has label {sorted(labels)}{drawn}; a "
+                         f"classifier needs both classes: give training data with labels 0 and "
+                         f"1{' (or a larger --max_train_samples)' if drawn else ''}")
 
 
 def main(argv=None):
@@ -81,10 +119,15 @@ def main(argv=None):
     model = build_model(model_args, AutoModelForSequenceClassification, tokenizer, num_labels=2)
     train = eval_set = None
     if training_args.do_train:
-        train = tokenized(first(raw["train"], data_args.max_train_samples), tokenizer, data_args)
+        train = checked_rows(raw, "train", data_args.max_train_samples, training_args.seed,
+                             data_args)
+        require_both_classes(train, data_args.label_column_name, data_source(data_args, "train"),
+                             data_args.max_train_samples)
+        train = tokenized(train, tokenizer, data_args)
     if training_args.do_eval:
-        eval_set = tokenized(first(raw[evaluation_split(raw)], data_args.max_eval_samples),
-                             tokenizer, data_args)
+        eval_set = checked_rows(raw, evaluation_split(raw), data_args.max_eval_samples,
+                                training_args.seed, data_args)
+        eval_set = tokenized(eval_set, tokenizer, data_args)
     metrics = Metrics()
 
     def compute_metrics(prediction):

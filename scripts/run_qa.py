@@ -36,14 +36,15 @@ from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
     build_model,
+    data_source,
     evaluation_split,
     finish,
-    first,
     load_raw_datasets,
     load_tokenizer,
     require_columns,
+    sample,
 )
-from longctx.experiments.squad import read_squad_file, split_by_article
+from longctx.experiments.squad import check_answer_offsets, read_squad_file, split_by_article
 
 COLUMNS = ("id", "question", "context", "answers")
 
@@ -71,6 +72,15 @@ def raw_splits(data_args) -> dict:
                                        data_args.eval_articles)
     return {"train": datasets.Dataset.from_list(train),
             "validation": datasets.Dataset.from_list(held_out)}
+
+
+def checked_examples(raw, split: str, count, seed: int, data_args):
+    """`count` examples of the split drawn with `seed`, every answer offset checked (whatever the
+    source: the same check as --squad_file's)."""
+    require_columns(raw[split], COLUMNS, "use SQuAD's layout (id, question, context, answers)")
+    examples, numbers = sample(raw[split], count, seed)
+    check_answer_offsets(examples, numbers, data_source(data_args, split))
+    return examples
 
 
 def train_features(examples, tokenizer, data_args):
@@ -129,16 +139,16 @@ def main(argv=None):
     kwargs = dict(fn_kwargs=dict(tokenizer=tokenizer, data_args=data_args), batched=True)
     train = None
     if training_args.do_train:
-        examples = first(raw["train"], data_args.max_train_samples)
-        require_columns(examples, COLUMNS, "use SQuAD's layout (id, question, context, answers)")
+        examples = checked_examples(raw, "train", data_args.max_train_samples,
+                                    training_args.seed, data_args)
         train = examples.map(train_features, remove_columns=examples.column_names, **kwargs)
     trainer = Trainer(model=model, args=training_args, train_dataset=train,
                       processing_class=tokenizer)
     train_result = trainer.train() if training_args.do_train else None
     eval_metrics = None
     if training_args.do_eval:
-        examples = first(raw[evaluation_split(raw)], data_args.max_eval_samples)
-        require_columns(examples, COLUMNS, "use SQuAD's layout (id, question, context, answers)")
+        examples = checked_examples(raw, evaluation_split(raw), data_args.max_eval_samples,
+                                    training_args.seed, data_args)
         eval_metrics, predictions = evaluate(trainer, examples, tokenizer, data_args, SquadMetric())
         if trainer.is_world_process_zero():
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,90 @@ def test_classification_refuses_labels_other_than_0_and_1(tmp_path, monkeypatch)
                                              "--do_train", "--max_steps", "1"], monkeypatch)
 
 
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return path
+
+
+def classify(train_file, out, monkeypatch, *extra):
+    run_script("run_classification.py", [
+        "--model_type", "longctx-transformer", "--config_overrides", TINY,
+        "--train_file", str(train_file), "--output_dir", str(out), "--max_seq_length", "32",
+        "--per_device_train_batch_size", "4", "--do_train", "--max_steps", "1", *extra],
+        monkeypatch)
+
+
+def test_max_samples_draws_rows_at_random_with_the_seed_not_the_first_ones():
+    """IMDb's files are sorted by label: the first N rows are one class."""
+    import datasets
+
+    from longctx.experiments.run_common import sample
+
+    sorted_by_label = datasets.Dataset.from_list([{"label": i // 50} for i in range(100)])
+    rows, numbers = sample(sorted_by_label, 10, seed=42)
+    assert set(rows["label"]) == {0, 1} and list(numbers) == sorted(numbers)  # file order kept
+    assert rows["label"] == [sorted_by_label[n]["label"] for n in numbers]
+    assert sample(sorted_by_label, 10, seed=42)[1] == numbers
+    assert sample(sorted_by_label, 10, seed=7)[1] != numbers
+    everything, numbers = sample(sorted_by_label, 500, seed=42)
+    assert everything is sorted_by_label and list(numbers) == list(range(100))
+
+
+def test_classification_refuses_a_training_set_of_one_class(tmp_path, monkeypatch):
+    rows = [{"text": f"review {i}", "label": i // 20} for i in range(40)]
+    classify(write_jsonl(tmp_path / "sorted.jsonl", rows), tmp_path / "both", monkeypatch,
+             "--max_train_samples", "12")  # the first 12 are all 0; 12 drawn hold both
+    assert json.loads((tmp_path / "both" / "all_results.json").read_text())["train_loss"] > 0
+    ones = write_jsonl(tmp_path / "ones.jsonl", rows[20:])
+    with pytest.raises(ValueError, match=r"ones.jsonl: every training row has label \[1\].*both"):
+        classify(ones, tmp_path / "o", monkeypatch)
+
+
+TYPE_FIX = r"\).*integers 0 and 1"
+FLOATS = r"column 'label' holds (float|double)\w* labels \(row 0: 0.0"
+BOOLS = r"column 'label' holds bool labels \(row 0: False"
+
+
+@pytest.mark.parametrize("labels,texts,message", [
+    ([0, 0, 1.0, 1], "abcd", FLOATS + TYPE_FIX),
+    ([False, False, True, True], "abcd", BOOLS + TYPE_FIX),
+    ([0, 0, True, 1], "abcd", r"row 2 has label True \(bool\) in column 'label'.*binary"),
+    ([0, 0, None, 1], "abcd", r"row 2 has label None \(NoneType\) in column 'label'.*binary"),
+    ([0, 0, 1, 1], ["a", "b", "", "d"], r"row 2 has text '' in column 'text'"),
+    ([0, 0, 1, 1], ["a", "b", None, "d"], r"row 2 has text None in column 'text'"),
+])
+def test_classification_names_the_row_of_a_bad_label_or_text(tmp_path, monkeypatch, labels, texts,
+                                                             message):
+    """Float or bool labels passed the 0/1 test and broke training with a shape error; a missing
+    text raised the tokenizer's TypeError, naming no row."""
+    rows = [{"text": text, "label": label} for text, label in zip(texts, labels)]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"--train_file .*bad.jsonl: {message}"):
+        classify(path, tmp_path / "o", monkeypatch)
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_qa_checks_answer_offsets_of_local_files_too(tmp_path, monkeypatch, split):
+    """Only --squad_file was checked: a SQuAD-layout file with an offset past the context trained
+    on labels (0, 0)."""
+    from longctx.experiments.squad import read_squad_file
+
+    rows = [{k: row[k] for k in ("id", "question", "context", "answers")}
+            for row in read_squad_file(SAMPLES / "squad_sample.json")[:6]]
+    good = write_jsonl(tmp_path / "good.jsonl", rows)
+    rows[4]["answers"]["answer_start"][0] = len(rows[4]["context"]) + 10
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    files = {"train": good, "validation": good, split: bad}
+    where = rf"--{split}_file .*bad.jsonl: row 4 \(id '{rows[4]['id']}'\), answers\[0\]"
+    with pytest.raises(ValueError, match=where + r": answer_start=\d+ does not point"):
+        run_script("run_qa.py", [
+            "--model_type", "longctx-transformer", "--config_overrides", TINY,
+            "--train_file", str(files["train"]), "--validation_file", str(files["validation"]),
+            "--max_seq_length", "128", "--doc_stride", "32", "--max_steps", "1",
+            "--output_dir", str(tmp_path / "o"), "--do_train" if split == "train" else "--do_eval"],
+            monkeypatch)
+
+
 def load_run_qa():
     return runpy.run_path(str(REPO_ROOT / "scripts" / "run_qa.py"), run_name="run_qa")
 
@@ -149,9 +233,13 @@ def test_qa_trains_and_evaluates_on_an_official_file_split_by_article(tmp_path, 
     assert 0.0 <= results["eval_exact_match"] <= 100.0 and 0.0 <= results["eval_f1"] <= 100.0
     assert results["eval_samples"] == 6 and results["eval_features"] > 6  # long contexts: several windows each
     predictions = json.loads((out / "eval_predictions.json").read_text())
+    import datasets
+
+    from longctx.experiments.run_common import sample
     from longctx.experiments.squad import read_squad_file, split_by_article
     _, held_out = split_by_article(read_squad_file(source), 1)
-    assert list(predictions) == [row["id"] for row in held_out[:6]]
+    _, drawn = sample(datasets.Dataset.from_list(held_out), 6, seed=42)  # with --seed's default
+    assert list(predictions) == [held_out[n]["id"] for n in drawn]
 
 
 @pytest.mark.parametrize("model_type,mlm", [("longctx-longformer", False), ("longctx-linformer", True)])

@@ -74,3 +74,35 @@ def test_files_that_are_not_json_or_not_gzip_raise_value_error(tmp_path):
     fake_gzip.write_bytes(SAMPLE.read_bytes())  # plain JSON under a .gz name
     with pytest.raises(ValueError, match="gzip"):
         read_squad_file(fake_gzip)
+
+
+def squad_layout_rows():
+    """Sample rows as a local parquet/json file or the Hub would give them (no title needed)."""
+    return {key: [row[key] for row in read_squad_file(SAMPLE)[:5]]
+            for key in ("id", "context", "question", "answers")}
+
+
+@pytest.mark.parametrize("offset,message", [
+    (lambda start, context: start + 1, "first occurs at character"),
+    (lambda start, context: len(context) + 50, "first occurs at character"),  # labels (0, 0)
+    (lambda start, context: -1, "answer_start=-1"),
+])
+def test_answer_offsets_of_rows_from_any_source_are_checked(offset, message):
+    from longctx.experiments.squad import check_answer_offsets
+
+    rows = squad_layout_rows()
+    check_answer_offsets(rows, range(5), "--train_file t.json")  # the sample's offsets are right
+    start = rows["answers"][3]["answer_start"][0]
+    rows["answers"][3]["answer_start"][0] = offset(start, rows["context"][3])
+    with pytest.raises(ValueError, match=rf"--train_file t.json: row 13 \(id '{rows['id'][3]}'\), "
+                                         rf"answers\[0\]: .*{message}.*set answer_start"):
+        check_answer_offsets(rows, range(10, 15), "--train_file t.json")
+
+
+def test_answers_not_in_the_squad_layout_are_named():
+    from longctx.experiments.squad import check_answer_offsets
+
+    rows = squad_layout_rows()
+    rows["answers"][1] = {"text": ["a", "b"], "answer_start": [0]}
+    with pytest.raises(ValueError, match=r"row 1 .*one start per text"):
+        check_answer_offsets(rows, range(5), "--validation_file v.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,10 @@ class DataArguments:
     max_seq_length: int = field(default=512, metadata={
         "help": "Tokens per example after truncation."})
     max_train_samples: int | None = field(default=None, metadata={
-        "help": "Use the first N training examples."})
+        "help": "Use N training examples drawn at random with --seed (files may be sorted by "
+                "label)."})
     max_eval_samples: int | None = field(default=None, metadata={
-        "help": "Use the first N evaluation examples."})
+        "help": "Use N evaluation examples drawn at random with --seed."})
 
     # The arguments that name data; a task's subclass may add its own (e.g. run_qa's --squad_file).
     source_arguments = ("dataset_name", "train_file", "validation_file")
@@ -216,8 +218,24 @@ def evaluation_split(raw, preferred=("validation", "test")):
     raise ValueError(f"no evaluation split among {list(raw)}; give --validation_file")
 
 
-def first(dataset, count: int | None):
-    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+def sample(dataset, count: int | None, seed: int):
+    """(rows, their row numbers in `dataset`): all rows, or `count` drawn at random with `seed`
+    and kept in file order. Not the first `count`: a file sorted by label (IMDb's are) would
+    give a single class, and a classifier that scores 1.0 on it."""
+    if count is None or count >= len(dataset):
+        return dataset, range(len(dataset))
+    numbers = sorted(random.Random(seed).sample(range(len(dataset)), count))
+    return dataset.select(numbers), numbers
+
+
+def data_source(data_args: DataArguments, split: str) -> str:
+    """How the command line named a split's data, for messages that point at a bad row."""
+    if getattr(data_args, "squad_file", None) is not None:
+        return f"--squad_file {data_args.squad_file}"
+    if data_args.dataset_name is not None:
+        return f"--dataset_name {data_args.dataset_name} (split {split!r})"
+    return (f"--train_file {data_args.train_file}" if split == "train"
+            else f"--validation_file {data_args.validation_file}")
 
 
 def require_columns(dataset, columns, argument_hint: str):

@@ -42,14 +42,50 @@ def _question_row(qa, title: str, context: str, where: str) -> dict:
     for a, answer in enumerate(_field(qa, "answers", list, where)):
         text = _field(answer, "text", str, f"{where}.answers[{a}]")
         start = _field(answer, "answer_start", int, f"{where}.answers[{a}]")
-        if context[start:start + len(text)] != text:
-            raise ValueError(f"{where}.answers[{a}]: answer_start={start} does not point at the "
-                             f"answer text {text!r} in the context")
+        check_answer_offset(context, text, start, f"{where}.answers[{a}]")
         texts.append(text)
         starts.append(start)
     return {"id": str(_field(qa, "id", (str, int), where)), "title": title, "context": context,
             "question": _field(qa, "question", str, where),
             "answers": {"text": texts, "answer_start": starts}}
+
+
+def check_answer_offsets(rows, numbers, source: str):
+    """Every answer of rows in the `datasets` "squad" schema (from any source: a SQuAD file, a
+    local parquet/csv/json, the Hub) sits at its answer_start in the context. A wrong offset
+    trains on another span; one past the context labels every window (0, 0). `numbers` are the
+    rows' numbers in `source`, for the message."""
+    for number, row_id, context, answers in zip(numbers, rows["id"], rows["context"],
+                                                rows["answers"]):
+        where = f"{source}: row {number} (id {row_id!r})"
+        if not isinstance(context, str):
+            raise ValueError(f"{where}: context is {type(context).__name__}, expected str")
+        texts, starts = _answer_lists(answers, where)
+        for a, (text, start) in enumerate(zip(texts, starts)):
+            check_answer_offset(context, text, start, f"{where}, answers[{a}]")
+
+
+def _answer_lists(answers, where: str) -> tuple[list, list]:
+    if not (isinstance(answers, dict) and isinstance(answers.get("text"), list)
+            and isinstance(answers.get("answer_start"), list)
+            and len(answers["text"]) == len(answers["answer_start"])):
+        raise ValueError(f"{where}: answers {answers!r} must be {{'text': [...], "
+                         f"'answer_start': [...]}} with one start per text (the SQuAD layout)")
+    return answers["text"], answers["answer_start"]
+
+
+def check_answer_offset(context: str, text, start, where: str):
+    """`start` is the character where `text` begins in `context`, else ValueError with the fix."""
+    if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int):
+        raise ValueError(f"{where}: answer text {text!r} and answer_start {start!r} must be a "
+                         f"string and an integer")
+    if start < 0 or context[start:start + len(text)] != text:
+        found = context.find(text)
+        fix = (f"the text first occurs at character {found}" if found >= 0
+               else "the text does not occur in the context")
+        raise ValueError(f"{where}: answer_start={start} does not point at the answer text "
+                         f"{text!r} in the context ({len(context)} characters; {fix}); set "
+                         f"answer_start to the character where the answer begins")
 
 
 def _field(container, name: str, kind, where: str):
