@@ -167,6 +167,13 @@ def check_memory_shape(memory: TransfoXLMemory, batch: int, width: int):
                          f"length, d_model={width}); longctx memories are batch first "
                          f"(transformers' TransfoXL mems are (length, batch, d_model): transpose "
                          f"them with .transpose(0, 1)).")
+    shapes = [tuple(layer.shape) for layer in memory]
+    if any(other != shape for other in shapes):
+        # Every layer attends over the same memory positions: layers of other lengths would fail
+        # deep in the attention (or be masked with the first layer's padding) without a word.
+        raise ValueError(f"mems layers have shapes {shapes}; every layer's memory must have the "
+                         f"same (batch, length, d_model) = {shape}: pass the mems a previous call "
+                         f"returned.")
 
 
 def empty_memory(num_layers: int, batch: int, width: int, like: torch.Tensor) -> TransfoXLMemory:

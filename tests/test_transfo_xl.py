@@ -258,6 +258,18 @@ def test_mems_given_as_tensors_and_bad_memory_raise():
         model(ids, mems=[torch.zeros(4, 2, 32)] * 2)
 
 
+@pytest.mark.parametrize("second_layer", [(2, 3, 32), (1, 4, 32), (2, 4, 16)],
+                         ids=["length", "batch", "width"])
+def test_mems_whose_layers_differ_raise_value_error(second_layer):
+    """Only the first layer's shape was checked: a second layer of another length, batch or width
+    failed deep in the attention, or was masked with the first layer's padding."""
+    model = tiny(mem_len=4)
+    ids = torch.randint(5, 261, (2, 5))
+    mems = [torch.zeros(2, 4, 32), torch.zeros(second_layer)]
+    with pytest.raises(ValueError, match=r"mems layers have shapes .*same \(batch, length, "):
+        model(ids, mems=mems)
+
+
 # ------------------------------------------------------------------------------- generation
 @pytest.mark.parametrize("mem_len, same_length", [(40, False), (6, True)])
 def test_generate_with_memory_equals_greedy_decoding_without(mem_len, same_length):
