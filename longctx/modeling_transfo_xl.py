@@ -57,6 +57,7 @@ from .modeling_blocks import (
     LongctxPreTrainedModel,
     backbone_output,
     check_ids_below,
+    check_mask_values,
     input_shape,
     merge_heads,
     output_flags,
@@ -604,7 +605,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         call returned) continue a sequence. `attention_mask`: (batch, length) of the new tokens, or
         (batch, all tokens seen + length) as `generate()` passes it; the memory remembers its own
         padding."""
-        batch, length = input_shape(input_ids, inputs_embeds)
+        batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
         memory = TransfoXLMemory.wrap(given_cache(mems, given_cache(cache, past_key_values)),
                                       self.config.num_hidden_layers)
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -675,6 +676,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
                 f"a 2D mask of 1 for tokens and 0 for padding, either of the new tokens ({batch}, "
                 f"{length}) or of every token since the memory started ({batch}, "
                 f"{memory.seen + length}).")
+        check_mask_values(attention_mask)
         return attention_mask[:, -length:].bool()
 
     @staticmethod

@@ -33,6 +33,7 @@ def redrawn(model):
 class TransfoXLHarness(ModelHarness):
     model_type = "longctx-transfo-xl"
     encoder_heads = ()  # causal only: memory of earlier segments
+    takes_position_ids = False  # relative positions, from the memory
     bad_configs = ModelHarness.bad_configs + [
         (dict(cutoffs=[300]), "cutoffs"), (dict(cutoffs=[50, 20]), "cutoffs"), (dict(div_val=0), "div_val"),
         (dict(mem_len=-1), "mem_len"), (dict(attn_type=1), "attn_type"), (dict(type_vocab_size=2), "type_vocab_size"),
