@@ -218,9 +218,10 @@ def final_norm(config) -> nn.Module:
             else nn.Identity())
 
 
-def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
+def input_shape(input_ids, inputs_embeds, dtype: torch.dtype | None = None) -> tuple[int, int]:
     """(batch, length) of the inputs, after checking their rank and dtype: a 1-D input or float ids
-    would otherwise fail deep inside with an unpacking or embedding error that names neither."""
+    would otherwise fail deep inside with an unpacking or embedding error that names neither.
+    `dtype`: the model's, which `inputs_embeds` must have (None: not checked)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids (batch, length) or inputs_embeds "
                          "(batch, length, hidden_size).")
@@ -236,7 +237,31 @@ def input_shape(input_ids, inputs_embeds) -> tuple[int, int]:
                          f"of shape {tuple(inputs_embeds.shape)}; longctx models take "
                          "floating-point embeddings of shape "
                          "(batch, length, hidden_size).")
-    return tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
+    if inputs_embeds is not None:
+        check_embeddings_dtype(inputs_embeds, dtype)
+        return check_not_empty(inputs_embeds, "inputs_embeds")
+    return check_not_empty(input_ids, "input_ids")
+
+
+def check_not_empty(given: torch.Tensor, name: str) -> tuple[int, int]:
+    """(batch, length) of `given`, neither 0: an empty batch or sequence would fail later in a
+    pooling argmax or a reshape, naming neither."""
+    if given.shape[0] == 0 or given.shape[1] == 0:
+        raise ValueError(f"{name} has shape {tuple(given.shape)}; longctx models need at least "
+                         "one sequence of at least one token: leave empty texts out of the batch.")
+    return tuple(given.shape[:2])
+
+
+def check_embeddings_dtype(inputs_embeds: torch.Tensor, dtype: torch.dtype | None):
+    """Embeddings of another dtype than the weights' fail in the first matmul or LayerNorm with a
+    dtype error that does not name them (or are silently promoted). Under autocast the layers cast
+    their inputs themselves, so any floating dtype is accepted there."""
+    if dtype is None or inputs_embeds.dtype == dtype:
+        return
+    if torch.is_autocast_enabled(inputs_embeds.device.type):
+        return
+    raise ValueError(f"inputs_embeds is {inputs_embeds.dtype} but the model is {dtype}; convert "
+                     "them with inputs_embeds.to(model.dtype) (or the model with model.to(...)).")
 
 
 def check_attention_mask(attention_mask, batch: int, total_length: int):
@@ -248,6 +273,20 @@ def check_attention_mask(attention_mask, batch: int, total_length: int):
             f"attention_mask has shape {tuple(attention_mask.shape)}; longctx models take a 2D "
             f"mask (batch, past + new length) = ({batch}, {total_length}) of 1 for tokens and 0 "
             "for padding.")
+    check_mask_values(attention_mask)
+
+
+def check_mask_values(attention_mask: torch.Tensor):
+    """Only 0 and 1 (or bool): positions are counted from the mask's cumulative sum, so a 2 would
+    shift every later position, and an additive mask (0 / -inf) would mark padding as tokens."""
+    if attention_mask.dtype == torch.bool:
+        return
+    other = (attention_mask != 0) & (attention_mask != 1)
+    if bool(other.any()):
+        example = attention_mask[other][0].item()
+        raise ValueError(f"attention_mask holds {example}; it must hold only 1 for tokens and 0 "
+                         "for padding (bool, integer or float): e.g. the tokenizer's "
+                         "attention_mask, or (mask > 0).long() for a mask of other values.")
 
 
 def position_ids_from_mask(attention_mask, past_length: int, length: int, device) -> torch.Tensor:
@@ -260,6 +299,12 @@ def position_ids_from_mask(attention_mask, past_length: int, length: int, device
 
 
 def check_positions(position_ids: torch.Tensor, max_positions: int):
+    smallest = int(position_ids.min()) if position_ids.numel() else 0
+    if smallest < 0:
+        # An embedding lookup fails with an IndexError on -1; Reformer's axial positions would
+        # wrap it around to the last position without a word.
+        raise ValueError(f"position_ids holds {smallest}; positions count from 0: pass "
+                         f"position_ids >= 0, or none (the model counts them from attention_mask).")
     largest = int(position_ids.max()) if position_ids.numel() else -1
     if largest >= max_positions:
         raise ValueError(
@@ -360,7 +405,7 @@ class StackedBackbone(WordEmbeddingsAccess):
                 cache=None):
         """`cache` (or `past_key_values`, its name before transformers 5.24): a decoder's
         DynamicCache from the previous call."""
-        batch, length = input_shape(input_ids, inputs_embeds)
+        batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
         cache = self._cache(given_cache(cache, past_key_values), use_cache)
         past_length = cache.get_seq_length() if cache is not None else 0
         check_attention_mask(attention_mask, batch, past_length + length)

@@ -171,7 +171,7 @@ class LongctxLinformerModel(StackedBackbone, LongctxLinformerPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 **kwargs):
-        batch, length = input_shape(input_ids, inputs_embeds)
+        batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
         check_attention_mask(attention_mask, batch, length)
         rows = None  # fast path: tokens at positions 0..length-1 use rows 0..length-1 of E and F
         if position_ids is not None or key_padding_mask(attention_mask) is not None:

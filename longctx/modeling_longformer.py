@@ -19,7 +19,14 @@ from .attention_sliding import (
     sliding_window_decode,
 )
 from .configuration_longformer import LongctxLongformerConfig
-from .modeling_blocks import LongctxPreTrainedModel, StackedBackbone, merge_heads, split_heads
+from .modeling_blocks import (
+    LongctxPreTrainedModel,
+    StackedBackbone,
+    check_attention_mask,
+    input_shape,
+    merge_heads,
+    split_heads,
+)
 from .modeling_heads import (
     ForCausalLM,
     ForMaskedLM,
@@ -106,6 +113,16 @@ class LongctxLongformerPreTrainedModel(LongctxPreTrainedModel):
         off)."""
         return self.config.default_global_attention and not self.config.is_decoder
 
+    def _default_globals_for(self, input_ids, attention_mask, inputs_embeds) -> bool:
+        """`_default_globals`, after checking the inputs they are built from: a wrong shape
+        would otherwise fail while building them, in an IndexError or RuntimeError that names no
+        argument. Encoders only, so the mask covers the new tokens alone."""
+        if not self._default_globals():
+            return False
+        batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
+        check_attention_mask(attention_mask, batch, length)
+        return True
+
 
 class LongctxLongformerModel(StackedBackbone, LongctxLongformerPreTrainedModel):
     attention_class = LongformerSelfAttention
@@ -123,12 +140,12 @@ class LongctxLongformerModel(StackedBackbone, LongctxLongformerPreTrainedModel):
         if self.config.is_decoder:
             raise ValueError("global_attention_mask is for encoders: a causal Longformer "
                              "(is_decoder=True) has sliding-window attention only.")
-        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
-        shape = tuple(reference.shape[:2]) if reference is not None else None
+        shape = input_shape(input_ids, kwargs.get("inputs_embeds"), self.dtype)
         if tuple(global_attention_mask.shape) != shape:
             raise ValueError(f"global_attention_mask has shape "
                              f"{tuple(global_attention_mask.shape)}; it must be (batch, length) = "
                              f"{shape}, 1 for global tokens and 0 elsewhere.")
+        check_attention_mask(attention_mask, *shape)  # before it is combined with the mask
         mask = global_attention_mask.bool()
         if attention_mask is not None:
             mask = mask & attention_mask.bool()
@@ -180,9 +197,10 @@ class LongctxLongformerForSequenceClassification(ForSequenceClassification,
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None, labels=None,
                 **kwargs):
-        if global_attention_mask is None and self._default_globals():
-            global_attention_mask = first_token_global(input_ids, attention_mask,
-                                                       kwargs.get("inputs_embeds"))
+        inputs_embeds = kwargs.get("inputs_embeds")
+        if global_attention_mask is None and self._default_globals_for(input_ids, attention_mask,
+                                                                       inputs_embeds):
+            global_attention_mask = first_token_global(input_ids, attention_mask, inputs_embeds)
         return super().forward(input_ids, attention_mask, labels=labels,
                                global_attention_mask=global_attention_mask, **kwargs)
 
@@ -192,7 +210,8 @@ class LongctxLongformerForQuestionAnswering(ForQuestionAnswering, LongctxLongfor
 
     def forward(self, input_ids=None, attention_mask=None, global_attention_mask=None,
                 start_positions=None, end_positions=None, **kwargs):
-        if global_attention_mask is None and self._default_globals():
+        if global_attention_mask is None and self._default_globals_for(
+                input_ids, attention_mask, kwargs.get("inputs_embeds")):
             global_attention_mask = question_global(input_ids, self.config.sep_token_id)
         return super().forward(input_ids, attention_mask, start_positions=start_positions,
                                end_positions=end_positions,

@@ -410,9 +410,11 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         """`num_hashes` overrides config.num_hashes for this call (transformers' argument).
         `cache` (or `past_key_values`, its name before transformers 5.24): the
         ReformerRecomputeCache of the previous call."""
-        batch, length = input_shape(input_ids, inputs_embeds)
+        batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
         if token_type_ids is not None:
             check_ids_below(token_type_ids, 1, "token_type_ids", "type_vocab_size")
+        if position_ids is not None:  # before a cache takes them in
+            check_positions(position_ids, self.config.max_position_embeddings)
         cache = self._cache(given_cache(cache, past_key_values), use_cache)
         past = cache.seen if cache is not None else 0
         check_attention_mask(attention_mask, batch, past + length)

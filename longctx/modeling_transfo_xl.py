@@ -57,6 +57,7 @@ from .modeling_blocks import (
     LongctxPreTrainedModel,
     backbone_output,
     check_ids_below,
+    check_mask_values,
     input_shape,
     merge_heads,
     output_flags,
@@ -167,6 +168,13 @@ def check_memory_shape(memory: TransfoXLMemory, batch: int, width: int):
                          f"length, d_model={width}); longctx memories are batch first "
                          f"(transformers' TransfoXL mems are (length, batch, d_model): transpose "
                          f"them with .transpose(0, 1)).")
+    shapes = [tuple(layer.shape) for layer in memory]
+    if any(other != shape for other in shapes):
+        # Every layer attends over the same memory positions: layers of other lengths would fail
+        # deep in the attention (or be masked with the first layer's padding) without a word.
+        raise ValueError(f"mems layers have shapes {shapes}; every layer's memory must have the "
+                         f"same (batch, length, d_model) = {shape}: pass the mems a previous call "
+                         f"returned.")
 
 
 def empty_memory(num_layers: int, batch: int, width: int, like: torch.Tensor) -> TransfoXLMemory:
@@ -597,7 +605,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         call returned) continue a sequence. `attention_mask`: (batch, length) of the new tokens, or
         (batch, all tokens seen + length) as `generate()` passes it; the memory remembers its own
         padding."""
-        batch, length = input_shape(input_ids, inputs_embeds)
+        batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
         memory = TransfoXLMemory.wrap(given_cache(mems, given_cache(cache, past_key_values)),
                                       self.config.num_hidden_layers)
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -668,6 +676,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
                 f"a 2D mask of 1 for tokens and 0 for padding, either of the new tokens ({batch}, "
                 f"{length}) or of every token since the memory started ({batch}, "
                 f"{memory.seen + length}).")
+        check_mask_values(attention_mask)
         return attention_mask[:, -length:].bool()
 
     @staticmethod

@@ -72,6 +72,7 @@ class ModelHarness:
         """(head, is_decoder) for every head the architecture has."""
         return ([(h, False) for h in self.encoder_heads] + [(h, True) for h in self.decoder_heads])
 
+    takes_position_ids = True  # False: the backbone has no position_ids argument
     sep_position: int | None = None  # put a separator (id 2) there, for heads that look for one
 
     def ids(self, batch: int, length: int, seed: int = 1):
@@ -389,9 +390,48 @@ class ModelHarness:
             model(inputs_embeds=torch.randn(10, model.config.hidden_size))
         with pytest.raises(ValueError, match="type_vocab_size"):
             model(ids, token_type_ids=torch.full_like(ids, 5))
+        if self.takes_position_ids:
+            with pytest.raises(ValueError, match="position_ids holds -1; positions count from 0"):
+                model(ids, position_ids=torch.arange(10)[None].repeat(2, 1) - 1)
         if self.decoder_heads:
             with pytest.raises(ValueError, match="is_decoder"):
                 AutoModelForCausalLM.from_config(self.config(False))
+
+    def test_empty_inputs_raise_value_error(self):
+        """A batch or a sequence of length 0: a ValueError before any head's pooling argmax."""
+        is_decoder = not self.encoder_heads
+        ids = self.ids(2, 10)
+        for head in ("base", "classification"):
+            model = self.model(head, is_decoder)
+            with pytest.raises(ValueError, match=r"input_ids has shape \(2, 0\)"):
+                model(ids[:, :0])
+            with pytest.raises(ValueError, match=r"input_ids has shape \(0, 10\)"):
+                model(ids[:0])
+        embeds = torch.randn(2, 0, model.config.hidden_size)
+        with pytest.raises(ValueError, match=r"inputs_embeds has shape \(2, 0, "):
+            model(inputs_embeds=embeds)
+
+    def test_attention_mask_other_than_zero_and_one_raises_value_error(self):
+        model = self.model("base", False)
+        ids = self.ids(2, 10)
+        mask = torch.ones_like(ids)
+        mask[0, :3] = 0
+        for bad in (2, 0.5, -1):
+            with pytest.raises(ValueError, match=f"attention_mask holds {bad}.*1 for tokens"):
+                model(ids, attention_mask=torch.where(mask.bool(), bad, mask))
+        with torch.no_grad():  # bool and float masks of 0 and 1 are the same mask
+            expected = model(ids, attention_mask=mask).last_hidden_state
+            for same in (mask.bool(), mask.float()):
+                torch.testing.assert_close(model(ids, attention_mask=same).last_hidden_state,
+                                           expected, rtol=0, atol=0)
+
+    def test_inputs_embeds_of_another_dtype_raise_value_error(self):
+        model = self.model("base", False)
+        embeds = torch.randn(2, 10, model.config.hidden_size)
+        for dtype in (torch.float64, torch.bfloat16):
+            with pytest.raises(ValueError, match=rf"inputs_embeds is {dtype} but the model is "
+                                                 r"torch.float32.*inputs_embeds.to\(model.dtype\)"):
+                model(inputs_embeds=embeds.to(dtype))
 
 
 def labels_for(head: str, ids) -> dict:

@@ -3,7 +3,12 @@ behaviour (global attention defaults, windows)."""
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+)
 
 from longctx.compat import cache_of
 
@@ -158,3 +163,25 @@ def test_no_global_attention_ablation_uses_only_explicit_global_tokens():
         torch.testing.assert_close(getattr(model(ids), output), no_globals)
         model.config.default_global_attention = True
         assert not torch.allclose(getattr(model(ids), output), no_globals)  # the defaults do change it
+
+
+@pytest.mark.parametrize("head",
+                         [AutoModelForSequenceClassification, AutoModelForQuestionAnswering])
+def test_heads_check_inputs_before_building_their_default_global_mask(head):
+    """The classification and QA heads build a default global mask from input_ids and
+    attention_mask: a mask of the wrong shape, 1-D ids or an empty input failed there, in a
+    RuntimeError or IndexError, before the backbone's checks."""
+    model = head.from_config(tiny().config).eval()
+    ids = torch.randint(5, 261, (2, 20))
+    ids[:, 3] = 2  # the QA head's question ends at the first separator
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 19\)"):
+        model(ids, attention_mask=torch.ones(2, 19, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 1, 1, 20\)"):
+        model(ids, attention_mask=torch.ones(2, 1, 1, 20, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_ids is a 1-D"):
+        model(ids[0])
+    for empty in (ids[:, :0], ids[:0]):
+        with pytest.raises(ValueError, match="input_ids has shape"):
+            model(empty)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 19\)"):  # explicit globals
+        model(ids, attention_mask=torch.ones(2, 19), global_attention_mask=torch.ones_like(ids))

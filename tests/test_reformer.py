@@ -218,6 +218,19 @@ def test_axial_shape_that_cannot_hold_the_input_raises_with_the_fix():
         model(torch.randint(5, 261, (1, 33)))
 
 
+def test_negative_position_ids_raise_instead_of_wrapping_around():
+    """Axial embeddings index with -1 as the last position (63 here): refused, also when a
+    decoder's cache would take the positions in."""
+    model = AutoModel.from_config(tiny(is_decoder=True)).eval()
+    ids = torch.randint(5, 261, (1, 8))
+    positions = torch.arange(8)[None] - 1
+    with pytest.raises(ValueError, match="position_ids holds -1"):
+        model(ids, position_ids=positions, use_cache=False)
+    cache = cache_of(model(ids, position_ids=torch.arange(8)[None], use_cache=True))
+    with pytest.raises(ValueError, match="position_ids holds -1"):
+        model(ids[:, :1], position_ids=torch.tensor([[-1]]), cache=cache, use_cache=True)
+
+
 def test_axial_positions_are_row_and_column_vectors():
     model = AutoModel.from_config(tiny(axial_pos_shape=[4, 8], axial_pos_embds_dim=[12, 20]))
     rows, cols = model.embeddings.position_embeddings.weights

@@ -33,6 +33,7 @@ def redrawn(model):
 class TransfoXLHarness(ModelHarness):
     model_type = "longctx-transfo-xl"
     encoder_heads = ()  # causal only: memory of earlier segments
+    takes_position_ids = False  # relative positions, from the memory
     bad_configs = ModelHarness.bad_configs + [
         (dict(cutoffs=[300]), "cutoffs"), (dict(cutoffs=[50, 20]), "cutoffs"), (dict(div_val=0), "div_val"),
         (dict(mem_len=-1), "mem_len"), (dict(attn_type=1), "attn_type"), (dict(type_vocab_size=2), "type_vocab_size"),
@@ -256,6 +257,18 @@ def test_mems_given_as_tensors_and_bad_memory_raise():
         model(ids, attention_mask=torch.ones(2, 7), mems=out.mems)
     with pytest.raises(ValueError, match="transpose"):  # transformers' (length, batch, d_model) layout
         model(ids, mems=[torch.zeros(4, 2, 32)] * 2)
+
+
+@pytest.mark.parametrize("second_layer", [(2, 3, 32), (1, 4, 32), (2, 4, 16)],
+                         ids=["length", "batch", "width"])
+def test_mems_whose_layers_differ_raise_value_error(second_layer):
+    """Only the first layer's shape was checked: a second layer of another length, batch or width
+    failed deep in the attention, or was masked with the first layer's padding."""
+    model = tiny(mem_len=4)
+    ids = torch.randint(5, 261, (2, 5))
+    mems = [torch.zeros(2, 4, 32), torch.zeros(second_layer)]
+    with pytest.raises(ValueError, match=r"mems layers have shapes .*same \(batch, length, "):
+        model(ids, mems=mems)
 
 
 # ------------------------------------------------------------------------------- generation
