@@ -20,12 +20,18 @@ about a minute, once: it is cached under ~/.cache/torch_extensions or $TORCH_EXT
 source is a Python string, so a saved model's code (trust_remote_code) carries it and compiles it
 where it loads. Where it cannot be built (no compiler), `fused_kernel()` warns once and returns
 None, and callers run the block kernel, which computes the same values up to float rounding.
+
+torch guards a build with a lock file in the build directory, and a process killed while compiling
+leaves it behind; torch's own wait on it has no end. So `_build` waits for that lock only while it
+is younger than $LONGCTX_KERNEL_LOCK_WAIT seconds (default 300: a compilation takes about a
+minute), then gives up, and `fused_kernel()` falls back to the block kernel as above.
 """
 
 import functools
 import hashlib
 import logging
 import os
+import time
 import warnings
 
 import torch
@@ -42,29 +48,49 @@ DTYPES = (torch.float32, torch.float64)
 # at 8,192 (measured: results/cpu-2026-11-23/README.md). `scripts/benchmark_attention.py
 # --kernels xl-fused-Q-K-S` times others.
 QUERY_TILE, KEY_TILE, SPAN_TILES = 64, 256, 4
+# How old torch's build lock may grow before it counts as left behind by a killed process
+LOCK_WAIT_VARIABLE, DEFAULT_LOCK_WAIT_S = "LONGCTX_KERNEL_LOCK_WAIT", 300.0
 
 
 @functools.lru_cache(maxsize=None)
 def fused_kernel():
-    """The compiled extension, or None (with one warning) where it cannot be built."""
+    """The compiled extension, or None (with one warning) where it cannot be built, or where
+    torch's build lock stays past `lock_wait_seconds()` (left behind by a killed build)."""
+    lock_wait = lock_wait_seconds()  # outside the try: a bad setting is an error, not a fallback
     try:
-        return _build()
+        return _build(lock_wait)
     except Exception as error:  # noqa: BLE001 -- any build failure means: use the block kernel
         warnings.warn("longctx: the fused CPU kernel of Transformer-XL's relative attention could "
-                      f"not be built ({type(error).__name__}: {str(error).strip()[:300]}); using "
+                      f"not be built ({type(error).__name__}: {str(error).strip()[:400]}); using "
                       "the block kernel (longctx.attention_relative_blocks), which computes the "
                       "same values up to float rounding, more slowly", RuntimeWarning, stacklevel=2)
         return None
 
 
-def _build():
+def lock_wait_seconds() -> float:
+    """$LONGCTX_KERNEL_LOCK_WAIT as seconds, else the default."""
+    value = os.environ.get(LOCK_WAIT_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_LOCK_WAIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{LOCK_WAIT_VARIABLE}={value!r}: give the seconds to wait for another "
+                         "process's build of the fused kernel, a finite number >= 0 "
+                         f"(default {DEFAULT_LOCK_WAIT_S:g})")
+    return seconds
+
+
+def _build(lock_wait: float = DEFAULT_LOCK_WAIT_S):
     from torch.utils.cpp_extension import load_inline
 
-    # the source's hash in the name: a changed source never meets an old build of the same name
-    name = f"longctx_relative_attention_cpu_{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}"
+    name = extension_name()
     flags = ["-O3", "-fopenmp"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # ATen's vectorised exp
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    _wait_for_build_lock(_build_directory(name), lock_wait)
     if not _is_built(name):
         logger.warning("longctx: compiling the fused CPU kernel of Transformer-XL's relative "
                        "attention (once, about a minute; cached afterwards)")
@@ -72,13 +98,43 @@ def _build():
                        extra_ldflags=["-fopenmp"], verbose=False)
 
 
-def _is_built(name: str) -> bool:
-    """Whether torch's extension cache holds this build (only to announce a compilation)."""
+def extension_name() -> str:
+    # the source's hash in the name: a changed source never meets an old build of the same name
+    return f"longctx_relative_attention_cpu_{hashlib.sha256(SOURCE.encode()).hexdigest()[:12]}"
+
+
+def _wait_for_build_lock(build_directory: str | None, lock_wait: float):
+    """Return once torch's build lock is gone; raise TimeoutError once it is `lock_wait` seconds
+    old (its age, not our wait: a lock left from yesterday fails at once). A lock taken after this
+    returns belongs to a live build, which torch then waits for."""
+    if build_directory is None:
+        return
+    lock = os.path.join(build_directory, "lock")  # torch's name (cpp_extension._jit_compile)
+    while True:
+        try:
+            age = time.time() - os.stat(lock).st_mtime
+        except FileNotFoundError:
+            return
+        if age >= lock_wait:
+            raise TimeoutError(f"torch's build lock is {age:.0f} s old ({LOCK_WAIT_VARIABLE}="
+                               f"{lock_wait:g}), as a build killed midway leaves it; delete it if "
+                               f"no other process is compiling: {lock}")
+        time.sleep(min(0.1, lock_wait - age))
+
+
+def _build_directory(name: str) -> str | None:
+    """torch's build directory for this extension, or None where torch's private helper fails."""
     try:
         from torch.utils.cpp_extension import _get_build_directory  # private: may change
-        return os.path.exists(os.path.join(_get_build_directory(name, verbose=False), f"{name}.so"))
+        return _get_build_directory(name, verbose=False)
     except Exception:  # noqa: BLE001
-        return True
+        return None
+
+
+def _is_built(name: str) -> bool:
+    """Whether torch's extension cache holds this build (only to announce a compilation)."""
+    directory = _build_directory(name)
+    return directory is None or os.path.exists(os.path.join(directory, f"{name}.so"))
 
 
 def fused_applies(q, dropout_p: float = 0.0) -> bool:

@@ -15,6 +15,13 @@ Every token maps to a byte sequence through the GPT-2 byte<->printable-character
 (`pre_tokenizers.ByteLevel`), so any Unicode string round-trips exactly through
 encode/decode, and the Rust offset tracking reports character offsets into the original
 Python string (a multi-byte character's byte tokens all share that character's span).
+
+Text stays text: a spelling such as ``<pad>`` or ``</s>`` inside the input encodes as its bytes
+(`split_special_tokens=True`, saved in the tokenizer's config), so a review that quotes ``<s>``
+gets no special ids mid-text and `decode(skip_special_tokens=True)` drops none of it; the special
+tokens come only from the template (``<s>``, ``</s>``), padding and code that uses their ids.
+Pass ``split_special_tokens=False`` (to the constructor, or per call, e.g. the fill-mask
+pipeline's ``tokenizer_kwargs``) to have ``<mask>`` in text become the mask token.
 """
 
 from __future__ import annotations
@@ -132,14 +139,22 @@ def _check_model_max_length(model_max_length: int) -> None:
         )
 
 
+def _check_split_special_tokens(split_special_tokens: bool) -> None:
+    if not isinstance(split_special_tokens, bool):
+        raise ValueError(f"split_special_tokens must be True (special-token spellings in text stay "
+                         f"text) or False (they become special ids), got {split_special_tokens!r}")
+
+
 def _build_tokenizer(
     learned_tokens: list[str],
     merges: list[tuple[str, str]],
     split_words: bool,
     model_max_length: int,
+    split_special_tokens: bool,
 ) -> PreTrainedTokenizerFast:
     """The single construction path used by both `byte_tokenizer` and `train_bpe_tokenizer`."""
     _check_model_max_length(model_max_length)
+    _check_split_special_tokens(split_special_tokens)
     tokenizer = _byte_level_pipeline(_bpe_model(learned_tokens, merges), split_words)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -155,6 +170,8 @@ def _build_tokenizer(
         # Cleanup would delete spaces before punctuation and break the round trip.
         clean_up_tokenization_spaces=False,
         model_input_names=MODEL_INPUT_NAMES,
+        # Raw text: special-token spellings in it are bytes, never special ids (module docstring)
+        split_special_tokens=split_special_tokens,
     )
 
 
@@ -170,13 +187,16 @@ def model_max_length_for(config) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
-def byte_tokenizer(model_max_length: int = 4096) -> PreTrainedTokenizerFast:
+def byte_tokenizer(model_max_length: int = 4096,
+                   split_special_tokens: bool = True) -> PreTrainedTokenizerFast:
     """Fast tokenizer over UTF-8 bytes: specials at ids 0..4, byte ``b`` at id ``5 + b``.
 
     `model_max_length` should be the model's limit, `model_max_length_for(config)`: the tokenizer
-    saved beside a model tells transformers how long its inputs may be."""
+    saved beside a model tells transformers how long its inputs may be. `split_special_tokens`:
+    see the module docstring."""
     # No merges: BPE then emits one token per byte-character, i.e. one token per byte.
-    return _build_tokenizer([], [], split_words=False, model_max_length=model_max_length)
+    return _build_tokenizer([], [], split_words=False, model_max_length=model_max_length,
+                            split_special_tokens=split_special_tokens)
 
 
 def _check_training_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -231,17 +251,21 @@ def train_bpe_tokenizer(
     vocab_size: int = 8192,
     min_frequency: int = 2,
     model_max_length: int = 4096,
+    split_special_tokens: bool = True,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on local text files (offline).
 
     The vocabulary holds the 5 special tokens and 256 bytes at the same ids as
     `byte_tokenizer`, followed by at most ``vocab_size - 261`` merged tokens; it is smaller
     when the data offers fewer pairs occurring at least `min_frequency` times.
+    `split_special_tokens`: see the module docstring.
     """
     paths = _check_training_files(files)
     _check_training_numbers(vocab_size, min_frequency)
     _check_model_max_length(model_max_length)  # fail before spending time on training
+    _check_split_special_tokens(split_special_tokens)
     learned_tokens, merges = _learn_merges(paths, vocab_size, min_frequency)
     return _build_tokenizer(
-        learned_tokens, merges, split_words=True, model_max_length=model_max_length
+        learned_tokens, merges, split_words=True, model_max_length=model_max_length,
+        split_special_tokens=split_special_tokens,
     )

@@ -6,6 +6,12 @@ matmuls and softmax that other devices run); half precision and autocast; the di
 fallback where the fused kernel cannot be built; their memory; a whole model step through each
 kernel. tests/test_cuda.py runs the block kernel on CUDA."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -231,7 +237,7 @@ def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kern
     """A failed build (no C++ compiler, or a failing one) warns once, naming the
     reason; 'auto' and 'fused' then run the block kernel (same values), so that a saved config
     asking for 'fused' loads anywhere; the kernel function itself raises."""
-    def no_compiler():
+    def no_compiler(lock_wait):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(relative_fused, "_build", no_compiler)
@@ -252,6 +258,60 @@ def test_where_the_fused_kernel_cannot_be_built_it_warns_once_and_the_block_kern
             fused(*inputs, visible, None)
     finally:
         relative_fused.fused_kernel.cache_clear()  # the next caller builds (or loads) it again
+
+
+# Run in a subprocess: torch's own wait on the lock never ends, so a regression must not hang pytest
+LEFT_LOCK_SCRIPT = textwrap.dedent("""
+    import json, os, warnings
+    import torch
+    from torch.utils.cpp_extension import _get_build_directory
+    import longctx.attention_relative_fused as relative_fused
+    from longctx.attention_relative import (VisibleKeys, relative_attention,
+                                            relative_attention_reference)
+    directory = _get_build_directory(relative_fused.extension_name(), verbose=False)
+    open(os.path.join(directory, "lock"), "w").close()  # as a build killed midway leaves it
+    gen = torch.Generator().manual_seed(0)
+    q_len, memory, heads, dim = 130, 3, 2, 8
+    shapes = [(1, heads, q_len, dim), (1, heads, q_len + memory, dim),
+              (1, heads, q_len + memory, dim), (heads, q_len + memory, dim), (heads, dim),
+              (heads, dim)]
+    inputs = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in shapes]
+    visible = VisibleKeys(q_len, memory, None, None, "cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = relative_attention(*inputs, visible, kernel="fused")
+        relative_attention(*inputs, visible, kernel="fused")
+    want, _ = relative_attention_reference(*inputs, visible.mask())
+    print(json.dumps({"kernel": repr(relative_fused.fused_kernel()),
+                      "warnings": [str(w.message) for w in caught],
+                      "difference": (got - want).abs().max().item()}))
+""")
+
+
+def test_a_build_lock_left_by_a_killed_build_bounds_the_wait_then_the_block_kernel_runs(tmp_path):
+    """torch waits forever on the lock file of a build killed midway; longctx waits while the lock
+    is younger than $LONGCTX_KERNEL_LOCK_WAIT seconds, then warns once and runs the block kernel.
+    (The lock makes torch wait before it compiles: nothing is compiled here.)"""
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), LONGCTX_KERNEL_LOCK_WAIT="2")
+    result = subprocess.run([sys.executable, "-c", LEFT_LOCK_SCRIPT], capture_output=True,
+                            text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["kernel"] == "None"
+    assert len(report["warnings"]) == 1, report["warnings"]
+    assert "build lock is" in report["warnings"][0]
+    assert "LONGCTX_KERNEL_LOCK_WAIT=2" in report["warnings"][0]
+    assert "block kernel" in report["warnings"][0]
+    assert report["difference"] < 1e-10
+
+
+def test_a_bad_lock_wait_setting_raises_value_error_naming_it(monkeypatch):
+    for value in ("soon", "-1", "inf", "nan"):
+        monkeypatch.setenv("LONGCTX_KERNEL_LOCK_WAIT", value)
+        with pytest.raises(ValueError, match=f"LONGCTX_KERNEL_LOCK_WAIT='{value}'"):
+            relative_fused.lock_wait_seconds()
+    monkeypatch.setenv("LONGCTX_KERNEL_LOCK_WAIT", "0.5")
+    assert relative_fused.lock_wait_seconds() == 0.5
 
 
 def test_unusable_kernel_choices_raise_value_error():

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from longctx.tokenization_bytes import (
@@ -164,9 +165,9 @@ def test_lone_surrogate_is_rejected(byte_tok):
 # --- special-token spellings inside text ------------------------------------------------------
 
 
-def test_mask_spelling_in_text_becomes_mask_token(any_tok):
+def test_mask_spelling_in_text_becomes_mask_token_when_asked(any_tok):
     text = "Paris is the <mask> of France."
-    encoding = any_tok(text, return_offsets_mapping=True)
+    encoding = any_tok(text, return_offsets_mapping=True, split_special_tokens=False)
     ids = encoding["input_ids"]
     assert ids.count(any_tok.mask_token_id) == 1
     mask_position = ids.index(any_tok.mask_token_id)
@@ -177,11 +178,39 @@ def test_mask_spelling_in_text_becomes_mask_token(any_tok):
     assert any_tok.decode(ids, skip_special_tokens=True) == "Paris is the  of France."
 
 
-def test_split_special_tokens_keeps_spelling_as_bytes(byte_tok):
-    text = "x<mask>y</s><s><pad>"
-    ids = byte_tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+def test_special_token_spellings_in_text_stay_text_by_default(byte_tok):
+    text = "x<mask>y</s><s><pad><unk>"
+    ids = byte_tok(text, add_special_tokens=False)["input_ids"]
     assert ids == expected_byte_ids(text)
     assert byte_tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_special_spellings_stay_text_and_the_template_still_adds_specials(any_tok, tmp_path):
+    """Raw text stays text (issue 19): no pad id with attention 1 mid-review, nothing dropped by
+    decode(skip_special_tokens=True); <s> and </s> still come from the template; the setting
+    survives save_pretrained / AutoTokenizer.from_pretrained."""
+    text, other = "a <pad> b </s>", "<s><mask>"
+    any_tok.save_pretrained(tmp_path)
+    for tok in (any_tok, AutoTokenizer.from_pretrained(tmp_path)):
+        encoding = tok(text)
+        assert encoding["input_ids"][0] == tok.bos_token_id
+        assert set(SPECIAL_TOKENS.values()).isdisjoint(encoding["input_ids"][1:])
+        assert all(encoding["attention_mask"])
+        assert tok.decode(encoding["input_ids"], skip_special_tokens=True) == text
+        assert tok.decode(encoding["input_ids"]) == "<s>" + text
+        pair = tok(text, other)["input_ids"]
+        assert [token for token in pair if token in SPECIAL_TOKENS.values()] == [1, 2, 2]
+        assert tok.decode(pair, skip_special_tokens=True) == text + other
+    byte_ids = byte_tokenizer()(text, add_special_tokens=False)["input_ids"]
+    assert byte_ids == expected_byte_ids(text)
+
+
+def test_split_special_tokens_false_restores_special_ids_from_text(corpus_file):
+    for tok in (byte_tokenizer(split_special_tokens=False),
+                train_bpe_tokenizer(corpus_file, vocab_size=300, split_special_tokens=False)):
+        assert tok("a <pad> b </s>", add_special_tokens=False)["input_ids"][2] == 0
+    with pytest.raises(ValueError, match="split_special_tokens"):
+        byte_tokenizer(split_special_tokens="yes")
 
 
 # --- offsets --------------------------------------------------------------------------------
