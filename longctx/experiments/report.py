@@ -37,17 +37,27 @@ TASK_TITLES = {"classification": "Classification",
 
 
 def find_runs(roots) -> list[dict]:
-    """{"info", "results", "folder"} of every folder under `roots` with run_info.json."""
+    """{"info", "results", "folder", "credited"} of every folder under `roots` with run_info.json
+    and all_results.json. A metric is credited only to the run that produced it: "results" is
+    all_results.json when it carries run_info.json's `run_id`, else empty ("credited" False:
+    the metrics are an earlier or other run's, or the folder predates run ids)."""
     runs = []
     for root in roots:
         for info_path in sorted(Path(root).rglob(RUN_INFO)):
             results_path = info_path.parent / "all_results.json"
             if not results_path.exists():
                 continue
-            runs.append({"info": json.loads(info_path.read_text(encoding="utf-8")),
-                         "results": json.loads(results_path.read_text(encoding="utf-8")),
-                         "folder": info_path.parent})
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+            credited = same_run(info, results)
+            runs.append({"info": info, "results": results if credited else {},
+                         "folder": info_path.parent, "credited": credited})
     return runs
+
+
+def same_run(info: dict, results: dict) -> bool:
+    """Whether a results file was written by the run that run_info.json describes."""
+    return info.get("run_id") is not None and results.get("run_id") == info.get("run_id")
 
 
 def find_documents(roots, keys: set, pattern: str = "*.json") -> list[dict]:
@@ -123,6 +133,9 @@ def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
     lines.append("")
     lines += [f"- `{Path(run['folder']).name}`: `{run['info'].get('command', '?')}`"
               for run in runs]
+    lines += [f"- `{Path(run['folder']).name}`: no metrics shown: its all_results.json was not "
+              f"written by the run in its run_info.json (an earlier run's, or from before run "
+              f"ids); run it again" for run in runs if not run["credited"]]
     return lines
 
 
