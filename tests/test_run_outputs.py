@@ -66,21 +66,27 @@ def test_a_rerun_without_eval_keeps_no_eval_metric_of_the_earlier_run(tmp_path, 
     assert read(out / "train_results.json")["run_id"] == second["run_id"]
 
 
-def write_run(folder: Path, run_id, results_run_id, accuracy: float):
+def write_run(folder: Path, run_id, results_run_id, accuracy: float, command="python x"):
     folder.mkdir(parents=True)
-    info = {"task": "classification", "model_type": "longctx-transformer", "command": "python x",
+    info = {"task": "classification", "model_type": "longctx-transformer", "command": command,
             "parameters": 1}
-    (folder / "run_info.json").write_text(json.dumps({**info, "run_id": run_id}))
-    (folder / "all_results.json").write_text(json.dumps({"eval_accuracy": accuracy,
-                                                         "run_id": results_run_id}))
+    results = {"eval_accuracy": accuracy, "train_loss": 0.5}
+    if run_id is not None:
+        info["run_id"], results["run_id"] = run_id, results_run_id
+    (folder / "run_info.json").write_text(json.dumps(info))
+    (folder / "all_results.json").write_text(json.dumps(results))
 
 
 def test_the_report_credits_a_metric_only_to_the_run_that_produced_it(tmp_path):
-    write_run(tmp_path / "runs" / "same", "a", "a", 0.625)
-    write_run(tmp_path / "runs" / "stale", "b", "c", 0.875)  # an earlier run's numbers
-    write_run(tmp_path / "runs" / "legacy", None, None, 0.9375)  # from before run ids
-    report = build_report([tmp_path / "runs"], tmp_path / "REPORT.md")
-    assert "0.625" in report and "0.875" not in report and "0.9375" not in report
-    for name in ("stale", "legacy"):
-        assert f"`{name}`: no metrics shown" in report
-    assert "`same`: no metrics shown" not in report
+    runs = tmp_path / "runs"
+    write_run(runs / "same", "a", "a", 0.625)
+    write_run(runs / "stale", "b", "c", 0.875)  # an earlier run's numbers
+    # from before run ids: the metrics of the splits its command ran
+    write_run(runs / "old-eval", None, None, 0.8125, "python run.py --do_train --do_eval true")
+    write_run(runs / "old-train", None, None, 0.9375, "python run.py --do_train")
+    report = build_report([runs], tmp_path / "REPORT.md")
+    assert "0.625" in report and "0.8125" in report
+    assert "0.875" not in report and "0.9375" not in report
+    assert "`stale`: not shown, as not written by the run in its run_info.json (an earlier " \
+           "run's): eval_accuracy, train_loss" in report
+    assert "`old-train`: not shown" in report and report.count("not shown") == 2
