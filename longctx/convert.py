@@ -4,7 +4,8 @@ SRC is a transformers model folder: config.json plus model.safetensors, pytorch_
 with `torch.load(weights_only=True)`, never an unrestricted unpickle), or the sharded form of
 either (`*.index.json`). DST gets a longctx checkpoint (safetensors, config.json with auto_map,
 the code) loadable with the Auto classes, plus SRC's tokenizer files. In memory:
-`convert_transformers_model(hf_model)`; folders: `convert_checkpoint(src, dst)`.
+`convert_transformers_model(hf_model)`; folders: `convert_checkpoint(src, dst)`. DST must be
+new or empty (`--overwrite` replaces it) and is written beside, then renamed into place.
 
 This module is the registry and the command line. Each source `model_type` has one `Converter`
 in `CONVERTERS`: how to build the longctx config, how to map the state dict, and which
@@ -24,6 +25,7 @@ import torch
 from .convert_common import (
     Converter,
     build_model,
+    check_destination,
     load_source_state,
     read_source_config,
     save_converted,
@@ -80,10 +82,13 @@ def convert_transformers_model(hf_model):
 
 
 def convert_checkpoint(source: str | Path, destination: str | Path,
-                       architecture: str | None = None) -> Path:
+                       architecture: str | None = None, overwrite: bool = False) -> Path:
     """A transformers checkpoint folder -> a longctx checkpoint folder (returned); `architecture`
-    overrides config.json's `architectures` (e.g. "LongformerModel" to keep the backbone)."""
+    overrides config.json's `architectures` (e.g. "LongformerModel" to keep the backbone). A
+    non-empty `destination` is refused unless `overwrite`; it is replaced only once the new
+    checkpoint is complete."""
     source, destination = Path(source), Path(destination)
+    check_destination(source, destination, overwrite)
     source_config = read_source_config(source)
     converter_for(source_config, architecture)  # an unsupported model fails before loading weights
     model = convert_state(source_config, load_source_state(source), architecture)
@@ -100,10 +105,14 @@ def main(argv=None):
     parser.add_argument("--architecture", default=None,
                         help="transformers class to convert as, instead of config.json's "
                              "architectures (e.g. LongformerModel)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty destination folder (once the new checkpoint "
+                             "is complete)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        destination = convert_checkpoint(args.source, args.destination, args.architecture)
+        destination = convert_checkpoint(args.source, args.destination, args.architecture,
+                                         args.overwrite)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"converted {args.source} -> {destination}")

@@ -11,6 +11,7 @@ destination folder with SRC's tokenizer files.
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -137,11 +138,52 @@ def _load_shards(folder: Path, index: str, load) -> dict:
     return state
 
 
+def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
+    """Refuses a destination that would destroy something: SRC itself, a folder holding SRC, a
+    file, or a non-empty folder (unless `overwrite`)."""
+    source, target = source.resolve(), destination.resolve()
+    if target == source or target in source.parents:
+        raise ValueError(f"destination {destination} is the source {source} or holds it; the "
+                         f"conversion would overwrite its own input. Pass another destination.")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"destination {destination} is a file; pass a folder path.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise ValueError(f"destination {destination} is not empty; pass another destination, or "
+                         f"overwrite=True (--overwrite) to replace the folder.")
+
+
 def save_converted(model, source: Path, destination: Path) -> Path:
-    """Writes the longctx checkpoint (weights, config.json with auto_map, the code) and copies
-    SRC's tokenizer files beside it."""
-    model.save_pretrained(destination)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, destination / name)
+    """Writes the longctx checkpoint (weights, config.json with auto_map, the code) and SRC's
+    tokenizer files into a temporary folder beside `destination`, then renames it into place:
+    an interruption leaves the old destination (or none) and a hidden `.DST.partial-*` folder,
+    never a half-written checkpoint at `destination`."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-",
+                                    dir=destination.parent))
+    try:
+        model.save_pretrained(staging)
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy(source / name, staging / name)
+        _replace_folder(staging, destination)
+    except BaseException:  # also KeyboardInterrupt: leave no partial folder behind
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return destination
+
+
+def _replace_folder(new: Path, destination: Path) -> None:
+    """Renames `new` to `destination`. An existing destination is first renamed aside and
+    deleted only once `new` is in place, so at every moment one whole folder is there."""
+    if not destination.exists():
+        new.rename(destination)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+    old.rmdir()  # only the unused name is wanted: rename needs a free path
+    destination.rename(old)
+    try:
+        new.rename(destination)
+    except BaseException:
+        old.rename(destination)  # put the old folder back
+        raise
+    shutil.rmtree(old)

@@ -37,12 +37,14 @@ from longctx.experiments.metrics import Metrics
 from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
+    OutputArguments,
     build_model,
     data_source,
     evaluation_split,
     finish,
     load_raw_datasets,
     load_tokenizer,
+    prepare_output_dir,
     require_columns,
     sample,
 )
@@ -112,8 +114,10 @@ def require_both_classes(dataset, column: str, source: str, count):
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, ClassificationDataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    parser = HfArgumentParser((ModelArguments, ClassificationDataArguments, TrainingArguments,
+                               OutputArguments))
+    model_args, data_args, training_args, output_args = parser.parse_args_into_dataclasses(argv)
+    prepare_output_dir(training_args.output_dir, output_args.overwrite_output_dir)
     raw = load_raw_datasets(data_args)
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args, AutoModelForSequenceClassification, tokenizer, num_labels=2)

@@ -29,9 +29,12 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, set_seed
 from longctx.experiments.generation_eval import TextSimilarity, passages, reference_scores
 from longctx.experiments.run_common import (
     ModelArguments,
+    OutputArguments,
     build_model,
     encode_whole_text,
     load_tokenizer,
+    new_run_id,
+    prepare_output_dir,
     run_info,
     write_run_info,
 )
@@ -77,8 +80,9 @@ def generate(model, tokenizer, items, args) -> list[list[int]]:
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, GenerationArguments))
-    model_args, args = parser.parse_args_into_dataclasses(argv)
+    parser = HfArgumentParser((ModelArguments, GenerationArguments, OutputArguments))
+    model_args, args, output_args = parser.parse_args_into_dataclasses(argv)
+    prepare_output_dir(args.output_dir, output_args.overwrite_output_dir)
     set_seed(args.seed)
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args, AutoModelForCausalLM, tokenizer,
@@ -96,10 +100,12 @@ def main(argv=None):
     results = {**reference_scores(model, items), **similarity(predictions, references),
                "passages": len(items), "metric_implementation": similarity.implementation,
                "settings": asdict(args)}
-    write_outputs(Path(args.output_dir), results, items, predictions, references, decode)
-    write_run_info(args.output_dir, run_info(
+    run_id = new_run_id()  # in the results and in run_info.json: the report matches them
+    write_outputs(Path(args.output_dir), {**results, "run_id": run_id}, items, predictions,
+                  references, decode)
+    write_run_info(args.output_dir, {**run_info(
         "generation", model, asdict(args),
-        {"generated_tokens_per_passage": args.continuation_length}))
+        {"generated_tokens_per_passage": args.continuation_length}), "run_id": run_id})
     print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=1))
     for passage, prediction, reference in (
             list(zip(items, predictions, references))[:args.num_samples_shown]):
@@ -109,7 +115,7 @@ def main(argv=None):
 
 def write_outputs(output_dir: Path, results, items, predictions, references, decode):
     output_dir.mkdir(parents=True, exist_ok=True)
-    scores = {f"eval_{k}": v for k, v in results.items()}
+    scores = {(k if k == "run_id" else f"eval_{k}"): v for k, v in results.items()}
     for name in ("eval_results.json", "all_results.json"):
         (output_dir / name).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
                                        encoding="utf-8")

@@ -51,12 +51,14 @@ from longctx.experiments.language_modeling import (
 from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
+    OutputArguments,
     build_model,
     encode_whole_text,
     evaluation_split,
     finish,
     load_raw_datasets,
     load_tokenizer,
+    prepare_output_dir,
 )
 
 
@@ -99,8 +101,10 @@ def clipped(text: str, limit: int | None) -> str:
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, LMDataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    parser = HfArgumentParser((ModelArguments, LMDataArguments, TrainingArguments,
+                               OutputArguments))
+    model_args, data_args, training_args, output_args = parser.parse_args_into_dataclasses(argv)
+    prepare_output_dir(training_args.output_dir, output_args.overwrite_output_dir)
     tokenizer = load_tokenizer(model_args)
     auto_class, task_fields = ((AutoModelForMaskedLM, {}) if data_args.mlm
                                else (AutoModelForCausalLM, {"is_decoder": True}))

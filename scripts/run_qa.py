@@ -35,12 +35,14 @@ from longctx.question_answering import best_spans, prepare_features, training_la
 from longctx.experiments.run_common import (
     DataArguments,
     ModelArguments,
+    OutputArguments,
     build_model,
     data_source,
     evaluation_split,
     finish,
     load_raw_datasets,
     load_tokenizer,
+    prepare_output_dir,
     require_columns,
     sample,
 )
@@ -131,8 +133,10 @@ def evaluate(trainer, examples, tokenizer, data_args, metric):
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ModelArguments, QADataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    parser = HfArgumentParser((ModelArguments, QADataArguments, TrainingArguments,
+                               OutputArguments))
+    model_args, data_args, training_args, output_args = parser.parse_args_into_dataclasses(argv)
+    prepare_output_dir(training_args.output_dir, output_args.overwrite_output_dir)
     raw = raw_splits(data_args)
     tokenizer = load_tokenizer(model_args)
     model = build_model(model_args, AutoModelForQuestionAnswering, tokenizer)

@@ -13,6 +13,7 @@ fallback (IMDb alone would come from the Hub).
 
 Writes `study_results.json` to --output_dir after each architecture, so a stopped run keeps
 what it finished; --resume runs only the architectures that file lacks (or that failed).
+Without --resume, an --output_dir that has that file is refused unless --overwrite_output_dir.
 The logic lives in `longctx/experiments/study.py`.
 """
 
@@ -51,6 +52,9 @@ def parse_args(argv=None):
                         help="keep the finished architectures of --output_dir's "
                              "study_results.json (same preset, data and seed) and run only the "
                              "others: a long preset can stop and go on later")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="without --resume: replace --output_dir's study_results.json "
+                             "(refused otherwise)")
     args = parser.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 2:
         parser.error("--max_steps must be at least 2 (the first step is a warm-up, excluded from "
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
         results = study.run_study(preset=args.preset, output_dir=args.output_dir,
                                   max_steps=args.max_steps, seed=args.seed,
                                   architectures=args.architectures, data_dir=args.data_dir,
-                                  resume=args.resume)
+                                  resume=args.resume, overwrite=args.overwrite_output_dir)
     except ValueError as error:  # e.g. an unknown architecture name, missing data, no GPU
         print(f"error: {error}", file=sys.stderr)
         return 2

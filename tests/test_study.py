@@ -403,8 +403,28 @@ def test_resume_refuses_results_of_other_settings(monkeypatch, tmp_path):
     # the description is prose: rewording it does not stop a resume
     reworded = dataclasses.replace(PRESETS["smoke"], description="reworded")
     assert study.run_study(reworded, output_dir=tmp_path, architectures=first, seed=1, resume=True)["seed"] == 1
-    # without resume the file is overwritten, as before
-    assert study.run_study(output_dir=tmp_path, architectures=first, seed=2)["seed"] == 2
+    # without resume the file is replaced only when asked (issue 19)
+    assert study.run_study(output_dir=tmp_path, architectures=first, seed=2, overwrite=True)["seed"] == 2
+
+
+def test_a_finished_study_is_never_replaced_unasked(monkeypatch, tmp_path, capsys):
+    from longctx.experiments import study
+
+    fake_architecture_runs(monkeypatch)
+    first = list(longctx.ARCHITECTURES)[0]
+    study.run_study(output_dir=tmp_path, architectures=first, seed=1)
+    written = (tmp_path / study.RESULTS_FILE).read_text()
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        study.run_study(output_dir=tmp_path, architectures=first, seed=2)
+    spec = importlib.util.spec_from_file_location("run_study_script", REPO_ROOT / "scripts" / "run_study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--output_dir", str(tmp_path), "--architectures", first, "--seed", "2"]) == 2
+    assert "earlier study" in capsys.readouterr().err
+    assert (tmp_path / study.RESULTS_FILE).read_text() == written
+    assert script.main(["--output_dir", str(tmp_path), "--architectures", first, "--seed", "2",
+                        "--overwrite_output_dir"]) == 0
+    assert json.loads((tmp_path / study.RESULTS_FILE).read_text())["seed"] == 2
 
 
 def test_report_shows_a_study_with_the_command_of_each_row(monkeypatch, tmp_path):

@@ -11,6 +11,7 @@ This module is a user of the models; modeling files never import it.
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from .benchmark import plot_paths, plot_title, write_plots
@@ -37,17 +38,47 @@ TASK_TITLES = {"classification": "Classification",
 
 
 def find_runs(roots) -> list[dict]:
-    """{"info", "results", "folder"} of every folder under `roots` with run_info.json."""
+    """{"info", "results", "folder", "uncredited"} of every folder under `roots` with
+    run_info.json and all_results.json; "results" holds only the metrics `credited_metrics`
+    gives the run, "uncredited" names the others."""
     runs = []
     for root in roots:
         for info_path in sorted(Path(root).rglob(RUN_INFO)):
             results_path = info_path.parent / "all_results.json"
             if not results_path.exists():
                 continue
-            runs.append({"info": json.loads(info_path.read_text(encoding="utf-8")),
-                         "results": json.loads(results_path.read_text(encoding="utf-8")),
-                         "folder": info_path.parent})
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+            credited = credited_metrics(info, results)
+            runs.append({"info": info, "results": credited, "folder": info_path.parent,
+                         "uncredited": sorted(set(results) - set(credited) - {"run_id"})})
     return runs
+
+
+def credited_metrics(info: dict, results: dict) -> dict:
+    """The metrics of all_results.json that the run of run_info.json produced. A run writes its
+    `run_id` into both: they must match. Folders from before run ids carry none; there
+    transformers' save_metrics had merged into an earlier all_results.json, so only the keys
+    of the splits the command ran are the run's (eval_* with --do_eval, the others with
+    --do_train; run_generation always evaluates)."""
+    if "run_id" in info or "run_id" in results:
+        return results if info.get("run_id") == results.get("run_id") else {}
+    ran_eval = info.get("task") == "generation" or _flag_on(info.get("command", ""), "--do_eval")
+    ran_train = _flag_on(info.get("command", ""), "--do_train")
+    return {key: value for key, value in results.items()
+            if (ran_eval if key.startswith("eval_") else ran_train)}
+
+
+def _flag_on(command: str, flag: str) -> bool:
+    """Whether a command line turns a boolean flag on: `--flag`, `--flag true`, `--flag=true`."""
+    words = shlex.split(command)
+    for index, word in enumerate(words):
+        if word == flag:
+            value = words[index + 1] if index + 1 < len(words) else ""
+            return value.startswith("--") or value.lower() not in ("false", "0", "no")
+        if word.startswith(flag + "="):
+            return word.partition("=")[2].lower() in ("true", "1", "yes")
+    return False
 
 
 def find_documents(roots, keys: set, pattern: str = "*.json") -> list[dict]:
@@ -123,6 +154,9 @@ def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
     lines.append("")
     lines += [f"- `{Path(run['folder']).name}`: `{run['info'].get('command', '?')}`"
               for run in runs]
+    lines += [f"- `{Path(run['folder']).name}`: not shown, as not written by the run in its "
+              f"run_info.json (an earlier run's): {', '.join(run['uncredited'])}"
+              for run in runs if run["uncredited"]]
     return lines
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,13 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name} must be positive, got {value}")
+
+
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Write into an --output_dir that holds a finished run (its results files are "
+                "deleted first). Without it such a folder is refused."})
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -289,25 +297,67 @@ def write_run_info(output_dir, info: dict):
     path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def write_json(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# What a run writes that a later run's numbers could be confused with: deleted by
+# --overwrite_output_dir before the new run starts.
+RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json",
+                "eval_predictions.json", "generations.jsonl", RUN_INFO)
+# Any one of these marks a folder as holding a finished run (a run killed before its end
+# leaves at most checkpoint-* folders, which --resume_from_checkpoint goes on from).
+FINISHED_RUN_FILES = (*RESULT_FILES, "config.json", "model.safetensors", "study_results.json")
+
+
+def prepare_output_dir(output_dir, overwrite: bool) -> None:
+    """Refuses an output_dir that holds a finished run unless `overwrite`, so no result is lost;
+    with `overwrite`, deletes that run's results files first, so none is read as this run's."""
+    folder = Path(output_dir)
+    found = [name for name in FINISHED_RUN_FILES if (folder / name).exists()]
+    if found and not overwrite:
+        raise ValueError(f"--output_dir {output_dir} holds a finished run ({', '.join(found)}); "
+                         f"pass another --output_dir, or --overwrite_output_dir to replace it")
+    for name in RESULT_FILES:
+        (folder / name).unlink(missing_ok=True)
+
+
+def new_run_id() -> str:
+    """Names one run: written into run_info.json and into every results file of that run, so
+    the report credits a metric only to the run that produced it."""
+    return uuid.uuid4().hex
+
+
 def finish(trainer, train_result=None, eval_metrics=None, push_kwargs=None, task: str = "",
            data_args=None):
-    """Saves metrics as the example scripts do (train_results.json, eval_results.json and
-    all_results.json in output_dir) and run_info.json (what produced them), the model and
-    tokenizer, and pushes if asked."""
+    """Saves the metrics as the example scripts do (train_results.json, eval_results.json and
+    all_results.json in output_dir), but all_results.json fresh (transformers' save_metrics
+    merges into an existing one, keeping an earlier run's keys) and each file with this run's
+    `run_id`; run_info.json (what produced them, the same run_id), the model and tokenizer; and
+    pushes if asked."""
+    run_id = new_run_id()
     if trainer.is_world_process_zero():
         steps = {"max_steps": trainer.args.max_steps, "epochs": trainer.args.num_train_epochs,
                  "global_step": trainer.state.global_step,
                  "train_batch_size": (trainer.args.per_device_train_batch_size
                                       * trainer.args.world_size)}
         data = vars(data_args) if data_args is not None else {}
-        write_run_info(trainer.args.output_dir, run_info(task, trainer.model, data, steps))
+        info = run_info(task, trainer.model, data, steps)
+        write_run_info(trainer.args.output_dir, {**info, "run_id": run_id})
+    all_metrics = {}
     if train_result is not None:
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", {**train_result.metrics, "run_id": run_id}, combined=False)
         trainer.save_state()
+        all_metrics.update(train_result.metrics)
     if eval_metrics is not None:
         trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", {**eval_metrics, "run_id": run_id}, combined=False)
+        all_metrics.update(eval_metrics)
+    if trainer.is_world_process_zero():
+        write_json(Path(trainer.args.output_dir) / "all_results.json",
+                   {**all_metrics, "run_id": run_id})
     if trainer.args.push_to_hub:
         trainer.push_to_hub(**(push_kwargs or {}))

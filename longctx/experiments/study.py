@@ -627,14 +627,17 @@ RESULTS_FILE = "study_results.json"
 
 def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "runs/study",
               max_steps: int | None = None, seed: int = 42, architectures: str | None = None,
-              data_dir: str | os.PathLike | None = None, resume: bool = False) -> dict:
+              data_dir: str | os.PathLike | None = None, resume: bool = False,
+              overwrite: bool = False) -> dict:
     """Runs every (selected) architecture, prints the table, writes `study_results.json`.
 
     `preset` is a name in PRESETS or a Preset; `data_dir` (laid out like ../shared/data) feeds
     a real-data preset. Raises ValueError, before any training, when the preset's device or data
     is missing. The results file is rewritten after each architecture, so a stopped run keeps
     what it finished; `resume=True` keeps the rows without errors of the file already in
-    `output_dir` (same preset, data and seed, else ValueError) and runs only the others."""
+    `output_dir` (same preset, data and seed, else ValueError) and runs only the others.
+    Without either, an `output_dir` that has a results file is refused (ValueError) unless
+    `overwrite=True`."""
     started = time.perf_counter()
     chosen_preset = override_steps(resolve_preset(preset), max_steps)
     names = select_architectures(architectures)
@@ -644,6 +647,8 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     settings = {"preset": {**dataclasses.asdict(chosen_preset),
                            "data_dir": None if data_dir is None else str(Path(data_dir).resolve())},
                 "seed": seed}
+    if not resume:
+        refuse_earlier_results(path, overwrite)
     kept, earlier_seconds = finished_rows(path, settings) if resume else ({}, 0.0)
     data = load_study_data(chosen_preset, data_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -677,6 +682,13 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
         print("  " + note)
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
     return results
+
+
+def refuse_earlier_results(path: Path, overwrite: bool) -> None:
+    """A finished (or stopped) study's results are never replaced unasked."""
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} holds an earlier study's results; pass another --output_dir, "
+                         f"--resume to go on with it, or --overwrite_output_dir to replace it")
 
 
 def finished_rows(path: Path, settings: dict) -> tuple[dict, float]:
