@@ -162,6 +162,9 @@ class LongctxConfig(PreTrainedConfig):
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             self._require(value is None or 0.0 <= value < 1.0, name, "must be in [0, 1)")
+        eps = self.layer_norm_eps  # 0 divides by zero on a constant vector: NaN
+        self._require(isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0,
+                      "layer_norm_eps", "must be a positive number, e.g. 1e-5")
         heads = self.num_attention_heads
         self._require(self.hidden_size % heads == 0, "hidden_size",
                       f"must be divisible by num_attention_heads={heads}; "

@@ -45,6 +45,8 @@ class LongctxLongformerConfig(LongctxConfig):
     def _check_fields(self):
         super()._check_fields()
         windows = self.attention_window
+        self._require(isinstance(windows, (int, list, tuple)), "attention_window",
+                      "must be an int or a list of one int per layer, e.g. attention_window=512")
         per_layer = [windows] if isinstance(windows, int) else list(windows)
         self._require(all(isinstance(w, int) and w > 0 and w % 2 == 0 for w in per_layer),
                       "attention_window",

@@ -78,6 +78,19 @@ class LongctxPreTrainedModel(PreTrainedModel):
             config.check_fields()
         super().__init__(config, *args, **kwargs)
 
+    def _initialize_weights(self, module, *args, **kwargs):
+        """transformers skips a custom-code module whose own parameters (recurse=False) are all
+        loaded, and so skipped one whose parameters are all in a ParameterList / ParameterDict
+        child (Reformer's axial position embeddings, Transformer-XL's adaptive embedding and
+        softmax): they stayed as constructed in a new model, and uninitialised memory when a
+        checkpoint lacked them. Such a module is initialised while one of those is not loaded
+        (the `transformers.initialization` functions leave loaded tensors as they are)."""
+        if not getattr(module, "_is_hf_initialized", False) and _holds_unloaded_parameters(module):
+            self._init_weights(module)
+            module._is_hf_initialized = True
+            return
+        super()._initialize_weights(module, *args, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self.longctx_auto_map:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
@@ -108,6 +121,15 @@ class LongctxPreTrainedModel(PreTrainedModel):
     def _is_question_answering_head(self) -> bool:
         own_name = file_qualified_name(type(self))
         return self.longctx_auto_map.get("AutoModelForQuestionAnswering") == own_name
+
+
+def _holds_unloaded_parameters(module: nn.Module) -> bool:
+    """Whether a ParameterList / ParameterDict child of `module` holds a parameter not loaded
+    from a checkpoint (transformers flags loaded ones `_is_hf_initialized`)."""
+    return any(not getattr(parameter, "_is_hf_initialized", False)
+               for child in module.children()
+               if isinstance(child, (nn.ParameterList, nn.ParameterDict))
+               for parameter in child.parameters())
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -139,8 +139,15 @@ class ForCausalLM(HeadBase):
 def shifted_lm_loss(logits, labels):
     """Mean cross-entropy of predicting token t+1 from position t, ignoring -100 labels."""
     shifted = labels[:, 1:].to(logits.device)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(),
-                           ignore_index=IGNORE_INDEX)
+    return mean_cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten())
+
+
+def mean_cross_entropy(logits, labels, ignore_index: int = IGNORE_INDEX):
+    """Cross-entropy averaged over the labels that are not `ignore_index`. With none (a batch
+    whose labels are all ignored) it is 0 with zero gradients, still on the autograd graph, where
+    torch's mean is NaN (0 / 0), which a Trainer step would write into the weights."""
+    labelled = (labels != ignore_index).sum().clamp(min=1)
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum") / labelled
 
 
 class MaskedLMPredictionHead(nn.Module):
@@ -188,8 +195,8 @@ class ForMaskedLM(DecoderOutputEmbeddings, HeadBase):
         loss = None
         if labels is not None:
             check_labels(labels, logits.shape[:2], self.config.vocab_size, "vocab_size")
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.to(logits.device).flatten(),
-                                   ignore_index=IGNORE_INDEX)
+            loss = mean_cross_entropy(logits.flatten(0, 1).float(),
+                                      labels.to(logits.device).flatten())
         return self._finish(MaskedLMOutput(loss=loss, logits=logits,
                                            hidden_states=outputs.hidden_states,
                                            attentions=outputs.attentions), as_tuple)
@@ -291,7 +298,7 @@ class ForSequenceClassification(HeadBase):
             if labels.dim() == 2 and labels.shape[1] == 1:
                 labels = labels[:, 0]
             check_labels(labels, logits.shape[:1], self.config.num_labels, "num_labels")
-            return F.cross_entropy(logits.float(), labels)
+            return mean_cross_entropy(logits.float(), labels)
         return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
@@ -331,5 +338,5 @@ def span_loss(start_logits, end_logits, start_positions, end_positions):
     length = start_logits.shape[1]
     start = start_positions.view(-1).to(start_logits.device).clamp(0, length)
     end = end_positions.view(-1).to(end_logits.device).clamp(0, length)
-    return (F.cross_entropy(start_logits, start, ignore_index=length)
-            + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
+    return (mean_cross_entropy(start_logits, start, ignore_index=length)
+            + mean_cross_entropy(end_logits, end, ignore_index=length)) / 2

@@ -469,19 +469,21 @@ class AdaptiveLogSoftmax(nn.Module):
         """(n, d_model), (n,) targets -> (n,) negative log-likelihoods (0 where the target is -100);
         a tail cluster's scores are computed only for the rows whose target is in it."""
         head = self._head_log_probs(hidden, embeddings)
-        losses = head.new_zeros(targets.shape[0])
         shortlist = self.bounds[0][1]
-        for i, (start, end) in enumerate(self.bounds):
+        # The first cluster's losses are taken from `head` for every row (0 where the target is
+        # elsewhere), so the losses stay on the autograd graph even when every target is -100
+        in_head = (targets >= 0) & (targets < shortlist)
+        head_targets = targets.clamp(0, shortlist - 1)[:, None]
+        losses = torch.where(in_head, -head.gather(1, head_targets).squeeze(1), 0.0)
+        for i in range(1, len(self.bounds)):
+            start, end = self.bounds[i]
             rows = ((targets >= start) & (targets < end)).nonzero().squeeze(1)
             if not rows.numel():
                 continue
             local = (targets[rows] - start)[:, None]
-            if i == 0:
-                log_prob = head[rows].gather(1, local).squeeze(1)
-            else:
-                logits = self._logits(hidden[rows], *self._cluster(i, embeddings))
-                tail = F.log_softmax(logits.float(), dim=-1)  # (rows, cluster size)
-                log_prob = head[rows, shortlist + i - 1] + tail.gather(1, local).squeeze(1)
+            logits = self._logits(hidden[rows], *self._cluster(i, embeddings))
+            tail = F.log_softmax(logits.float(), dim=-1)  # (rows, cluster size)
+            log_prob = head[rows, shortlist + i - 1] + tail.gather(1, local).squeeze(1)
             losses = losses.index_copy(0, rows, -log_prob)
         return losses
 

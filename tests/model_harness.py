@@ -51,6 +51,8 @@ class ModelHarness:
         (dict(classifier_head="mlp"), "classifier_head"),
         (dict(pad_token_id=VOCAB), "pad_token_id"),
         (dict(hidden_act="nope"), "hidden_act"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps"),  # NaN on a constant vector
+        (dict(layer_norm_eps=-1e-5), "layer_norm_eps"),
     ]
 
     # ----------------------------------------------------------------- helpers

@@ -29,7 +29,8 @@ class TestLongformerPreNorm(LongformerHarness):
                          max_position_embeddings=64, attention_window=[4, 6])
     sep_position = 3  # QA's default global attention covers the tokens before the first separator
     bad_configs = ModelHarness.bad_configs + [(dict(attention_window=5), "attention_window"),
-                                              (dict(attention_window=[4, 4, 4]), "attention_window")]
+                                              (dict(attention_window=[4, 4, 4]), "attention_window"),
+                                              (dict(attention_window=8.0), "attention_window")]
 
 
 class TestLongformerPostNorm(LongformerHarness):
