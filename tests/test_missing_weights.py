@@ -6,7 +6,11 @@ embeddings, Transformer-XL's adaptive embedding and softmax).
 Each weight is deleted from the saved file in turn and the model loaded again. The saved weights
 are all NaN, so memory reused from an earlier model fails too; the loaded weight must then look
 like a fresh model's: the same constant where the initialisation is a constant (biases 0,
-LayerNorm weights 1), else finite, not constant and on the scale of a fresh draw."""
+LayerNorm weights 1), else finite, not constant and on the scale of a fresh draw.
+
+This guards transformers internals that LongctxPreTrainedModel._initialize_weights relies on:
+PreTrainedModel._initialize_weights (called per module when weights are initialised) and the
+`_is_hf_initialized` flag it sets on loaded parameters."""
 
 import os
 
