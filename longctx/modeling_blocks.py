@@ -364,12 +364,12 @@ def output_flags(config, output_attentions=None, output_hidden_states=None,
                        return_dict=resolved(return_dict, "return_dict"))
 
 
-def backbone_output(config, return_dict, last_hidden_state, cache, hidden_states, attentions):
-    """The backbone's output, as an object or (return_dict False) a tuple."""
+def backbone_output(return_dict: bool, last_hidden_state, cache, hidden_states, attentions):
+    """The backbone's output, as an object or (return_dict False) a tuple; `return_dict` as
+    `output_flags` resolved it."""
     output = BaseModelOutputWithPast(last_hidden_state=last_hidden_state, **cache_field(cache),
                                      hidden_states=hidden_states, attentions=attentions)
-    return (output if output_flags(config, return_dict=return_dict).return_dict
-            else output.to_tuple())
+    return output if return_dict else output.to_tuple()
 
 
 def is_encoder_without_cache(config, cache) -> bool:
@@ -446,7 +446,7 @@ class StackedBackbone(WordEmbeddingsAccess):
                                     output_attentions=flags.attentions, **(layer_inputs or {}))
             all_weights += (weights,)
         hidden = self.final_norm(hidden)
-        return backbone_output(self.config, flags.return_dict, hidden, cache,
+        return backbone_output(flags.return_dict, hidden, cache,
                                all_hidden + (hidden,) if flags.hidden_states else None,
                                all_weights if flags.attentions else None)
 

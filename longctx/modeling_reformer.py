@@ -443,7 +443,7 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids,
                                                        flags.attentions, flags.hidden_states,
                                                        num_hashes)
-        return backbone_output(self.config, flags.return_dict, hidden[:, -length:], cache,
+        return backbone_output(flags.return_dict, hidden[:, -length:], cache,
                                all_hidden if flags.hidden_states else None,
                                all_weights if flags.attentions else None)
 

@@ -642,7 +642,7 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         hidden = self.dropout(hidden)
         new_memory = memory.extended(layer_inputs, new_padding, self.config.mem_len) \
             if use_cache is not False and self.config.mem_len > 0 else None
-        return backbone_output(self.config, flags.return_dict, hidden, new_memory,
+        return backbone_output(flags.return_dict, hidden, new_memory,
                                tuple(layer_inputs) + (hidden,) if flags.hidden_states else None,
                                all_weights if flags.attentions else None)
 
