@@ -36,6 +36,7 @@ from longctx.experiments.run_common import (
     new_run_id,
     prepare_output_dir,
     run_info,
+    write_json,
     write_run_info,
 )
 
@@ -117,8 +118,7 @@ def write_outputs(output_dir: Path, results, items, predictions, references, dec
     output_dir.mkdir(parents=True, exist_ok=True)
     scores = {(k if k == "run_id" else f"eval_{k}"): v for k, v in results.items()}
     for name in ("eval_results.json", "all_results.json"):
-        (output_dir / name).write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
-                                       encoding="utf-8")
+        write_json(output_dir / name, scores, indent=2, ensure_ascii=False, sort_keys=False)
     with open(output_dir / "generations.jsonl", "w", encoding="utf-8") as f:
         for passage, prediction, reference in zip(items, predictions, references):
             f.write(json.dumps({"start_token": passage.start, "prompt": decode(passage.prompt),

@@ -292,14 +292,15 @@ def run_info(task: str, model, data: dict, steps: dict) -> dict:
 
 
 def write_run_info(output_dir, info: dict):
-    path = Path(output_dir) / RUN_INFO
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(Path(output_dir) / RUN_INFO, info, indent=2, ensure_ascii=False, sort_keys=False)
 
 
-def write_json(path: Path, document: dict) -> None:
+def write_json(path: Path, document: dict, **layout) -> None:
+    """`document` as a JSON file, its folder made if needed; `layout`: json.dumps options, by
+    default the layout of transformers' save_metrics."""
+    layout = {"indent": 4, "sort_keys": True, **layout}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(document, **layout) + "\n", encoding="utf-8")
 
 
 # What a run writes that a later run's numbers could be confused with: deleted by
