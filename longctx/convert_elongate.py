@@ -111,13 +111,15 @@ class SourceFamily:
 
 
 def _heads(stem: str) -> dict:
+    """The four encoder classes of a transformers family (e.g. "Bert") -> longctx Auto classes."""
     return {f"{stem}Model": "AutoModel", f"{stem}ForMaskedLM": "AutoModelForMaskedLM",
             f"{stem}ForSequenceClassification": "AutoModelForSequenceClassification",
             f"{stem}ForQuestionAnswering": "AutoModelForQuestionAnswering"}
 
 
-def _linear(ours: str, theirs: str, transform=None, kinds=("weight", "bias")) -> dict:
-    return {f"{ours}.{kind}": ([f"{theirs}.{kind}"], transform) for kind in kinds}
+def _linear(ours: str, theirs: str, transform=None) -> dict:
+    """The `names` entries of one layer with a weight and a bias (Linear, LayerNorm, Conv1D)."""
+    return {f"{ours}.{kind}": ([f"{theirs}.{kind}"], transform) for kind in ("weight", "bias")}
 
 
 def _require_source(condition: bool, source: dict, field: str, why: str):
@@ -482,14 +484,14 @@ def dropped_source_keys(family: SourceFamily, source_state: dict, used: set,
 
 def _head_keys(family: SourceFamily, source_state: dict) -> set:
     """The keys outside the backbone of a head checkpoint (e.g. BertForPreTraining's `cls.*`):
-    what elongating it as its backbone alone leaves out. None for a bare model's checkpoint."""
+    what elongating it as its backbone alone leaves out; none for a bare model's checkpoint."""
     if not any(key.startswith(family.prefix) for key in source_state):
         return set()
     return {key for key in source_state if not key.startswith(family.prefix)}
 
 
 def _is_alias(short: str, prefix: str, used: set) -> bool:
-    """A decoder bias saved under a second name (BERT, RoBERTa) or a tied decoder weight."""
+    """A decoder bias saved under a second name (BERT, RoBERTa), whose first name was used."""
     aliases = {"cls.predictions.decoder.bias": "cls.predictions.bias",
                "lm_head.decoder.bias": "lm_head.bias"}
     return short in aliases and aliases[short] in {k.removeprefix(prefix) for k in used}
