@@ -212,6 +212,11 @@ def test_classifier_activation_is_the_source_one(model_type):
     assert type(saved_and_loaded.classifier.activation) is type(ours.classifier.activation)
 
 
+def test_an_unknown_classifier_activation_is_refused():
+    with pytest.raises(ValueError, match="classifier_activation='swish2'.*e.g. 'tanh'"):
+        transformers.AutoConfig.for_model("longctx-transformer", classifier_activation="swish2")
+
+
 def test_dtype_is_kept():
     source = encoder("bert", "ForMaskedLM").to(torch.bfloat16)
     ours = elongate(source, to="longctx-longformer")
