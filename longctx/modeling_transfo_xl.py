@@ -36,6 +36,13 @@ in the length). With a memory of half the span, a new token costs more than in t
 by arithmetic 1.18x its attention FLOPs and 1.33x its linear layers' (keys and values of the
 memory); without memory, about as much (causal: half the score tiles skipped)
 (measured: results/cpu-2026-11-23/README.md).
+
+Decoding (`generate()`, or any call without gradient): the memory keeps each layer's keys and
+values (see `TransfoXLMemory`) and the layers keep the projected encodings of the mem_len + 1
+distances a new token sees, so a token costs its own projections plus attention over the memory,
+as a GPT-2 step costs over its key-value cache; one query runs
+`attention_relative.single_query_relative_attention` (measured against transformers' GPT-2:
+results/xl-generation/README.md, `scripts/profile_xl_generation.py`).
 """
 
 from dataclasses import dataclass
