@@ -91,13 +91,17 @@ def relative_attention(q, k, v, r, content_bias, position_bias, visible: "Visibl
       the mask needs a gradient, which the fused kernels do not give, so SDPA runs its math kernel
       over the materialised (q_len x k_len) scores, which autograd keeps (dropout, double backward).
     "auto", on CPU in float32/64 without dropout when the queries fill more than one block of 128,
-    takes "fused" (so "blocks" where that cannot be built); "sdpa" elsewhere: for a token at a
-    time, as `generate()` feeds them, the SDPA call was measured faster than "blocks" (measured:
-    results/cpu-2026-11-23/README.md), and on CUDA "blocks" has not been timed against it
-    (`scripts/run_cuda_transfo_xl.sh` times both)."""
+    takes "fused" (so "blocks" where that cannot be built); for one query without attention
+    dropout (a token at a time, as `generate()` feeds them) `single_query_relative_attention`,
+    three small matmuls and no shift, which needs no mask for the causal order; "sdpa" elsewhere
+    (for a few queries at a time the SDPA call was measured faster than "blocks": results/
+    cpu-2026-11-23/README.md; on CUDA "blocks" has not been timed against it:
+    `scripts/run_cuda_transfo_xl.sh` times both)."""
     kernel = _chosen_kernel(q, dropout_p, kernel)
     q_content = q + content_bias[:, None]  # (batch, heads, q_len, dim)
     q_position = q + position_bias[:, None]  # (batch, heads, q_len, dim)
+    if kernel == "single":
+        return single_query_relative_attention(q_content, q_position, k, v, r, visible)
     if kernel == "sdpa":
         return _sdpa_relative_attention(q_content, q_position, k, v, r, visible, dropout_p)
     attend = fused_relative_attention if kernel == "fused" else blockwise_relative_attention
@@ -119,11 +123,47 @@ def _chosen_kernel(q, dropout_p: float, kernel: str) -> str:
                          f"({', '.join(map(str, DTYPES))}); got dropout_p={dropout_p}, {q.dtype}. "
                          f"Use kernel='auto' or 'sdpa'.")
     measured_faster = blocks_apply and fused_forward_applies(q) and q.shape[-2] > DEFAULT_BLOCK
+    if kernel == "auto" and q.shape[-2] == 1 and dropout_p == 0:
+        return "single"
     if kernel == "auto":
         kernel = "fused" if measured_faster else "sdpa"
     if kernel == "fused" and fused_kernel() is None:
         kernel = "blocks"  # fused_kernel() warned, once: the same values, more slowly
     return kernel
+
+
+def single_query_relative_attention(q_content, q_position, k, v, r, visible: "VisibleKeys"):
+    """One query (q_len 1, the last key), no attention dropout: (batch, heads, 1, dim).
+
+    The query is key `memory`, so it meets key j at distance memory - j = k_len - 1 - j, which is
+    what row j of r encodes: the position scores need no shift, and every key is at or before the
+    query, so only the window and the padding hide keys. q_content = q + u, q_position = q + v:
+    (batch, heads, 1, dim); k, v: (batch, heads, k_len, dim); r: (heads, k_len, dim)."""
+    scale = 1.0 / math.sqrt(q_content.shape[-1])
+    # (batch, heads, 1, k_len): content plus position scores, scaled
+    scores = torch.matmul(q_content, k.transpose(-1, -2))
+    scores = scores.add_(torch.matmul(q_position, r.transpose(-1, -2))).mul_(scale)
+    allowed = _single_query_visible(visible, k.shape[-2], k.device)  # (batch or 1, 1, 1, k_len)
+    if allowed is None:
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+    sees_something = allowed.any(dim=-1, keepdim=True)  # (batch or 1, 1, 1, 1)
+    scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~sees_something, 0.0)
+    return torch.matmul(torch.softmax(scores, dim=-1) * sees_something, v)
+
+
+def _single_query_visible(visible: "VisibleKeys", k_len: int, device) -> torch.Tensor | None:
+    """(batch or 1, 1, 1, k_len) bool of the keys the one query sees, or None: all of them."""
+    if visible.q_len != 1 or visible.memory_length != k_len - 1:
+        raise ValueError(f"single-query attention got VisibleKeys(q_len={visible.q_len}, "
+                         f"memory_length={visible.memory_length}) for {k_len} keys; it takes one "
+                         f"query after a memory of {k_len - 1}.")
+    allowed = None
+    if visible.window and visible.window < k_len:  # query k_len - 1 sees its `window` last keys
+        allowed = torch.arange(k_len, device=device) >= k_len - visible.window  # (k_len,)
+    if visible.key_padding is not None:
+        padding = visible.key_padding[:, None, None, :]  # (batch, 1, 1, k_len)
+        return padding if allowed is None else padding & allowed
+    return None if allowed is None else allowed[None, None, None, :]
 
 
 def _sdpa_relative_attention(q_content, q_position, k, v, r, visible, dropout_p: float):

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import logging
 import os
+import sys
 import time
 import warnings
 
@@ -90,12 +91,22 @@ def _build(lock_wait: float = DEFAULT_LOCK_WAIT_S):
     flags = ["-O3", "-fopenmp"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # ATen's vectorised exp
         flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    _wait_for_build_lock(_build_directory(name), lock_wait)
-    if not _is_built(name):
-        logger.warning("longctx: compiling the fused CPU kernel of Transformer-XL's relative "
-                       "attention (once, about a minute; cached afterwards)")
+    directory = _build_directory(name)
+    _wait_for_build_lock(directory, lock_wait)
+    if not _is_built(name):  # announced first: the compilation is silent for about a minute
+        announce(f"longctx: building the Transformer-XL CPU attention kernel (once, about a "
+                 f"minute; cached in {directory or '~/.cache/torch_extensions'})")
     return load_inline(name=name, cpp_sources=[SOURCE], extra_cflags=flags,
                        extra_ldflags=["-fopenmp"], verbose=False)
+
+
+def announce(message: str):
+    """`message` on the console now: through logging where the application configured a handler
+    for us, else straight to stderr (logging's last-resort handler may be switched off)."""
+    if logger.hasHandlers():
+        logger.warning(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def extension_name() -> str:
@@ -110,11 +121,16 @@ def _wait_for_build_lock(build_directory: str | None, lock_wait: float):
     if build_directory is None:
         return
     lock = os.path.join(build_directory, "lock")  # torch's name (cpp_extension._jit_compile)
+    announced = False
     while True:
         try:
             age = time.time() - os.stat(lock).st_mtime
         except FileNotFoundError:
             return
+        if not announced and age < lock_wait:
+            announce(f"longctx: waiting for another process's build of the Transformer-XL CPU "
+                     f"attention kernel (lock {lock}, at most {lock_wait - age:.0f} s more)")
+            announced = True
         if age >= lock_wait:
             raise TimeoutError(f"torch's build lock is {age:.0f} s old ({LOCK_WAIT_VARIABLE}="
                                f"{lock_wait:g}), as a build killed midway leaves it; delete it if "

@@ -50,10 +50,12 @@ class LongctxTransfoXLConfig(LongctxConfig):
     - `relative_attention_kernel`: which exact kernel computes relative attention; the choice
       changes speed and memory, not the function computed (`attention_relative.relative_attention`
       has the details). "auto": "fused" on CPU in float32/64 without attention dropout once more
-      than one block of 128 new tokens comes, "sdpa" otherwise. "fused": one C++ kernel
-      (`attention_relative_fused`, compiled on first use, also from a saved model's remote code)
-      for CPU, float32/64 and no attention dropout, memory linear in the length; where it cannot
-      be built (no C++ compiler) a warning, once, and "blocks": the same values, more slowly.
+      than one block of 128 new tokens comes; one new token (decoding) without attention
+      dropout: three small matmuls (`single_query_relative_attention`); "sdpa" otherwise.
+      "fused": one C++ kernel (`attention_relative_fused`, compiled on first use, also from a
+      saved model's remote code) for CPU, float32/64 and no attention dropout, memory linear in
+      the length; where it cannot be built (no C++ compiler) a warning, once, and "blocks": the
+      same values, more slowly.
       "blocks": query blocks of eager PyTorch ops and a hand-written backward
       (`attention_relative_blocks`) on any device, no attention dropout, memory linear in the
       length (so the way to long spans on CUDA); half precision is computed in float32. "sdpa":

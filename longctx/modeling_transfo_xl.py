@@ -36,6 +36,13 @@ in the length). With a memory of half the span, a new token costs more than in t
 by arithmetic 1.18x its attention FLOPs and 1.33x its linear layers' (keys and values of the
 memory); without memory, about as much (causal: half the score tiles skipped)
 (measured: results/cpu-2026-11-23/README.md).
+
+Decoding (`generate()`, or any call without gradient): the memory keeps each layer's keys and
+values (see `TransfoXLMemory`) and the layers keep the projected encodings of the mem_len + 1
+distances a new token sees, so a token costs its own projections plus attention over the memory,
+as a GPT-2 step costs over its key-value cache; one query runs
+`attention_relative.single_query_relative_attention` (measured against transformers' GPT-2:
+results/xl-generation/README.md, `scripts/profile_xl_generation.py`).
 """
 
 from dataclasses import dataclass
@@ -89,13 +96,23 @@ class TransfoXLMemory:
     the last `mem_len` tokens, (batch, length, d_model), without gradient; which of them are real
     tokens (None: all); and how many tokens were seen in all (`generate()` feeds only the rest).
 
-    Iterates and indexes like transformers' list of per-layer `mems`."""
+    Iterates and indexes like transformers' list of per-layer `mems`.
+
+    Made without gradient (generation, evaluation), it also keeps per layer the keys and values
+    of its tokens, (batch, heads, length, dim) each, with a stamp of the weights that projected
+    them (`projected`): the next call then projects only its new tokens, as GPT-2's key-value
+    cache does, instead of the whole memory again at every generated token. A stamp names the
+    projection modules and each of their parameters' identity, version and storage, so weights
+    changed since (an optimizer step, load_state_dict, .to()) make the next call project the
+    memory afresh; only a change that bypasses autograd's version counter (writing through
+    `.data`) goes unseen."""
 
     def __init__(self, hidden: list[torch.Tensor], padding: torch.Tensor | None = None,
-                 seen: int | None = None):
+                 seen: int | None = None, projected: list[tuple] | None = None):
         self.hidden = list(hidden)
         self.padding = padding
         self.seen = self.length if seen is None else seen
+        self.projected = projected  # per layer (stamp, keys, values), or None
 
     @classmethod
     def wrap(cls, mems, num_layers: int) -> "TransfoXLMemory | None":
@@ -129,17 +146,30 @@ class TransfoXLMemory:
     def __getitem__(self, layer: int) -> torch.Tensor:
         return self.hidden[layer]
 
+    def projections(self, layer: int, stamp: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The layer's (keys, values) of the memory tokens, if the weights of `stamp` projected
+        them; else None (the caller projects the memory)."""
+        if self.projected is None:
+            return None
+        saved_stamp, keys, values = self.projected[layer]
+        return (keys, values) if same_stamp(saved_stamp, stamp) else None
+
     def reorder_cache(self, beam_idx: torch.LongTensor):
         """Beam search: keep the rows of the chosen beams."""
         self.hidden = [h.index_select(0, beam_idx.to(h.device)) for h in self.hidden]
         if self.padding is not None:
             self.padding = self.padding.index_select(0, beam_idx.to(self.padding.device))
+        if self.projected is not None:
+            self.projected = [(stamp, *(t.index_select(0, beam_idx.to(t.device)) for t in kv))
+                              for stamp, *kv in self.projected]
 
     def extended(self, layer_inputs: list[torch.Tensor], new_padding: torch.Tensor | None,
-                 mem_len: int):
-        """The memory after a segment: its last `mem_len` tokens of (memory + segment), detached."""
+                 mem_len: int, projected: list[tuple] | None = None):
+        """The memory after a segment: its last `mem_len` tokens of (memory + segment), detached.
+        `projected`: per layer (stamp, keys, values) of memory + segment, (batch, heads, memory +
+        length, dim), to keep for the next call (None: keep none)."""
         # per layer (batch, at most mem_len, d_model)
-        hidden = [torch.cat([old, new], dim=1)[:, -mem_len:].detach()
+        hidden = [_last_tokens(old, new, mem_len).detach()
                   for old, new in zip(self.hidden, layer_inputs)]
         padding = None
         if self.padding is not None or new_padding is not None:
@@ -147,7 +177,59 @@ class TransfoXLMemory:
             old = _real_if_none(self.padding, batch, self.length, device)
             new = _real_if_none(new_padding, batch, length, device)
             padding = torch.cat([old, new], dim=1)[:, -mem_len:]  # (batch, at most mem_len)
-        return TransfoXLMemory(hidden, padding, self.seen + layer_inputs[0].shape[1])
+        if projected is not None:
+            projected = [(stamp, *(_tail(t, mem_len, dim=2) for t in kv))
+                         for stamp, *kv in projected]
+        return TransfoXLMemory(hidden, padding, self.seen + layer_inputs[0].shape[1], projected)
+
+
+def _last_tokens(old: torch.Tensor, new: torch.Tensor, count: int) -> torch.Tensor:
+    """The last `count` tokens of (old + new) along dim 1, copied from only those rows (a new
+    tensor: a view would keep a long segment's whole input alive)."""
+    from_old = max(0, min(count - new.shape[1], old.shape[1]))
+    return torch.cat([old[:, old.shape[1] - from_old:], new[:, -count:]], dim=1)
+
+
+def _tail(t: torch.Tensor, count: int, dim: int) -> torch.Tensor:
+    """The last `count` entries along `dim`: a view, or a copy where the view would keep a tensor
+    more than twice as long alive (after a long prompt)."""
+    tail = t.narrow(dim, max(0, t.shape[dim] - count), min(count, t.shape[dim]))
+    return tail.clone() if t.shape[dim] > 2 * count else tail
+
+
+def weights_stamp(*modules: nn.Module) -> tuple:
+    """What identifies the weights of `modules` now: each module, and each parameter with its
+    version (bumped by in-place changes) and storage address (changed by .to() or a new .data)."""
+    return tuple((module, tuple((p, p._version, p.data_ptr()) for p in module.parameters()))
+                 for module in modules)
+
+
+def same_stamp(a: tuple, b: tuple) -> bool:
+    """Whether two `weights_stamp`s name the same modules and the same parameter states."""
+    if len(a) != len(b):
+        return False
+    for (module_a, params_a), (module_b, params_b) in zip(a, b):
+        if module_a is not module_b or len(params_a) != len(params_b):
+            return False
+        for (p, version, address), (q, other_version, other_address) in zip(params_a, params_b):
+            if p is not q or version != other_version or address != other_address:
+                return False
+    return True
+
+
+@dataclass
+class DistanceEncodings:
+    """Sinusoids of the distances k_len - 1, ..., 0 (one row each, d_model wide): the last k_len
+    rows of `table`. `reusable`: the table is the model's cached one (no gradient, no dropout), so
+    its projection can be cached too; else the table has exactly k_len rows."""
+
+    table: torch.Tensor  # (at least k_len, d_model)
+    k_len: int
+    reusable: bool = False
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return self.table[-self.k_len:]  # (k_len, d_model)
 
 
 def _is_layer_memory(t) -> bool:
@@ -159,6 +241,13 @@ def _real_if_none(padding: torch.Tensor | None, batch: int, length: int, device)
     if padding is not None:
         return padding
     return torch.ones(batch, length, dtype=torch.bool, device=device)
+
+
+def reuses_projections(like: torch.Tensor) -> bool:
+    """Whether keys, values and position projections may be kept between calls: without
+    gradient (they would be cut from the graph) and without autocast (its dtype is not in the
+    stamp)."""
+    return not torch.is_grad_enabled() and not torch.is_autocast_enabled(like.device.type)
 
 
 def check_memory_shape(memory: TransfoXLMemory, batch: int, width: int):
@@ -201,22 +290,29 @@ class RelativeSelfAttention(nn.Module):
         self.position = nn.Linear(config.hidden_size, inner, bias=False) if self.relative else None
         # u and v of the paper; with untie_r=False the backbone owns one pair for all layers
         self.content_bias = self.position_bias = None
+        # (table, stamp, projected rows): the position projection of the backbone's cached
+        # distance table, reused while both stay the same (see `_projected_distances`)
+        self._distance_cache = None
         if config.untie_r and self.relative:
             self.content_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
             self.position_bias = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
 
     def forward(self, hidden, context, encodings, visible, shared_biases=None,
-                output_attentions=False):
+                output_attentions=False, memory_keys_values=None):
         """hidden: (batch, q_len, d_model) new tokens; context: (batch, k_len, d_model) memory + new
-        tokens; encodings: (k_len, d_model) of distances k_len - 1 .. 0; visible: VisibleKeys."""
+        tokens, or only the new tokens where `memory_keys_values` gives the memory's (keys,
+        values), (batch, heads, memory, dim) each; encodings: DistanceEncodings of distances
+        k_len - 1 .. 0; visible: VisibleKeys. Returns (output (batch, q_len, d_model), weights or
+        None, (keys, values) of memory + new tokens, (batch, heads, k_len, dim) each)."""
         q = split_heads(self.query(hidden), self.num_heads)  # (batch, heads, q_len, dim)
         # (batch, heads, k_len, dim) each
         k, v = (split_heads(t, self.num_heads) for t in self.key_value(context).chunk(2, dim=-1))
+        if memory_keys_values is not None:
+            k, v = (torch.cat([old, new], dim=2) for old, new in zip(memory_keys_values, (k, v)))
         dropout_p = self.dropout_p if self.training else 0.0
         if not self.relative:
-            return self._plain(q, k, v, visible.mask(), dropout_p, output_attentions)
-        # (heads, k_len, dim)
-        r = self.position(encodings).view(-1, self.num_heads, self.head_dim).transpose(0, 1)
+            return (*self._plain(q, k, v, visible.mask(), dropout_p, output_attentions), (k, v))
+        r = self._projected_distances(encodings)  # (heads, k_len, dim)
         own_biases = (self.content_bias, self.position_bias)
         u, bias_v = shared_biases if self.content_bias is None else own_biases  # (heads, dim) each
         if output_attentions:  # SDPA cannot return weights: the explicit path computes the same
@@ -226,7 +322,26 @@ class RelativeSelfAttention(nn.Module):
             out = relative_attention(q, k, v, r, u, bias_v, visible, dropout_p=dropout_p,
                                      kernel=self.kernel)
             weights = None
-        return self.output(merge_heads(out)), weights  # (batch, q_len, d_model)
+        return self.output(merge_heads(out)), weights, (k, v)  # output (batch, q_len, d_model)
+
+    def _projected_distances(self, encodings: DistanceEncodings) -> torch.Tensor:
+        """(heads, k_len, dim) projected encodings. The backbone's cached table is projected once
+        (per table and weights) and its last k_len rows reused: a generated token would otherwise
+        project the encodings of its whole memory again."""
+        if not encodings.reusable:
+            return self._heads_first(self.position(encodings.rows))
+        stamp = weights_stamp(self.position)
+        cached = self._distance_cache
+        if cached is None or cached[0] is not encodings.table or not same_stamp(cached[1], stamp):
+            # contiguous per head: the single-query kernel reads each head's rows in one stride
+            projected = self._heads_first(self.position(encodings.table)).contiguous()
+            cached = (encodings.table, stamp, projected)
+            self._distance_cache = cached
+        return cached[2][:, -encodings.k_len:]
+
+    def _heads_first(self, projected: torch.Tensor) -> torch.Tensor:
+        """(k_len, heads x dim) -> (heads, k_len, dim)"""
+        return projected.view(-1, self.num_heads, self.head_dim).transpose(0, 1)
 
     def _plain(self, q, k, v, allowed, dropout_p, output_attentions):
         """attn_type 2: softmax(q k^T / sqrt(dim)) v over the visible keys, no position term."""
@@ -265,19 +380,35 @@ class TransfoXLBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden, memory, encodings, visible, shared_biases=None,
-                output_attentions=False):
-        context = torch.cat([memory, hidden], dim=1)  # (batch, memory + length, d_model)
+                output_attentions=False, memory_keys_values=None):
+        """Returns (hidden, attention weights or None, (keys, values) of memory + new tokens).
+        `memory_keys_values`: the memory's keys and values, projected by the weights of
+        `projection_stamp()`: then only the new tokens are projected."""
+        if memory_keys_values is None:
+            context = torch.cat([memory, hidden], dim=1)  # (batch, memory + length, d_model)
+        else:
+            context = hidden  # (batch, length, d_model): the memory's part is given
         length = hidden.shape[1]
-        if self.pre_norm:
+        if self.pre_norm:  # LayerNorm is per token: the memory's rows need no new one
             context = self.attention_norm(context)
-            attended, weights = self.attention(context[:, -length:], context, encodings, visible,
-                                               shared_biases, output_attentions)
+            attended, weights, keys_values = self.attention(
+                context[:, -length:], context, encodings, visible, shared_biases,
+                output_attentions, memory_keys_values)
             hidden = hidden + self.dropout(attended)
-            return hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden))), weights
-        attended, weights = self.attention(hidden, context, encodings, visible, shared_biases,
-                                           output_attentions)
+            hidden = hidden + self.dropout(self.feed_forward(self.feed_forward_norm(hidden)))
+            return hidden, weights, keys_values
+        attended, weights, keys_values = self.attention(hidden, context, encodings, visible,
+                                                        shared_biases, output_attentions,
+                                                        memory_keys_values)
         hidden = self.attention_norm(hidden + self.dropout(attended))
-        return self.feed_forward_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
+        hidden = self.feed_forward_norm(hidden + self.dropout(self.feed_forward(hidden)))
+        return hidden, weights, keys_values
+
+    def projection_stamp(self) -> tuple:
+        """The weights that make this layer's keys and values from its inputs."""
+        if self.pre_norm:
+            return weights_stamp(self.attention.key_value, self.attention_norm)
+        return weights_stamp(self.attention.key_value)
 
 
 def resized_rows(parameter: nn.Parameter, rows: int, cluster_rows: int, mean_resizing: bool,
@@ -592,6 +723,8 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
             self.content_bias = nn.Parameter(torch.zeros(bias_shape))
             self.position_bias = nn.Parameter(torch.zeros(bias_shape))
         self.output_size = config.hidden_size
+        # (key, table): the distance encodings that decoding steps share (`_distance_encodings`)
+        self._distance_table = None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -622,9 +755,10 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         same_length = self.config.same_length and self.config.mem_len > 0
         window = self.config.mem_len if same_length else None
         visible = VisibleKeys(length, memory.length, window, key_padding, reference.device)
+        reuse = reuses_projections(hidden)
         encodings = None
         if self.config.attn_type == 0:
-            encodings = self.dropout(self._encodings(memory.length + length, hidden))
+            encodings = self._distance_encodings(memory.length + length, hidden, reuse)
         else:
             hidden = hidden + self._absolute_encodings(new_padding, batch, length, hidden)
         hidden = self.dropout(hidden)
@@ -633,18 +767,41 @@ class LongctxTransfoXLModel(LongctxTransfoXLPreTrainedModel):
         shared = None
         if _shares_position_biases(self.config):
             shared = (self.content_bias, self.position_bias)
-        layer_inputs, all_weights = [], ()
-        for layer, layer_memory in zip(self.layers, memory.hidden):
+        layer_inputs, all_weights, projected = [], (), []
+        for index, (layer, layer_memory) in enumerate(zip(self.layers, memory.hidden)):
             layer_inputs.append(hidden)
-            hidden, weights = layer(hidden, layer_memory.to(hidden.dtype), encodings, visible,
-                                    shared_biases=shared, output_attentions=flags.attentions)
+            stamp = layer.projection_stamp() if reuse else None
+            hidden, weights, keys_values = layer(
+                hidden, layer_memory.to(hidden.dtype), encodings, visible, shared_biases=shared,
+                output_attentions=flags.attentions,
+                memory_keys_values=memory.projections(index, stamp) if reuse else None)
             all_weights += (weights,)
+            projected.append((stamp, *keys_values))
         hidden = self.dropout(hidden)
-        new_memory = memory.extended(layer_inputs, new_padding, self.config.mem_len) \
-            if use_cache is not False and self.config.mem_len > 0 else None
+        new_memory = None
+        if use_cache is not False and self.config.mem_len > 0:
+            new_memory = memory.extended(layer_inputs, new_padding, self.config.mem_len,
+                                         projected if reuse else None)
         return backbone_output(flags.return_dict, hidden, new_memory,
                                tuple(layer_inputs) + (hidden,) if flags.hidden_states else None,
                                all_weights if flags.attentions else None)
+
+    def _distance_encodings(self, k_len: int, like: torch.Tensor,
+                            reuse: bool) -> DistanceEncodings:
+        """The encodings of distances k_len - 1, ..., 0 (dropout applied). Where `reuse` allows
+        it and no dropout applies, the last rows of one cached table of mem_len + 1 distances,
+        the most a generated token sees: a table shared by every step, whose projections the
+        layers then cache (a longer segment gets its own, uncached: the cache stays small)."""
+        dropped = self.training and self.dropout.p > 0
+        if not reuse or dropped or k_len > self.config.mem_len + 1:
+            return DistanceEncodings(self.dropout(self._encodings(k_len, like)), k_len)
+        table_length = self.config.mem_len + 1
+        key = (table_length, self.config.clamp_len, like.dtype, like.device)
+        cached = self._distance_table
+        if cached is None or cached[0] != key:
+            cached = (key, self._encodings(table_length, like))
+            self._distance_table = cached
+        return DistanceEncodings(cached[1], k_len, reusable=True)
 
     def _encodings(self, k_len: int, like: torch.Tensor) -> torch.Tensor:
         """Sinusoids of the distances k_len - 1, ..., 0, clamped at clamp_len (if > 0)."""

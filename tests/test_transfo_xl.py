@@ -418,3 +418,42 @@ def test_trainer_evaluates_the_metrics_of_transformers_run_clm(tmp_path):
                           (p.predictions[:, :-1] == p.label_ids[:, 1:]).mean())})
     metrics = trainer.evaluate(dataset)
     assert seen["shape"] == (2, 10, 261) and 0 <= metrics["eval_accuracy"] <= 1
+
+
+# ------------------------------------------------------------------------- kernel build notice
+@pytest.mark.parametrize("logging_configured", [False, True])
+def test_the_kernel_build_is_announced_before_it_starts(monkeypatch, tmp_path, capsys, caplog,
+                                                        logging_configured):
+    """The compilation is silent for about a minute: the console says so before it starts, through
+    logging where a handler is set up, else on stderr. The build itself is mocked."""
+    import logging
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    import longctx.attention_relative_fused as relative_fused
+
+    seen_at_build = []
+
+    def build(**kwargs):
+        logged = [r.getMessage() for r in caplog.records]
+        seen_at_build.append((capsys.readouterr().err, logged, kwargs["name"]))
+        return "built"
+
+    monkeypatch.setattr(cpp_extension, "load_inline", build)
+    monkeypatch.setattr(relative_fused, "_build_directory", lambda name: str(tmp_path))
+    monkeypatch.setattr(relative_fused.logger, "hasHandlers", lambda: logging_configured)
+    caplog.set_level(logging.WARNING, logger=relative_fused.__name__)
+    capsys.readouterr()
+    assert relative_fused._build(lock_wait=1.0) == "built"
+    (stderr, logged, name), = seen_at_build
+    assert name == relative_fused.extension_name()
+    where = logged if logging_configured else [stderr]
+    other = [stderr] if logging_configured else logged
+    assert any("building the Transformer-XL CPU attention kernel (once, about a minute; cached in "
+               f"{tmp_path})" in text for text in where), where
+    assert not any("building" in text for text in other)
+    # already built: nothing said
+    monkeypatch.setattr(relative_fused, "_is_built", lambda name: True)
+    caplog.clear()
+    relative_fused._build(lock_wait=1.0)
+    assert "building" not in seen_at_build[-1][0] and not seen_at_build[-1][1]
