@@ -451,10 +451,9 @@ def measure_length(settings: GenerationSettings, prompt_length: int, skipped: di
     cells, models = build_all(settings, prompt_length, skipped)
     prompt, n, device = make_prompt(settings, prompt_length), settings.new_tokens, settings.device
 
-    def warm(name):
+    def warm(name):  # the prefill and a decode step: every code path, without the whole cost
         for _ in range(settings.warmup):
-            generate(models[name], prompt, 1)
-            check_new_tokens(cells[name], generate(models[name], prompt, n), n)
+            generate(models[name], prompt, 2)
 
     def timed(name):
         cell = cells[name]
@@ -551,8 +550,9 @@ def notes(settings: GenerationSettings, cells: list[dict]) -> list[str]:
         f"tok/s = {n} / generate() seconds; prefill = generate() with 1 new token (the prompt's "
         f"forward + setup); decode = generate - prefill, the {n - 1} steps after it; decode tok/s "
         f"= {n - 1} / decode seconds; ms/token = decode ms / {n - 1}",
-        f"times: median of {settings.repeats} repeat(s) after {settings.warmup} warm-up call(s) "
-        "per model; the models of a length interleaved in each repeat (rotating order)"
+        f"times: median of {settings.repeats} repeat(s) after {settings.warmup} warm-up "
+        "generate() call(s) of 2 new tokens (prefill and one decode step) per model; the models "
+        "of a length interleaved in each repeat (rotating order)"
         + ("; torch.cuda.synchronize() around each call" if settings.device == "cuda" else ""),
         "peak MiB: " + memory_measurement(settings.device),
         DROPOUT_NOTE,
@@ -639,6 +639,10 @@ def run_generation_benchmark(settings: GenerationSettings, output, overwrite: bo
           flush=True)
     cells, skipped = [], {}
     for prompt_length in settings.prompt_lengths:
+        if cells:  # what is measured so far survives a run stopped later (e.g. by a timeout)
+            write_json(output, {"settings": dataclasses.asdict(settings), "complete": False,
+                                "definitions": DEFINITIONS, "results": cells},
+                       indent=2, sort_keys=False)
         for cell in measure_length(settings, prompt_length, skipped):
             cells.append(cell)
             print("  " + progress_line(cell), flush=True)
@@ -653,7 +657,7 @@ def run_generation_benchmark(settings: GenerationSettings, output, overwrite: bo
              f"{settings.new_tokens} new tokens")
     plots = write_plots(cells, output, title)
     table_notes = notes(settings, cells)
-    results = {"settings": settings_record, "environment": environment_record,
+    results = {"settings": settings_record, "complete": True, "environment": environment_record,
                "definitions": DEFINITIONS,
                "memory_measurement": memory_measurement(settings.device),
                "notes": table_notes, "plots": plots,
