@@ -241,3 +241,21 @@ def test_script_end_to_end_and_refusing_to_overwrite(tmp_path):
     replaced = json.loads(output.read_text(encoding="utf-8"))
     assert [c["model"] for c in replaced["results"]] == ["hf-gpt2"]
     assert replaced["settings"]["hidden_size"] == bench.QUICK["hidden_size"]
+
+
+def test_a_run_stopped_midway_keeps_the_lengths_it_measured(tmp_path, monkeypatch):
+    measure_length = bench.measure_length
+
+    def stopped_at_the_second_length(settings, prompt_length, skipped):
+        if prompt_length == 24:
+            raise KeyboardInterrupt  # as a timeout's signal would stop it
+        return measure_length(settings, prompt_length, skipped)
+
+    monkeypatch.setattr(bench, "measure_length", stopped_at_the_second_length)
+    settings = tiny_settings(models=["hf-gpt2"], prompt_lengths=[16, 24], new_tokens=3)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_generation_benchmark(settings, tmp_path / "gen.json")
+    partial = json.loads((tmp_path / "gen.json").read_text(encoding="utf-8"))
+    assert partial["complete"] is False
+    assert [(c["model"], c["prompt_length"]) for c in partial["results"]] == [("hf-gpt2", 16)]
+    assert partial["results"][0]["generated_new_tokens"] == 3
