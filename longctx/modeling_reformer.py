@@ -31,11 +31,24 @@ needs a sort per prefix, or all earlier keys of t's bucket (quadratic at worst),
 by position, which is local attention. What removes it drops hashing: `attn_layers` of "local"
 only, or inputs no longer than `lsh_attn_chunk_length` (plain attention).
 
-Generation cache: the decoder keeps the embeddings of every token seen (`ReformerRecomputeCache`)
-and recomputes the whole sequence for each new token. It is exact (the result equals a full
-forward) but costs a full forward per step; transformers' cache of buckets and states is cheaper
-but gives outputs that differ from a full forward whenever a new token would change the hash
-sort, which is why it is not reproduced here.
+Generation caches (config.generation_cache). "buckets", the default: the prompt runs the full
+forward above and each layer keeps its keys and values (rows right-aligned, as the forward
+arranges them): LSH layers their length-normalised shared keys with the bucket of each hash round
+(the rotations fixed for the whole generation: hash_seed's, or the ones the prompt's forward
+drew, or drawn once at the first hashed step), local layers the chunks a new token may still look
+back on. A new token then runs alone through the layers (the two reversible streams of one
+position): in each LSH round it attends to the earlier keys of its own bucket, its own key at
+-1e5, the rounds combined by their logsumexps as the full kernel does; in a local layer, to its
+chunk and the `local_num_chunks_before` chunks before it. A step costs O(length) (one bucket
+comparison per cached key; no hashing of cached keys, no sort), not a forward. The rule: where
+nothing hashes (local layers only, or sequences no longer than `lsh_attn_chunk_length`) this is
+exactly the full forward over the prefix (with local_num_chunks_before <= 1: with more, the full
+forward's chunks wrap around and count a key twice while fewer chunks exist than it looks back
+on); once LSH layers hash, it is attention within the bucket, which the full forward approximates
+by its chunked sort, so the greedy tokens can differ from a full forward's (how often on a trained
+model: results/reformer-generation-cache/). "recompute": the cache keeps the token embeddings and
+every call recomputes the whole sequence (`ReformerRecomputeCache`): exactly a full forward over
+the prefix, at a full forward per token.
 """
 
 import math
