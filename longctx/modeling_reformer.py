@@ -422,7 +422,7 @@ class ReformerLayer(GradientCheckpointingLayer):
 
 
 # ------------------------------------------------------------------------------------------ cache
-SPARE_COLUMNS = 64  # free columns a bucket cache starts with after the prompt (it grows by doubling)
+SPARE_COLUMNS = 64  # free columns a bucket cache has after the prompt (it grows by doubling)
 
 
 class LshLayerState:
@@ -527,8 +527,9 @@ class ReformerBucketCache:
 
 
 class ReformerRecomputeCache:
-    """`generation_cache="recompute"`: a decoder's generation state: the token embeddings (batch, seen, hidden) and positions of
-    every token so far; each call recomputes the whole sequence (exact; see the module doc)."""
+    """`generation_cache="recompute"`: a decoder's generation state: the token embeddings
+    (batch, seen, hidden) and positions of every token so far; each call recomputes the whole
+    sequence (exact; see the module doc)."""
 
     def __init__(self, embeddings: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None):
@@ -849,7 +850,8 @@ class ReformerHeadMixin(DecoderOutputEmbeddings):
 
 class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCausalLM,
                                  LongctxReformerPreTrainedModel, GenerationMixin):
-    """The generation cache is ReformerRecomputeCache."""
+    """The generation cache is a ReformerBucketCache (config.generation_cache="buckets", the
+    default) or a ReformerRecomputeCache ("recompute"); see the module doc."""
 
     backbone_class = LongctxReformerModel
 

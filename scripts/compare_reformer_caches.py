@@ -2,8 +2,8 @@
 model (issue 22): generation_cache="buckets" (each new token attends to the earlier keys of its
 own LSH bucket) against "recompute" (a full forward over the prefix per token).
 
-    python scripts/compare_reformer_caches.py CHECKPOINT --text ../shared/data/books/austen-sense.txt \
-        --prompts 8 --prompt_length 256 --new 128
+    python scripts/compare_reformer_caches.py CHECKPOINT \
+        --text ../shared/data/books/austen-sense.txt --prompts 8 --prompt_length 256 --new 128
 
 Prompts are byte windows spread evenly over the text. Printed: per prompt the first position
 where the greedy continuations differ; differing positions per 1,000 generated tokens (all, and
