@@ -272,3 +272,13 @@ def test_recompute_option_equals_a_full_forward_over_the_prefix():
 def test_bad_generation_cache_raises_naming_the_field():
     with pytest.raises(ValueError, match="generation_cache='fast'.*'buckets'.*'recompute'"):
         AutoConfig.for_model("longctx-reformer", **dict(HASHED, generation_cache="fast"))
+
+
+def test_several_tokens_in_one_cached_call_equal_one_at_a_time():
+    model = model_for(HASHED)
+    ids, mask = prompts([12, 9], seed=13)
+    one_at_a_time, _ = step_logits(model, ids, mask, prefill=6)
+    cache = cache_of(model(ids[:, :6], attention_mask=mask[:, :6], use_cache=True))
+    together = model(ids[:, 6:], attention_mask=mask, cache=cache, use_cache=True).logits
+    torch.testing.assert_close(together, one_at_a_time, rtol=0, atol=1e-6)
+    assert cache.seen == ids.shape[1]
