@@ -7,6 +7,7 @@ import math
 from .configuration_common import LongctxConfig
 
 ATTENTION_KINDS = ("lsh", "local")
+GENERATION_CACHES = ("buckets", "recompute")
 # transformers' `ReformerConfig` name -> the common longctx field it is (read and written both
 # ways).
 REFORMER_ALIASES = {"feed_forward_size": "intermediate_size"}
@@ -44,6 +45,16 @@ class LongctxReformerConfig(LongctxConfig):
       positions at a time (0: all at once); the result is the same, the peak memory lower.
     - `feed_forward_size` is an alias of `intermediate_size`; `lsh_attention_probs_dropout_prob` and
       `local_attention_probs_dropout_prob` default to `attention_probs_dropout_prob`.
+    - `generation_cache`: what a decoder keeps between `generate()` steps. "buckets" (default):
+      per layer the keys and values of the earlier tokens (LSH layers: the shared keys with their
+      bucket per hash round, the rotations fixed for the whole generation; local layers: the
+      chunks a new token still looks back on); a new token attends, per round, to the earlier keys
+      in its own bucket (LSH) or to its chunk and the ones before (local). Cost per token:
+      O(length) for the bucket comparison, no re-sort. It equals a full forward when no layer
+      hashes (local layers only, or sequences no longer than `lsh_attn_chunk_length`); in the
+      hashed regime it is not the full forward's chunked sort (see modeling_reformer.py).
+      "recompute": the token embeddings, and a full forward over the whole sequence per new token
+      (exactly a forward over the prefix, at a forward's cost per token).
     - `reversible`: the layers' backward recomputes their activations from the outputs (memory
       independent of depth, as transformers always does); False: plain autograd (stores them,
       no recomputation).
@@ -85,6 +96,7 @@ class LongctxReformerConfig(LongctxConfig):
     axial_norm_std: float = 1.0
     chunk_size_lm_head: int = 0
     reversible: bool = True
+    generation_cache: str = "buckets"
 
     def __post_init__(self, **kwargs):
         self._apply_aliases(REFORMER_ALIASES, kwargs)
@@ -136,6 +148,13 @@ class LongctxReformerConfig(LongctxConfig):
         used."""
         return math.lcm(*self.chunk_lengths())
 
+    def padded_length(self, length: int) -> int:
+        """The length a sequence of `length` tokens runs at inside the model: above the shortest
+        chunk, the next multiple of `padding_multiple`."""
+        if length <= min(self.chunk_lengths()):
+            return length
+        return -(-length // self.padding_multiple) * self.padding_multiple
+
     def chunk_lengths(self) -> list[int]:
         lengths = {"lsh": self.lsh_attn_chunk_length, "local": self.local_attn_chunk_length}
         return [lengths[kind] for kind in sorted(set(self.attn_layers))]
@@ -173,6 +192,10 @@ class LongctxReformerConfig(LongctxConfig):
                       "wide), the embeddings are hidden_size wide")
         self._require(self.type_vocab_size == 0, "type_vocab_size",
                       "must be 0: Reformer has no token types")
+        self._require(self.generation_cache in GENERATION_CACHES, "generation_cache",
+                      f"must be one of {GENERATION_CACHES}: 'buckets' (keys, values and LSH "
+                      "buckets per layer; the default) or 'recompute' (a full forward per new "
+                      "token, exactly a forward over the prefix)")
         self._require(self.hash_seed is None or isinstance(self.hash_seed, int), "hash_seed",
                       "must be None (new random rotations every forward) or an integer")
 

@@ -31,14 +31,28 @@ needs a sort per prefix, or all earlier keys of t's bucket (quadratic at worst),
 by position, which is local attention. What removes it drops hashing: `attn_layers` of "local"
 only, or inputs no longer than `lsh_attn_chunk_length` (plain attention).
 
-Generation cache: the decoder keeps the embeddings of every token seen (`ReformerRecomputeCache`)
-and recomputes the whole sequence for each new token. It is exact (the result equals a full
-forward) but costs a full forward per step; transformers' cache of buckets and states is cheaper
-but gives outputs that differ from a full forward whenever a new token would change the hash
-sort, which is why it is not reproduced here.
+Generation caches (config.generation_cache). "buckets", the default: the prompt runs the full
+forward above and each layer keeps its keys and values (rows right-aligned, as the forward
+arranges them): LSH layers their length-normalised shared keys with the bucket of each hash round
+(the rotations fixed for the whole generation: hash_seed's, or the ones the prompt's forward
+drew, or drawn once at the first hashed step), local layers the chunks a new token may still look
+back on. A new token then runs alone through the layers (the two reversible streams of one
+position): in each LSH round it attends to the earlier keys of its own bucket, its own key at
+-1e5, the rounds combined by their logsumexps as the full kernel does; in a local layer, to its
+chunk and the `local_num_chunks_before` chunks before it. A step costs O(length) (one bucket
+comparison per cached key; no hashing of cached keys, no sort), not a forward. The rule: where
+nothing hashes (local layers only, or sequences no longer than `lsh_attn_chunk_length`) this is
+exactly the full forward over the prefix (with local_num_chunks_before <= 1: with more, the full
+forward's chunks wrap around and count a key twice while fewer chunks exist than it looks back
+on); once LSH layers hash, it is attention within the bucket, which the full forward approximates
+by its chunked sort, so the greedy tokens can differ from a full forward's (how often on a trained
+model: results/reformer-generation-cache/). "recompute": the cache keeps the token embeddings and
+every call recomputes the whole sequence (`ReformerRecomputeCache`): exactly a full forward over
+the prefix, at a full forward per token.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -51,6 +65,7 @@ from transformers.utils import logging
 
 from .compat import given_cache
 from .attention_lsh import (
+    length_normalised_keys,
     local_attention,
     local_attention_reference,
     lsh_attention,
@@ -58,6 +73,7 @@ from .attention_lsh import (
     lsh_hash,
     random_rotations,
 )
+from .attention_lsh_cache import bucket_columns, ColumnBuffer, decode_attention
 from .configuration_reformer import LongctxReformerConfig
 from .modeling_blocks import (
     backbone_output,
@@ -174,6 +190,7 @@ class ReformerAttention(nn.Module):
         super().__init__()
         self.config = config  # num_buckets=None is settled (and stored) at the first long input
         self.kind = config.attn_layers[layer_idx]
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         width = config.num_attention_heads * config.attention_head_size
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -184,20 +201,25 @@ class ReformerAttention(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden, key_padding_mask=None, replay: LayerReplay | None = None,
-                output_attentions=False, num_hashes=None):
+                output_attentions=False, num_hashes=None, record: dict | None = None):
+        """`record`: a dict that receives, under this layer's index, what a bucket cache keeps
+        (the layer's keys and values, and for LSH its rotations)."""
         normed = self.layer_norm(hidden)
         if self.kind == "lsh":
             out, weights = self._lsh(normed, key_padding_mask, replay, output_attentions,
-                                     num_hashes)
+                                     num_hashes, record)
         else:
-            out, weights = self._local(normed, key_padding_mask, output_attentions)
+            out, weights = self._local(normed, key_padding_mask, output_attentions, record)
         return self.dropout(self.output(merge_heads(out))), weights
 
-    def _lsh(self, normed, key_padding_mask, replay, output_attentions, num_hashes):
+    def _lsh(self, normed, key_padding_mask, replay, output_attentions, num_hashes, record):
         config = self.config
         qk, v = (split_heads(proj(normed), self.num_heads)
                  for proj in (self.query_key, self.value))
         num_hashes = num_hashes or config.num_hashes
+        if record is not None:
+            rotations = replay.rotations if replay is not None else None
+            record[self.layer_idx] = LshLayerState.from_forward(qk, v, rotations, num_hashes)
         options = dict(num_hashes=num_hashes, num_buckets=self._num_buckets(qk.shape[2]),
                        chunk_length=config.lsh_attn_chunk_length,
                        num_chunks_before=config.lsh_num_chunks_before,
@@ -253,10 +275,12 @@ class ReformerAttention(nn.Module):
                                 self._num_buckets(length), num_hashes or config.num_hashes,
                                 dtype=like.dtype, device=like.device)
 
-    def _local(self, normed, key_padding_mask, output_attentions):
+    def _local(self, normed, key_padding_mask, output_attentions, record):
         config = self.config
         q, k, v = (split_heads(proj(normed), self.num_heads)
                    for proj in (self.query, self.key, self.value))
+        if record is not None:
+            record[self.layer_idx] = LocalLayerState.from_forward(k, v)
         options = dict(chunk_length=config.local_attn_chunk_length,
                        num_chunks_before=config.local_num_chunks_before,
                        num_chunks_after=config.local_num_chunks_after, causal=config.is_decoder,
@@ -265,6 +289,79 @@ class ReformerAttention(nn.Module):
                                   else 0.0))
         out = local_attention(q, k, v, **options)
         return out, local_attention_reference(q, k, v, **options)[1] if output_attentions else None
+
+
+    # ------------------------------------------------------------------- one token with a cache
+    def decode(self, hidden, state, step: "DecodeStep"):
+        """hidden (batch, 1, hidden_size) of the new token -> the branch's output for it, its keys
+        and values written into `state` (see ReformerBucketCache)."""
+        normed = self.layer_norm(hidden)
+        if self.kind == "lsh":
+            out = self._decode_lsh(normed, state, step)
+        else:
+            out = self._decode_local(normed, state, step)
+        return self.dropout(self.output(merge_heads(out)))
+
+    def _decode_lsh(self, normed, state, step):
+        qk, v = (split_heads(proj(normed), self.num_heads)
+                 for proj in (self.query_key, self.value))  # (batch, heads, 1, dim)
+        keys = length_normalised_keys(qk)
+        state.keys.write(keys, step.columns, step.last)
+        state.values.write(v, step.columns, step.last)
+        end = step.last + 1
+        columns = torch.arange(end, device=qk.device)
+        earlier = (columns[None, :] < step.columns[:, None])[:, None, None]  # (batch, 1, 1, end)
+        is_self = (columns[None, :] == step.columns[:, None])[:, None, None]
+        visible = earlier
+        if step.padded_length > self.config.lsh_attn_chunk_length:  # the hashed regime
+            buckets = self._cached_buckets(state, keys, step)  # (batch, heads, end, rounds)
+            query_buckets = buckets.gather(2, step.columns.view(-1, 1, 1, 1).expand(
+                -1, buckets.shape[1], 1, buckets.shape[3]))  # (batch, heads, 1, rounds)
+            visible = earlier & (buckets == query_buckets).transpose(2, 3)  # (b, h, rounds, end)
+        return decode_attention(qk, state.keys.upto(end), state.values.upto(end), visible,
+                                is_self)
+
+    def _cached_buckets(self, state, keys, step):
+        """The bucket ids of columns 0 .. step.last, the new token's written in: at the first
+        hashed step, every cached key is hashed once (rotations fixed from then on)."""
+        if state.buckets is None:
+            if state.rotations is None:  # the prompt was not hashed: fix the rotations now
+                state.rotations = self.fixed_rotations(step.padded_length, state.num_hashes,
+                                                       keys)
+            state.num_buckets = self._num_buckets(step.padded_length)
+            state.buckets = ColumnBuffer.holding(
+                bucket_columns(state.keys.upto(step.last + 1), state.num_buckets,
+                               state.rotations), spare=state.keys.data.shape[2] - step.last)
+        else:
+            state.buckets.write(bucket_columns(keys, state.num_buckets, state.rotations),
+                                step.columns, step.last)
+        return state.buckets.upto(step.last + 1)
+
+    def fixed_rotations(self, length: int, num_hashes: int, like: torch.Tensor):
+        """The rotations of a generation: hash_seed's, or drawn once from the global RNG."""
+        return random_rotations(self.num_heads, self.config.attention_head_size,
+                                self._num_buckets(length), num_hashes, seed=self.config.hash_seed,
+                                dtype=like.dtype, device=like.device)
+
+    def _decode_local(self, normed, state, step):
+        q, k, v = (split_heads(proj(normed), self.num_heads)
+                   for proj in (self.query, self.key, self.value))  # (batch, heads, 1, dim)
+        state.keys.write(k / math.sqrt(q.shape[-1]), step.columns, step.last)
+        state.values.write(v, step.columns, step.last)
+        end = step.last + 1
+        columns = torch.arange(state.keys.first, end, device=q.device)
+        first_seen = local_window_start(step.columns, self.config)  # (batch,)
+        visible = ((columns[None, :] >= first_seen[:, None])
+                   & (columns[None, :] <= step.columns[:, None]))[:, None, None]  # (b, 1, 1, n)
+        return decode_attention(q, state.keys.upto(end), state.values.upto(end), visible)
+
+
+def local_window_start(columns, config):
+    """First key column a local layer's query at `columns` sees: the start of the
+    local_num_chunks_before chunks before its own (chunks start at multiples of the chunk length
+    from the row's first real token; 0 while the sequence fits one chunk, where columns < chunk)."""
+    chunk = config.local_attn_chunk_length
+    return ((columns // chunk - config.local_num_chunks_before) * chunk).clamp(min=0)
 
 
 class ChunkedFeedForward(nn.Module):
@@ -325,9 +422,114 @@ class ReformerLayer(GradientCheckpointingLayer):
 
 
 # ------------------------------------------------------------------------------------------ cache
+SPARE_COLUMNS = 64  # free columns a bucket cache has after the prompt (it grows by doubling)
+
+
+class LshLayerState:
+    """An LSH layer's cache: the length-normalised shared keys and the values (batch, heads,
+    columns, head_dim), the bucket ids (batch, heads, columns, rounds; hashed at the first step
+    that hashes) and the rotations fixed for the whole generation."""
+
+    def __init__(self, keys: ColumnBuffer, values: ColumnBuffer, rotations, num_hashes: int):
+        self.keys, self.values = keys, values
+        self.rotations, self.num_hashes = rotations, num_hashes
+        self.buckets, self.num_buckets = None, None
+
+    @classmethod
+    def from_forward(cls, qk, v, rotations, num_hashes):
+        """From a full forward's shared keys and values (rows right-aligned)."""
+        return cls(ColumnBuffer.holding(length_normalised_keys(qk.detach()), SPARE_COLUMNS),
+                   ColumnBuffer.holding(v.detach(), SPARE_COLUMNS), rotations, num_hashes)
+
+    def buffers(self):
+        return [b for b in (self.keys, self.values, self.buckets) if b is not None]
+
+
+class LocalLayerState:
+    """A local layer's cache: keys divided by sqrt(head_dim) and values, from the first column
+    a row may still look back on."""
+
+    def __init__(self, keys: ColumnBuffer, values: ColumnBuffer):
+        self.keys, self.values = keys, values
+
+    @classmethod
+    def from_forward(cls, k, v):
+        return cls(ColumnBuffer.holding(k.detach() / math.sqrt(k.shape[-1]), SPARE_COLUMNS),
+                   ColumnBuffer.holding(v.detach(), SPARE_COLUMNS))
+
+    def buffers(self):
+        return [self.keys, self.values]
+
+
+class DecodeStep(NamedTuple):
+    """Where the new token goes: columns (batch,) its column per right-aligned row (the number of
+    real tokens before it), last = an upper bound of max(columns) as a Python int, and the
+    length the whole sequence would run at in a full forward (which decides hashing)."""
+
+    columns: torch.Tensor
+    last: int
+    padded_length: int
+
+
+class ReformerBucketCache:
+    """A decoder's generation state with `generation_cache="buckets"` (the default): per layer the
+    keys and values of every earlier token (LSH layers: with their buckets; local layers: the
+    chunks still looked at), in rows right-aligned as the full forward arranges them
+    (`lengths`: real tokens per row). The first call runs a full forward and fills it; each
+    later token runs alone through the layers (`LongctxReformerModel._decode`)."""
+
+    def __init__(self):
+        self.layers = None
+        self.lengths = None  # (batch,) real tokens per row
+        self.last = -1  # an upper bound of max(lengths) - 1, kept as a Python int
+        self.seen = 0  # columns taken, padding included (what generate() has fed)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def __len__(self):
+        return self.seen
+
+    def fill(self, states: dict, attention_mask, length: int, device):
+        """After the prompt's full forward: `states` per layer index, from `record`."""
+        self.layers = [states[i] for i in range(len(states))]
+        if attention_mask is None:
+            batch = self.layers[0].keys.data.shape[0]
+            self.lengths = torch.full((batch,), length, dtype=torch.long, device=device)
+        else:
+            self.lengths = attention_mask.long().sum(dim=1)
+        self.last = int(self.lengths.max()) - 1
+        self.seen = length
+
+    def next_step(self, config) -> DecodeStep:
+        return DecodeStep(self.lengths, self.last + 1, config.padded_length(self.seen + 1))
+
+    def advance(self, is_real, config):
+        """After a token: rows where it was real count it; local layers forget the chunks no row
+        looks at any more (checked once per chunk: it needs the shortest row)."""
+        self.lengths = self.lengths + is_real.long()
+        self.last, self.seen = self.last + 1, self.seen + 1
+        chunk = config.local_attn_chunk_length
+        if self.seen % chunk == 0:
+            shortest = int(self.lengths.min())
+            first = max(0, (shortest // chunk - config.local_num_chunks_before) * chunk)
+            for state in self.layers:
+                if isinstance(state, LocalLayerState):
+                    state.keys.drop_before(first)
+                    state.values.drop_before(first)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        beam_idx = beam_idx.to(self.lengths.device)
+        self.lengths = self.lengths.index_select(0, beam_idx)
+        for state in self.layers:
+            for buffer in state.buffers():
+                buffer.reorder(beam_idx)
+
+
 class ReformerRecomputeCache:
-    """A decoder's generation state: the token embeddings (batch, seen, hidden) and positions of
-    every token so far; each call recomputes the whole sequence (exact; see the module doc)."""
+    """`generation_cache="recompute"`: a decoder's generation state: the token embeddings
+    (batch, seen, hidden) and positions of every token so far; each call recomputes the whole
+    sequence (exact; see the module doc)."""
 
     def __init__(self, embeddings: torch.Tensor | None = None,
                  position_ids: torch.Tensor | None = None):
@@ -420,9 +622,10 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, token_type_ids=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, num_hashes=None, cache=None):
-        """`num_hashes` overrides config.num_hashes for this call (transformers' argument).
-        `cache` (or `past_key_values`, its name before transformers 5.24): the
-        ReformerRecomputeCache of the previous call."""
+        """`num_hashes` overrides config.num_hashes for this call (transformers' argument; a
+        bucket cache keeps the prompt's). `cache` (or `past_key_values`, its name before
+        transformers 5.24): the cache of the previous call, a ReformerBucketCache or a
+        ReformerRecomputeCache (config.generation_cache picks which a first call starts)."""
         batch, length = input_shape(input_ids, inputs_embeds, self.dtype)
         if token_type_ids is not None:
             check_ids_below(token_type_ids, 1, "token_type_ids", "type_vocab_size")
@@ -432,6 +635,10 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         past = cache.seen if cache is not None else 0
         check_attention_mask(attention_mask, batch, past + length)
         tokens = self.embeddings.tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        if isinstance(cache, ReformerBucketCache):
+            return self._with_bucket_cache(tokens, attention_mask, position_ids, cache, flags,
+                                           num_hashes)
         if cache is not None:  # the cache keeps detached copies; this forward keeps the gradient
             past_tokens, cache = cache.embeddings, cache.extended(tokens, position_ids)
             tokens = tokens if past_tokens is None else torch.cat([past_tokens, tokens], dim=1)
@@ -439,7 +646,6 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask, 0, past + length, tokens.device)
         check_positions(position_ids, self.config.max_position_embeddings)
-        flags = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         hidden, all_hidden, all_weights = self._encode(tokens, attention_mask, position_ids,
                                                        flags.attentions, flags.hidden_states,
                                                        num_hashes)
@@ -448,21 +654,78 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
                                all_weights if flags.attentions else None)
 
     def _cache(self, cache, use_cache):
+        """The cache given, or a new empty one of config.generation_cache's kind when use_cache
+        (none for a bucket cache in training: it would keep two activations per layer, which the
+        reversible layers exist not to keep)."""
         if is_encoder_without_cache(self.config, cache):
             return None
-        if cache is not None and not isinstance(cache, ReformerRecomputeCache):
+        if cache is not None and not isinstance(cache, (ReformerBucketCache,
+                                                        ReformerRecomputeCache)):
             raise ValueError(f"cache (past_key_values) is a {type(cache).__name__}; "
-                             f"longctx-reformer takes the ReformerRecomputeCache a previous call "
-                             f"returned (or None to start).")
+                             f"longctx-reformer takes the ReformerBucketCache or "
+                             f"ReformerRecomputeCache a previous call returned (or None to "
+                             f"start).")
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if cache is None and use_cache:
+        if cache is not None or not use_cache:
+            return cache
+        if self.config.generation_cache == "recompute":
             return ReformerRecomputeCache()
-        return cache
+        return None if self.training else ReformerBucketCache()
+
+    # ------------------------------------------------------------------ generation_cache="buckets"
+    def _with_bucket_cache(self, tokens, attention_mask, position_ids, cache, flags, num_hashes):
+        """First call: a full forward that fills the cache. Later calls: each new token alone
+        through the layers against the cache (`_decode_token`)."""
+        length = tokens.shape[1]
+        if cache.layers is None:
+            if position_ids is None:
+                position_ids = position_ids_from_mask(attention_mask, 0, length, tokens.device)
+            check_positions(position_ids, self.config.max_position_embeddings)
+            record = {}
+            hidden, all_hidden, all_weights = self._encode(
+                tokens, attention_mask, position_ids, flags.attentions, flags.hidden_states,
+                num_hashes, record=record)
+            cache.fill(record, attention_mask, length, tokens.device)
+            return backbone_output(flags.return_dict, hidden, cache,
+                                   all_hidden if flags.hidden_states else None,
+                                   all_weights if flags.attentions else None)
+        if flags.attentions:
+            raise ValueError("output_attentions=True with a bucket cache: a cached step has no "
+                             "full attention matrix; build the model with "
+                             "generation_cache='recompute' (or pass use_cache=False).")
+        is_real = (torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+                   if attention_mask is None else attention_mask[:, -length:].bool())
+        outputs, per_layer = [], []
+        for t in range(length):
+            positions = None if position_ids is None else position_ids[:, t:t + 1]
+            hidden, all_hidden = self._decode_token(tokens[:, t:t + 1], is_real[:, t],
+                                                    positions, cache)
+            outputs.append(hidden)
+            per_layer.append(all_hidden)
+        all_hidden = tuple(torch.cat(states, dim=1) for states in zip(*per_layer))
+        return backbone_output(flags.return_dict, torch.cat(outputs, dim=1), cache,
+                               all_hidden if flags.hidden_states else None, None)
+
+    def _decode_token(self, tokens, is_real, position_ids, cache):
+        """tokens (batch, 1, hidden) of one new column -> (final hidden (batch, 1, 2 * hidden),
+        X2 before each layer and after the last). Its position counts the row's real tokens."""
+        if position_ids is None:  # position_ids_from_mask's rule: padding takes the last one
+            position_ids = (cache.lengths - (~is_real).long()).clamp(min=0)[:, None]
+        check_positions(position_ids, self.config.max_position_embeddings)
+        x1 = x2 = self.embeddings(tokens, position_ids)  # (batch, 1, hidden)
+        step = cache.next_step(self.config)
+        all_hidden = ()
+        for layer, state in zip(self.layers, cache.layers):
+            all_hidden += (x2,)
+            x1 = x1 + layer.attention.decode(x2, state, step)
+            x2 = x2 + layer.feed_forward(x1)
+        cache.advance(is_real, self.config)
+        return self.dropout(self.final_norm(torch.cat([x1, x2], dim=-1))), all_hidden + (x2,)
 
     def _encode(self, tokens, attention_mask, position_ids, output_attentions,
-                output_hidden_states, num_hashes):
+                output_hidden_states, num_hashes, record=None):
         """The stack over whole rows: right-aligns, pads to the chunk multiple, runs, undoes
-        both."""
+        both. `record` (a dict) receives each layer's cache state, rows right-aligned."""
         total = tokens.shape[1]
         order = right_aligning_order(attention_mask)
         if order is not None:
@@ -473,7 +736,7 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         padding = key_padding_mask(attention_mask)
         hidden = self.embeddings(tokens, position_ids)
         streams, all_hidden, all_weights = self._layers(hidden, padding, output_attentions,
-                                                        output_hidden_states, num_hashes)
+                                                        output_hidden_states, num_hashes, record)
         hidden = self.dropout(self.final_norm(torch.cat(streams, dim=-1)))
 
         def restore(x, both_axes=False):  # drop the chunk padding, undo the right-alignment
@@ -490,18 +753,18 @@ class LongctxReformerModel(WordEmbeddingsAccess, LongctxReformerPreTrainedModel)
         """Lengths above the shortest chunk become a multiple of every chunk length (masked padding,
         position 0: padding is never attended, so what it holds does not matter)."""
         batch, length = tokens.shape[:2]
-        multiple = self.config.padding_multiple
-        if length <= min(self.config.chunk_lengths()) or length % multiple == 0:
+        extra = self.config.padded_length(length) - length
+        if not extra:
             return tokens, attention_mask, position_ids
-        extra = multiple - length % multiple
         if attention_mask is None:
             attention_mask = torch.ones(batch, length, dtype=torch.long, device=tokens.device)
         return (F.pad(tokens, (0, 0, 0, extra)), F.pad(attention_mask, (0, extra)),
                 F.pad(position_ids.expand(batch, -1), (0, extra)))
 
-    def _layers(self, hidden, padding, output_attentions, output_hidden_states, num_hashes):
+    def _layers(self, hidden, padding, output_attentions, output_hidden_states, num_hashes,
+                record=None):
         """((Y1, Y2), X2 before each layer and after the last, attention weights per layer)."""
-        kwargs = dict(key_padding_mask=padding, num_hashes=num_hashes)
+        kwargs = dict(key_padding_mask=padding, num_hashes=num_hashes, record=record)
         random = self.training and self._draws_dropout()
         replays = [LayerReplay(RandomReplay(random, hidden.device),
                                layer.attention.draw_rotations(hidden.shape[1], num_hashes, hidden))
@@ -587,7 +850,8 @@ class ReformerHeadMixin(DecoderOutputEmbeddings):
 
 class LongctxReformerForCausalLM(GeneratesWithOwnCache, ReformerHeadMixin, ForCausalLM,
                                  LongctxReformerPreTrainedModel, GenerationMixin):
-    """The generation cache is ReformerRecomputeCache."""
+    """The generation cache is a ReformerBucketCache (config.generation_cache="buckets", the
+    default) or a ReformerRecomputeCache ("recompute"); see the module doc."""
 
     backbone_class = LongctxReformerModel
 

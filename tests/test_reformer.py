@@ -31,6 +31,7 @@ class ReformerHarness(ModelHarness):
         (dict(lsh_attn_chunk_length=0), "lsh_attn_chunk_length"),
         (dict(tie_word_embeddings=True), "tie_word_embeddings"),
         (dict(type_vocab_size=2), "type_vocab_size"),
+        (dict(generation_cache="fast"), "generation_cache"),
     ]
 
     @pytest.mark.filterwarnings("ignore:.*is deprecated.*:FutureWarning")  # renamed activation_*
@@ -77,9 +78,13 @@ class TestReformerLongChunks(ReformerHarness):
 
 
 class TestReformerHashed(ReformerHarness):
-    """Chunks of 4 (inputs padded to multiples of 4 inside), two hashes of 4 x 2 buckets."""
+    """Chunks of 4 (inputs padded to multiples of 4 inside), two hashes of 4 x 2 buckets. With
+    hashing only the recompute cache equals a full forward over the prefix (which the harness's
+    generation checks assert); the bucket cache, the default, is checked in
+    test_reformer_generation.py against its own reference."""
     config_kwargs = dict(TINY, lsh_attn_chunk_length=4, local_attn_chunk_length=4, num_hashes=2,
-                         num_buckets=[4, 2], attn_layers=["local", "lsh", "lsh"])
+                         num_buckets=[4, 2], attn_layers=["local", "lsh", "lsh"],
+                         generation_cache="recompute")
 
     def test_padded_batch_equals_samples_alone(self):
         # With hashing, a row's result depends on its padded length: chunks wrap around (the first
@@ -261,7 +266,8 @@ def test_num_buckets_chosen_from_the_first_long_input_as_transformers():
 
 def test_generate_continues_greedily_as_a_full_forward_does():
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny(is_decoder=True)).eval()
+    model = AutoModelForCausalLM.from_config(tiny(is_decoder=True,
+                                                  generation_cache="recompute")).eval()
     prompt = torch.randint(5, 261, (1, 6))
     generated = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     ids = prompt
