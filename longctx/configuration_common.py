@@ -75,6 +75,9 @@ class LongctxConfig(PreTrainedConfig):
     # The layers after pooling: "pooler" (dropout, dense, tanh, dropout, projection: RoBERTa,
     # Longformer, Reformer) or "linear" (one bias-free projection, `score`: GPT-2, TransfoXL).
     classifier_head: str = "pooler"
+    # The pooler's activation (classifier_head "pooler"): tanh (BERT, RoBERTa, Longformer); models
+    # elongated from ELECTRA keep its gelu, from DistilBERT its relu (`convert_elongate`).
+    classifier_activation: str = "tanh"
     is_decoder: bool = False
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -175,6 +178,8 @@ class LongctxConfig(PreTrainedConfig):
                       "classifier_pooling", f"must be None or one of {POOLING_CHOICES}")
         self._require(self.classifier_head in CLASSIFIER_HEADS, "classifier_head",
                       f"must be one of {CLASSIFIER_HEADS}")
+        self._require(self.classifier_activation in ACT2FN, "classifier_activation",
+                      "must be one of transformers' activations, e.g. 'tanh', 'gelu', 'relu'")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             self._require(value is None

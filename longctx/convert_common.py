@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import transformers
 from safetensors.torch import load_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoTokenizer
 
 import longctx  # noqa: F401  (registers the longctx model types with the Auto classes)
 
@@ -152,11 +152,14 @@ def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
                          f"overwrite=True (--overwrite) to replace the folder.")
 
 
-def save_converted(model, source: Path, destination: Path) -> Path:
+def save_converted(model, source: Path, destination: Path,
+                   model_max_length: int | None = None) -> Path:
     """Writes the longctx checkpoint (weights, config.json with auto_map, the code) and SRC's
     tokenizer files into a temporary folder beside `destination`, then renames it into place:
     an interruption leaves the old destination (or none) and a hidden `.DST.partial-*` folder,
-    never a half-written checkpoint at `destination`."""
+    never a half-written checkpoint at `destination`. `model_max_length`: written into the
+    copied tokenizer_config.json (an elongated model takes longer inputs than SRC's tokenizer
+    says)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-",
                                     dir=destination.parent))
@@ -165,11 +168,28 @@ def save_converted(model, source: Path, destination: Path) -> Path:
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copy(source / name, staging / name)
+        if model_max_length is not None:
+            _set_model_max_length(source, staging, model_max_length)
         _replace_folder(staging, destination)
     except BaseException:  # also KeyboardInterrupt: leave no partial folder behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
+
+
+def _set_model_max_length(source: Path, folder: Path, length: int) -> None:
+    """Sets `model_max_length` in the tokenizer_config.json copied into `folder`. Without one
+    (but with other tokenizer files) one is written, naming the class transformers loads for
+    SRC: the longctx config.json no longer says which tokenizer the files are for."""
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+    elif any((folder / name).is_file() for name in TOKENIZER_FILES):
+        config = {"tokenizer_class": type(AutoTokenizer.from_pretrained(source)).__name__}
+    else:
+        return
+    config["model_max_length"] = length
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _replace_folder(new: Path, destination: Path) -> None:

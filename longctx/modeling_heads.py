@@ -16,6 +16,7 @@ backbone contract, stated in `modeling_blocks`' module doc.
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     MaskedLMOutput,
@@ -221,18 +222,20 @@ class LinearClassificationHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """dropout -> dense -> tanh -> dropout -> projection (RoBERTa / Longformer / Reformer
-    layout)."""
+    """dropout -> dense -> activation -> dropout -> projection (RoBERTa / Longformer / Reformer
+    layout; the activation is `config.classifier_activation`, tanh unless a converted ELECTRA or
+    DistilBERT classifier needs its own)."""
 
     def __init__(self, config, input_size: int):
         super().__init__()
         dropout = config.classifier_dropout
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.dense = nn.Linear(input_size, config.hidden_size)
+        self.activation = ACT2FN[config.classifier_activation]
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, pooled):
-        return self.out_proj(self.dropout(torch.tanh(self.dense(self.dropout(pooled)))))
+        return self.out_proj(self.dropout(self.activation(self.dense(self.dropout(pooled)))))
 
 
 def pool(hidden, attention_mask, how: str):
