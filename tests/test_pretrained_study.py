@@ -9,10 +9,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoTokenizer
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoTokenizer
 
-from longctx import convert
 from longctx.experiments import pretrained_study as study
 
 PRESET = "pretrained-tiny"
@@ -70,31 +68,8 @@ def data_dir(tmp_path_factory):
     return folder
 
 
-def stand_in_elongate(model, to, **overrides):
-    """Used only while longctx.convert has no elongate yet (its branch is being written): a
-    fresh longctx model of the source's sizes and head, so the study's plumbing is tested."""
-    source = model.config
-    sizes = {name: getattr(source, name) for name in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "type_vocab_size", "pad_token_id", "num_labels")}
-    config = AutoConfig.for_model(to, **sizes, pre_norm=False, **overrides)
-    head = (AutoModelForQuestionAnswering if "QuestionAnswering" in type(model).__name__
-            else AutoModelForSequenceClassification)
-    return head.from_config(config)
-
-
 @pytest.fixture(scope="module")
-def elongate_ready():
-    if hasattr(convert, "elongate"):
-        yield
-        return
-    convert.elongate = stand_in_elongate
-    yield
-    del convert.elongate
-
-
-@pytest.fixture(scope="module")
-def full_run(data_dir, tmp_path_factory, elongate_ready):
+def full_run(data_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("study")
     results = study.run_pretrained_study(PRESET, data_dir, output)
     return output, results
@@ -199,8 +174,7 @@ def test_existing_results_are_refused_unless_overwrite(full_run, data_dir):
     assert path.read_bytes() == before
 
 
-def test_resume_runs_only_missing_and_failed_entries(data_dir, tmp_path, monkeypatch,
-                                                     elongate_ready):
+def test_resume_runs_only_missing_and_failed_entries(data_dir, tmp_path, monkeypatch):
     calls = []
 
     def counted(task, runner):
@@ -261,3 +235,24 @@ def test_command_line_help(capsys):
         study.main(["--help"])
     assert exit_.value.code == 0
     assert "pretrained-cpu" in capsys.readouterr().out
+
+
+def test_long_models_start_from_the_source_weights(tmp_path):
+    preset = study.PRETRAINED_PRESETS[PRESET]
+    source = study.build_tiny_source(tmp_path / "source")
+    tokenizer = AutoTokenizer.from_pretrained(source["path"])
+    plain = study.build_model(preset.models["minilm"], "squad", source, tokenizer, preset)
+    words = plain.bert.embeddings.word_embeddings.weight
+    positions = plain.bert.embeddings.position_embeddings.weight  # (32, hidden)
+    for name in ("minilm-longformer", "minilm-linformer"):
+        spec = preset.models[name]
+        long = study.build_model(spec, "squad", source, tokenizer, preset)
+        assert long.config.model_type == spec.convert_to
+        assert long.config.max_position_embeddings == spec.max_length
+        assert long.config.attention_probs_dropout_prob == 0.0
+        embeddings = long.state_dict()
+        word_key = next(k for k in embeddings if k.endswith("word_embeddings.weight"))
+        position_key = next(k for k in embeddings if k.endswith("position_embeddings.weight"))
+        assert embeddings[word_key].equal(words)
+        # positions copied cyclically: position p is the source's p mod 32
+        assert embeddings[position_key][35].equal(positions[3])

@@ -18,8 +18,12 @@ The models are a table (`ModelSpec`: how to build each from the source), not spe
   from the 512 pretrained ones), a 512-token window (each token sees the 256 on either side, so
   inside one window it computes what the source computes), global attention on [CLS] for
   classification and on the question for QA (`config.default_global_attention`);
-* `minilm-linformer`: `elongate(to="longctx-linformer")`, 4,096 positions, projection_dim 256,
+* `minilm-linformer`: `elongate(to="longctx-linformer")`, 2,048 positions, projection_dim 256,
   sharing "layerwise" -- see LINFORMER_CHOICE for why.
+
+SQuAD runs every model on the same 384-token windows (stride 128): its paragraphs are short
+(few exceed 384 WordPieces), so it checks that elongation keeps what the source knows; the
+long reviews of IMDb are where the long models read what the source cannot.
 
 `run_pretrained_study` runs every (model, task), rewrites `pretrained_results.json` after each,
 writes a `run_info.json` per run (source checkpoint and package version, conversion settings,
@@ -134,6 +138,9 @@ class SquadBudget:
     max_answer_length: int = 30
     n_best: int = 20
     warmup_ratio: float = 0.1
+    # Seeded samples of the questions (plumbing runs); None: every question of the articles.
+    train_questions: int | None = None
+    eval_questions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -430,7 +437,7 @@ def subset_scores(predicted, labels, rows) -> dict:
 # --------------------------------------------------------------------------- SQuAD
 
 
-def load_squad_data(data_dir, budget: SquadBudget) -> dict:
+def load_squad_data(data_dir, budget: SquadBudget, seed: int) -> dict:
     path = Path(data_dir) / "squad" / "dev-v1.1.json.gz"
     if not path.exists():
         raise ValueError(f"data_dir={data_dir}: no {path}; lay data_dir out like ../shared/data "
@@ -440,6 +447,8 @@ def load_squad_data(data_dir, budget: SquadBudget) -> dict:
     if budget.train_articles is not None:
         kept = set(titles[:budget.train_articles])
         train = [row for row in train if row["title"] in kept]
+    train = [train[i] for i in seeded_sample(budget.train_questions, len(train), seed)]
+    held_out = [held_out[i] for i in seeded_sample(budget.eval_questions, len(held_out), seed)]
     return {"train": train, "eval": held_out,
             "summary": {"file": str(path), "train_articles": len({r["title"] for r in train}),
                         "train_questions": len(train),
@@ -726,7 +735,7 @@ def load_data(data_dir, tokenizer, preset: PretrainedPreset, seed: int, tasks) -
     if "imdb" in tasks:
         data["imdb"] = load_imdb_data(data_dir, tokenizer, preset.imdb, seed)
     if "squad" in tasks:
-        data["squad"] = load_squad_data(data_dir, preset.squad)
+        data["squad"] = load_squad_data(data_dir, preset.squad, seed)
     return data
 
 
