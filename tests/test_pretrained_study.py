@@ -256,3 +256,48 @@ def test_long_models_start_from_the_source_weights(tmp_path):
         assert embeddings[word_key].equal(words)
         # positions copied cyclically: position p is the source's p mod 32
         assert embeddings[position_key][35].equal(positions[3])
+
+
+def test_length_batches_cover_every_row_once_within_the_cap():
+    lengths = [5, 40, 3, 17, 17, 9, 1, 30, 8]
+    batches = study.length_batches(lengths, max_tokens=36)
+    assert sorted(row for batch in batches for row in batch) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[row] for row in batch)
+        assert len(batch) == 1 or len(batch) * longest <= 36
+    firsts = [lengths[batch[0]] for batch in batches]
+    assert firsts == sorted(firsts, reverse=True)  # longest first
+    assert batches[0] == [1]  # 40 tokens exceed the cap: alone
+
+
+@pytest.mark.parametrize("name,task", [("minilm", "imdb"), ("minilm-longformer", "squad"),
+                                       ("minilm-linformer", "imdb")])
+def test_predict_by_length_equals_each_row_run_alone(tmp_path, name, task):
+    import datasets
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    preset = study.PRETRAINED_PRESETS[PRESET]
+    source = study.build_tiny_source(tmp_path / "source")
+    tokenizer = AutoTokenizer.from_pretrained(source["path"])
+    model = study.build_model(preset.models[name], task, source, tokenizer, preset).eval()
+    generator = torch.Generator().manual_seed(0)
+    words = " ".join(study.TINY_WORDS[:20]).split()
+    texts = [" ".join(words[int(i)] for i in torch.randint(0, 20, (int(n),), generator=generator))
+             for n in torch.randint(1, 40, (9,), generator=generator)]
+    limit = preset.models[name].max_length
+    if task == "squad":
+        encoded = tokenizer(["who did play ?"] * len(texts), texts, truncation="only_second",
+                            max_length=limit)
+    else:
+        encoded = tokenizer(texts, truncation=True, max_length=limit)
+    rows = datasets.Dataset.from_dict({k: encoded[k] for k in study.model_inputs(model)})
+    found = study.predict_by_length(model, tokenizer, rows, max_tokens=64)
+    collate = DataCollatorWithPadding(tokenizer)
+    for i in range(len(rows)):
+        with torch.no_grad():
+            alone = model(**collate([rows[i]]))
+        for output in found:
+            expected = alone[output][0].numpy()
+            assert found[output][i][:expected.shape[0]] == pytest.approx(expected, abs=1e-5)
+            assert (found[output][i][expected.shape[0]:] == -100.0).all()

@@ -121,7 +121,10 @@ class ImdbBudget:
     # "long" subset, every one of them scored.
     short_limit: int = 512
     long_eval_rows: int | None = None  # None: every long review; a number: a seeded sample
-    eval_batch_size: int = 16
+    # Rows per forward/backward pass; batch_size // micro_batch_size passes are accumulated into
+    # one step, so a batch of 16 long reviews (up to 3,157 WordPieces each) fits in memory.
+    micro_batch_size: int = 4
+    eval_batch_tokens: int = 16384  # rows x padded length per evaluation batch, at most
     warmup_ratio: float = 0.1
 
 
@@ -134,7 +137,8 @@ class SquadBudget:
     batch_size: int
     epochs: int
     learning_rate: float
-    eval_batch_size: int = 32
+    micro_batch_size: int = 8
+    eval_batch_tokens: int = 16384
     max_answer_length: int = 30
     n_best: int = 20
     warmup_ratio: float = 0.1
@@ -203,9 +207,10 @@ PRETRAINED_PRESETS = {
         models=minilm_models(long_length=128, window=16, linformer_length=64, projection_dim=16,
                              short_length=32),
         imdb=ImdbBudget(train_rows=12, eval_rows=8, batch_size=4, epochs=1, learning_rate=1e-3,
-                        short_limit=32, eval_batch_size=4),
+                        short_limit=32, micro_batch_size=2, eval_batch_tokens=256),
         squad=SquadBudget(eval_articles=1, train_articles=None, max_length=32, doc_stride=8,
-                          batch_size=4, epochs=1, learning_rate=1e-3, eval_batch_size=4,
+                          batch_size=4, epochs=1, learning_rate=1e-3, micro_batch_size=2,
+                          eval_batch_tokens=128,
                           max_answer_length=8),
         source="tiny",
     ),
@@ -416,7 +421,7 @@ def run_imdb(spec: ModelSpec, model, tokenizer, data: ImdbData, budget: ImdbBudg
                                  inputs)
     with memory_meter("cpu") as memory:
         started = time.perf_counter()
-        logits = predict_sorted(model, tokenizer, test_set, budget.eval_batch_size, run_dir)
+        logits = predict_by_length(model, tokenizer, test_set, budget.eval_batch_tokens)["logits"]
         eval_seconds = time.perf_counter() - started
     predicted = logits.argmax(-1).tolist()
     scores = {name: subset_scores(predicted, data.test_labels, rows)
@@ -489,8 +494,8 @@ def run_squad(spec: ModelSpec, model, tokenizer, data: dict, budget: SquadBudget
     with memory_meter("cpu") as memory:
         started = time.perf_counter()
         eval_set = datasets.Dataset.from_dict(unpadded(features, inputs))
-        start_logits, end_logits = predict_sorted(model, tokenizer, eval_set,
-                                                  budget.eval_batch_size, run_dir)
+        outputs = predict_by_length(model, tokenizer, eval_set, budget.eval_batch_tokens)
+        start_logits, end_logits = outputs["start_logits"], outputs["end_logits"]
         eval_seconds = time.perf_counter() - started
     predictions = span_predictions(rows, features, start_logits, end_logits, budget)
     references = [{"id": r["id"], "answers": r["answers"]} for r in rows]
@@ -540,7 +545,8 @@ def fine_tune(model, tokenizer, train_set, budget, seed: int, run_dir: Path) -> 
     steps = training_steps(len(train_set), budget)
     args = TrainingArguments(
         output_dir=str(run_dir / "trainer"), max_steps=steps,
-        per_device_train_batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+        per_device_train_batch_size=budget.micro_batch_size,
+        gradient_accumulation_steps=accumulation(budget), learning_rate=budget.learning_rate,
         warmup_steps=int(budget.warmup_ratio * steps), weight_decay=0.01,
         lr_scheduler_type="linear", seed=seed, data_seed=seed, use_cpu=True, report_to=[],
         save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
@@ -558,22 +564,60 @@ def fine_tune(model, tokenizer, train_set, budget, seed: int, run_dir: Path) -> 
             "seconds": output.metrics["train_runtime"], "peak_memory_mib": memory.growth_mib}
 
 
-def predict_sorted(model, tokenizer, dataset, batch_size: int, run_dir: Path):
-    """Logits of every row of `dataset`, in its order, computed longest first in batches padded
-    to their own longest row (a long model never pads a short review to 4,096)."""
-    order = np.argsort([-len(ids) for ids in dataset["input_ids"]], kind="stable")
-    args = TrainingArguments(output_dir=str(run_dir / "trainer"),
-                             per_device_eval_batch_size=batch_size, use_cpu=True, report_to=[],
-                             disable_tqdm=True, remove_unused_columns=False)
-    trainer = quiet_trainer(model=model, args=args,
-                            data_collator=DataCollatorWithPadding(tokenizer),
-                            processing_class=tokenizer)
-    output = trainer.predict(dataset.select(order))
-    inverse = np.argsort(order)
-    logits = output.predictions
-    if isinstance(logits, tuple):
-        return tuple(part[inverse] for part in logits[:2])
-    return logits[inverse]
+def accumulation(budget) -> int:
+    if budget.batch_size % budget.micro_batch_size:
+        raise ValueError(f"micro_batch_size={budget.micro_batch_size} must divide "
+                         f"batch_size={budget.batch_size} (each step accumulates whole micro "
+                         f"batches); e.g. micro_batch_size=4 for batch_size=16")
+    return budget.batch_size // budget.micro_batch_size
+
+
+def length_batches(lengths, max_tokens: int) -> list[list[int]]:
+    """Row numbers longest first, cut into batches of at most `max_tokens` rows x longest row
+    (a row longer than that goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for row in order:
+        if current and (len(current) + 1) * lengths[current[0]] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(row)
+    return batches + ([current] if current else [])
+
+
+OUTPUTS = ("logits", "start_logits", "end_logits")
+PER_TOKEN = ("start_logits", "end_logits")  # one value per input token: cut to the row's length
+
+
+@torch.no_grad()
+def predict_by_length(model, tokenizer, dataset, max_tokens: int) -> dict:
+    """{output name: array} of every row of `dataset`, in its order, computed longest first in
+    batches padded to their own longest row and holding at most `max_tokens` tokens (a long
+    model never pads a short review to 4,096, and a batch of long ones stays small). Per-token
+    outputs are padded with -100 (not context, so never chosen), as the Trainer pads them."""
+    model.eval()
+    collate = DataCollatorWithPadding(tokenizer)
+    inputs = [name for name in dataset.column_names if name in model_inputs(model)]
+    rows = dataset.select_columns(inputs)
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    found = {}
+    for batch in length_batches(lengths, max_tokens):
+        output = model(**collate([rows[i] for i in batch]))
+        for name in OUTPUTS:
+            if getattr(output, name, None) is not None:
+                values = output[name].float().numpy()
+                found.setdefault(name, {}).update(
+                    (row, value[:lengths[row]] if name in PER_TOKEN else value)
+                    for row, value in zip(batch, values))
+    return {name: stacked([values[i] for i in range(len(lengths))])
+            for name, values in found.items()}
+
+
+def stacked(arrays) -> np.ndarray:
+    width = max(a.shape[0] for a in arrays) if arrays[0].ndim == 1 else None
+    if width is None or all(a.shape[0] == width for a in arrays):
+        return np.stack(arrays)
+    return np.stack([np.pad(a, (0, width - a.shape[0]), constant_values=-100.0) for a in arrays])
 
 
 # --------------------------------------------------------------------------- runs
