@@ -64,6 +64,7 @@ from .measure import RSS_GROWTH, environment, format_table, memory_meter
 from .metrics import Metrics, confusion_matrix
 from .run_common import command_line, encode_whole_text
 from .study_models import BYTE_EOS_ID, study_models
+from .study_plots import write_study_plots
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
 CAUSAL_LM_HEAD = "AutoModelForCausalLM"
@@ -567,11 +568,23 @@ def table_notes(preset: Preset, metrics: Metrics, data: StudyData,
                      f"{lm.max_length} tokens a step, after a warm-up step; peak mem = "
                      + memory_measurement(preset.device).split(";")[0]
                      + " (classification numbers: study_results.json)")
+    notes.extend(f"{row['architecture']}: {task} skipped ({reason})" for row in rows
+                 for task, reason in skip_reasons(row))
     if preset.bf16:
         notes.append(PRECISION_BF16)
     if preset.name == "smoke":
         notes.append(SMOKE_DISCLAIMER)
     return notes
+
+
+def skip_reasons(row: dict) -> list[tuple[str, str]]:
+    """(task, reason) of the tasks an entry of study_models says why it cannot run."""
+    reasons = []
+    for skipped in row.get("skipped", []):
+        task, _, reason = skipped.partition(" (")
+        if reason and not reason.startswith("no Auto"):
+            reasons.append((task, reason.removesuffix(")")))
+    return reasons
 
 
 PRECISION_BF16 = ("training in bf16 mixed precision (Trainer bf16=True, fp32 weights); evaluation "
@@ -696,6 +709,8 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     print(study_table(results["results"]))
     for note in table_notes(chosen_preset, metrics, data, results["results"]):
         print("  " + note)
+    plots = write_study_plots(results["results"], output_dir)  # this run's: redrawn
+    print(f"  {plots}" if isinstance(plots, str) else f"  plots: {', '.join(map(str, plots))}")
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
     return results
 
