@@ -33,6 +33,7 @@ from transformers import AutoModelForQuestionAnswering, HfArgumentParser, Traine
 from longctx.experiments.metrics import SquadMetric
 from longctx.question_answering import best_spans, prepare_features, training_labels
 from longctx.experiments.run_common import (
+    UNREAD_OUTPUTS,
     DataArguments,
     ModelArguments,
     OutputArguments,
@@ -122,7 +123,7 @@ def evaluate(trainer, examples, tokenizer, data_args, metric):
     features = examples.map(eval_features, fn_kwargs=dict(tokenizer=tokenizer, data_args=data_args),
                             batched=True, remove_columns=examples.column_names)
     model_inputs = features.remove_columns(["example_id", "offset_mapping"])
-    output = trainer.predict(model_inputs, metric_key_prefix="eval")
+    output = trainer.predict(model_inputs, metric_key_prefix="eval", ignore_keys=UNREAD_OUTPUTS)
     start_logits, end_logits = output.predictions[:2]
     predictions = predictions_from_logits(examples, features, start_logits, end_logits, data_args)
     references = [{"id": e["id"], "answers": e["answers"]} for e in examples]
