@@ -204,8 +204,9 @@ def classification_dataset(rows: list[dict], tokenizer, max_length: int,
     texts = [row["text"] for row in rows]
     if eos_at_end:
         encoded = tokenizer(texts, truncation=True, max_length=max_length - 1)
-        encoded = tokenizer.pad({"input_ids": [ids + [BYTE_EOS_ID] for ids in encoded["input_ids"]]},
-                                padding="max_length", max_length=max_length)
+        closed = [ids + [BYTE_EOS_ID] for ids in encoded["input_ids"]]
+        encoded = tokenizer.pad({"input_ids": closed}, padding="max_length",
+                                max_length=max_length)
     else:
         encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length")
     return datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],

@@ -62,7 +62,8 @@ def t5_config(size: dict, max_length: int, task_fields: dict) -> transformers.T5
                          f"use only {sorted(T5_SIZE_FIELDS)} or leave hf-t5 out (--architectures)")
     task_fields = {k: v for k, v in task_fields.items() if k != "is_decoder"}  # T5 has both
     return transformers.T5Config(
-        vocab_size=size.get("vocab_size", defaults.vocab_size), d_model=hidden, d_kv=hidden // heads,
+        vocab_size=size.get("vocab_size", defaults.vocab_size), d_model=hidden,
+        d_kv=hidden // heads,
         d_ff=size.get("intermediate_size", defaults.intermediate_size), num_layers=layers,
         num_decoder_layers=layers, num_heads=heads, dropout_rate=dropout, classifier_dropout=0.0,
         feed_forward_proj="relu", use_cache=False, pad_token_id=BYTE_PAD_ID,
