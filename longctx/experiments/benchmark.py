@@ -730,6 +730,17 @@ def plot_series(cells: list[dict], key: str) -> dict[str, list[tuple[int, float]
     return series
 
 
+def decimal_log_axis(axes):
+    """A log y axis ticked at 1, 2 and 5 of each power of ten, labelled as decimal numbers
+    (2,000 tokens/s, 500 MiB): plots.plain_number's binary thousands suit lengths, not these."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.10g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
 def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
     """One figure, `plot_paths(output)`: tokens/s and peak memory against length, one line per
     model, log axes labelled in plain numbers (1K, 4K); a reason instead when matplotlib is not
@@ -745,7 +756,7 @@ def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
                 axes.plot(*zip(*sorted(points)), marker="o", label=model)
         axes.set(xlabel="sequence length (tokens)", ylabel=label)
         plain_log_axis(axes, "x", lengths or None)
-        plain_log_axis(axes, "y")
+        decimal_log_axis(axes)
     handles, names = panels[0].get_legend_handles_labels()
     if handles:
         panels[0].legend(handles, names, fontsize="small")
