@@ -35,7 +35,6 @@ from transformers import (
 
 from longctx.experiments.metrics import Metrics
 from longctx.experiments.run_common import (
-    UNREAD_OUTPUTS,
     DataArguments,
     ModelArguments,
     OutputArguments,
@@ -48,6 +47,7 @@ from longctx.experiments.run_common import (
     prepare_output_dir,
     require_columns,
     sample,
+    unread_outputs,
 )
 
 
@@ -149,7 +149,8 @@ def main(argv=None):
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=eval_set,
                       processing_class=tokenizer, compute_metrics=compute_metrics)
     train_result = trainer.train() if training_args.do_train else None
-    eval_metrics = trainer.evaluate(ignore_keys=UNREAD_OUTPUTS) if training_args.do_eval else None
+    eval_metrics = (trainer.evaluate(ignore_keys=unread_outputs(model)) if training_args.do_eval
+                    else None)
     if eval_metrics is not None:
         eval_metrics["eval_metric_implementation"] = metrics.implementation
         eval_metrics["eval_samples"] = len(eval_set)

@@ -320,9 +320,8 @@ def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monke
     assert "run_classification.py --model_type longctx-transformer" in report  # the command that made it
     assert "| dense | 1024 | 4 | 500.0 | 8,192 | 100 |" in report and "- a note" in report
     # the benchmark wrote no plots (no matplotlib where it ran): the report draws them from its cells
-    for kind in ("time", "memory"):
-        plot = runs / "bench" / f"benchmark_{kind}.png"
-        assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.relative_to(tmp_path)})" in report
+    plot = runs / "bench" / "benchmark_vs_length.png"  # tokens/s and memory, one figure
+    assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.relative_to(tmp_path)})" in report
     with pytest.raises(ValueError, match="no results"):
         build_report([tmp_path / "empty"], tmp_path / "R.md")
 
@@ -450,3 +449,18 @@ def test_t5_question_answering_trains_and_evaluates(tmp_path, monkeypatch):
     assert results["eval_samples"] == 4 and 0.0 <= results["eval_f1"] <= 100.0
     assert json.loads((out / "config.json").read_text())["architectures"] == ["T5ForQuestionAnswering"]
     assert len(json.loads((out / "eval_predictions.json").read_text())) == 4
+
+
+def test_unread_outputs_keep_the_models_own_ignored_keys():
+    """An explicit ignore_keys replaces the config's keys_to_ignore_at_inference in the Trainer: a
+    longctx model's cache must stay in the list, or evaluation tries to concatenate it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from longctx.experiments.run_common import unread_outputs
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "longctx-transfo-xl", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        mem_len=8, num_labels=2))
+    keys = unread_outputs(model)
+    assert model.config.keys_to_ignore_at_inference and set(model.config.keys_to_ignore_at_inference) <= set(keys)
+    assert "encoder_last_hidden_state" in keys and len(keys) == len(set(keys))

@@ -35,6 +35,14 @@ TRANSFORMERS_MODEL_TYPES = ("t5",)
 UNREAD_OUTPUTS = ["encoder_last_hidden_state", "cache", "past_key_values"]
 
 
+def unread_outputs(model) -> list[str]:
+    """What Trainer.predict/evaluate should drop: UNREAD_OUTPUTS and the model's own
+    `keys_to_ignore_at_inference` (a longctx model's cache), which an explicit `ignore_keys`
+    would otherwise replace."""
+    own = getattr(model.config, "keys_to_ignore_at_inference", None) or []
+    return list(dict.fromkeys([*UNREAD_OUTPUTS, *own]))
+
+
 def from_scratch_types() -> list[str]:
     return [*longctx.ARCHITECTURES, *TRANSFORMERS_MODEL_TYPES]
 

@@ -62,7 +62,7 @@ from .language_modeling import (
 )
 from .measure import RSS_GROWTH, environment, format_table, memory_meter
 from .metrics import Metrics, confusion_matrix
-from .run_common import UNREAD_OUTPUTS, command_line, encode_whole_text
+from .run_common import command_line, encode_whole_text, unread_outputs
 from .study_models import BYTE_EOS_ID, study_models
 from .study_plots import write_study_plots
 
@@ -439,7 +439,7 @@ def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed
         output_dir=str(output_dir / "classification"),
         per_device_eval_batch_size=budget.eval_batch_size, use_cpu=preset.device == "cpu",
         report_to=[], disable_tqdm=True), data_collator=default_data_collator)
-    predictions = trainer.predict(test_set, ignore_keys=UNREAD_OUTPUTS)
+    predictions = trainer.predict(test_set, ignore_keys=unread_outputs(model))
     logits = predictions.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
     predicted, labels = logits.argmax(-1).tolist(), predictions.label_ids.tolist()
