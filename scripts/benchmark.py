@@ -6,8 +6,10 @@ length.
     python scripts/benchmark.py --device cuda --dtype bf16 --lengths 1024,4096,16384,65536
 
 Prints ms/step, tokens/s, peak memory and ratios against --baseline (within this run only) for
-every (model, length), and writes them with the settings and environment to --output as JSON.
-Models: dense, hf-longformer, longctx-longformer, hf-reformer, or any longctx model type. Defaults
+every (model, length), and writes them with the settings and environment to --output as JSON,
+with one plot beside it (<output>_vs_length.png: tokens/s and peak memory against length).
+Models: dense, hf-longformer, longctx-longformer, hf-reformer, longctx-reformer, hf-t5 (T5's
+encoder), hf-t5-encoder-decoder (the whole T5), or any longctx model type. Defaults
 for the model size, lengths and tokens per step depend on the device (the CPU ones are small).
 The logic lives in `longctx/experiments/benchmark.py`.
 """

@@ -47,6 +47,7 @@ from longctx.experiments.run_common import (
     prepare_output_dir,
     require_columns,
     sample,
+    unread_outputs,
 )
 
 
@@ -58,10 +59,16 @@ class ClassificationDataArguments(DataArguments):
         "help": "The column holding 0/1 labels."})
 
 
-def tokenized(dataset, tokenizer, data_args):
+def tokenized(dataset, tokenizer, data_args, close_with_eos: bool = False):
+    """`close_with_eos`: each row cut one token short and ended with the tokenizer's </s> --
+    an encoder-decoder classifier (T5ForSequenceClassification) pools the state at the last
+    </s> and refuses rows without one."""
     def encode(batch):
-        encoded = tokenizer(batch[data_args.text_column_name], truncation=True,
-                            max_length=data_args.max_seq_length)
+        limit = data_args.max_seq_length - int(close_with_eos)
+        encoded = tokenizer(batch[data_args.text_column_name], truncation=True, max_length=limit)
+        if close_with_eos:
+            encoded["input_ids"] = [ids + [tokenizer.eos_token_id] for ids in encoded["input_ids"]]
+            encoded["attention_mask"] = [mask + [1] for mask in encoded["attention_mask"]]
         encoded["labels"] = batch[data_args.label_column_name]
         return encoded
 
@@ -127,11 +134,11 @@ def main(argv=None):
                              data_args)
         require_both_classes(train, data_args.label_column_name, data_source(data_args, "train"),
                              data_args.max_train_samples)
-        train = tokenized(train, tokenizer, data_args)
+        train = tokenized(train, tokenizer, data_args, model.config.is_encoder_decoder)
     if training_args.do_eval:
         eval_set = checked_rows(raw, evaluation_split(raw), data_args.max_eval_samples,
                                 training_args.seed, data_args)
-        eval_set = tokenized(eval_set, tokenizer, data_args)
+        eval_set = tokenized(eval_set, tokenizer, data_args, model.config.is_encoder_decoder)
     metrics = Metrics()
 
     def compute_metrics(prediction):
@@ -142,7 +149,8 @@ def main(argv=None):
     trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=eval_set,
                       processing_class=tokenizer, compute_metrics=compute_metrics)
     train_result = trainer.train() if training_args.do_train else None
-    eval_metrics = trainer.evaluate() if training_args.do_eval else None
+    eval_metrics = (trainer.evaluate(ignore_keys=unread_outputs(model)) if training_args.do_eval
+                    else None)
     if eval_metrics is not None:
         eval_metrics["eval_metric_implementation"] = metrics.implementation
         eval_metrics["eval_samples"] = len(eval_set)

@@ -150,12 +150,19 @@ def evaluate(trainer, ids, num_characters, data_args, training_args) -> dict:
     scores = evaluate_lm(trainer.model, ids, block_size, training_args.per_device_eval_batch_size,
                          num_characters)
     metrics = {f"eval_{name}": value for name, value in scores.items() if name != "by_position"}
-    for bucket in scores["by_position"]:  # flat keys: the metric files hold scalars
+    return metrics | position_metrics(scores["by_position"]) | {"eval_block_size": block_size}
+
+
+def position_metrics(buckets: list[dict]) -> dict:
+    """The perplexity and token count of each bucket of positions, as flat keys: the metric files
+    hold scalars."""
+    metrics = {}
+    for bucket in buckets:
         if bucket["tokens"]:
             start, end = bucket["positions"]
             metrics[f"eval_perplexity_positions_{start}_{end}"] = bucket["perplexity"]
             metrics[f"eval_tokens_positions_{start}_{end}"] = bucket["tokens"]
-    return metrics | {"eval_block_size": block_size}
+    return metrics
 
 
 def evaluate_with_memory_metrics(model, ids, num_characters, data_args) -> dict:
@@ -166,6 +173,7 @@ def evaluate_with_memory_metrics(model, ids, num_characters, data_args) -> dict:
     metrics = {f"eval_{name}": value for name, value in summary.items()}
     metrics.update(eval_bits_per_character=summary["bits_per_byte"] * len(ids) / num_characters,
                    eval_segment_length=segment, eval_mem_len=model.config.mem_len)
+    metrics.update(position_metrics(scores["by_position"]))
     if data_args.recompute_comparison_tokens:
         context = model.config.mem_len + segment
         comparison = memory_versus_recompute(model, ids[:data_args.recompute_comparison_tokens],

@@ -45,6 +45,7 @@ from longctx.experiments.run_common import (
     prepare_output_dir,
     require_columns,
     sample,
+    unread_outputs,
 )
 from longctx.experiments.squad import check_answer_offsets, read_squad_file, split_by_article
 
@@ -122,7 +123,8 @@ def evaluate(trainer, examples, tokenizer, data_args, metric):
     features = examples.map(eval_features, fn_kwargs=dict(tokenizer=tokenizer, data_args=data_args),
                             batched=True, remove_columns=examples.column_names)
     model_inputs = features.remove_columns(["example_id", "offset_mapping"])
-    output = trainer.predict(model_inputs, metric_key_prefix="eval")
+    output = trainer.predict(model_inputs, metric_key_prefix="eval",
+                             ignore_keys=unread_outputs(trainer.model))
     start_logits, end_logits = output.predictions[:2]
     predictions = predictions_from_logits(examples, features, start_logits, end_logits, data_args)
     references = [{"id": e["id"], "answers": e["answers"]} for e in examples]

@@ -1,4 +1,7 @@
-"""The seed study: trains every longctx architecture at one size and budget, prints one table.
+"""The seed study: trains every longctx architecture and transformers' T5 (hf-t5) at one size
+and budget, prints one table, and draws beside study_results.json a confusion matrix per
+classifier (confusion_matrices.png) and the LM loss by position in the block
+(lm_loss_by_position.png).
 
     python scripts/run_study.py                 # preset "smoke": a few minutes on CPU
     python scripts/run_study.py --architectures longctx-transformer --max_steps 2  # a quick one
@@ -47,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--architectures", default=None,
                         help="comma-separated model types (default: every one in "
-                             "longctx.ARCHITECTURES)")
+                             "longctx.ARCHITECTURES, then hf-t5: transformers' T5)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished architectures of --output_dir's "
                              "study_results.json (same preset, data and seed) and run only the "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 import longctx
 from longctx.experiments import benchmark
@@ -206,7 +207,7 @@ def test_transformer_xl_with_memory_times_half_new_tokens_after_a_full_memory(mo
 
 def test_benchmark_script_end_to_end(tmp_path):
     output = tmp_path / "out" / "benchmark.json"
-    models = ["dense", "hf-longformer", "longctx-longformer", "hf-reformer"]
+    models = ["dense", "hf-longformer", "longctx-longformer", "hf-reformer", "hf-t5"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--device", "cpu",
@@ -231,6 +232,7 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert cells[("hf-longformer", 64)]["time_vs_baseline"] == 1.0
     assert "dropout 0" in completed.stdout and "plots" in completed.stdout
     assert "time/hf-longformer" in completed.stdout
+    assert (output.parent / "benchmark_vs_length.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compile_setting_compiles_the_model_and_says_so():
@@ -252,3 +254,74 @@ def test_cpu_notes_say_which_allocator_regime_was_measured():
     tuned = allocator_note({"MALLOC_MMAP_THRESHOLD_": "4294967296"})
     assert "MALLOC_MMAP_THRESHOLD_=4294967296" in tuned and "defaults" not in tuned
     assert "jemalloc" in allocator_note({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
+
+
+# --------------------------------------------------------------------------- T5 (issue 23)
+
+
+def test_t5_rows_are_transformers_t5_at_the_shared_size():
+    settings = BenchmarkSettings(models=["hf-t5"], lengths=[64], baseline=None, **TINY)
+    encoder = resolve_spec("hf-t5").build(settings, 64).model
+    whole = resolve_spec("hf-t5-encoder-decoder").build(settings, 64).model
+    assert type(encoder) is transformers.T5EncoderModel and type(whole) is transformers.T5Model
+    config = whole.config
+    assert (config.d_model, config.num_layers, config.num_decoder_layers, config.num_heads,
+            config.d_ff, config.d_kv) == (32, 1, 1, 2, 64, 16)
+    assert (config.dropout_rate, config.use_cache) == (0.0, False)
+    # the encoder-decoder is the encoder plus a decoder stack (self + cross attention, FFN)
+    assert (sum(p.numel() for p in whole.decoder.parameters())
+            > sum(p.numel() for p in whole.encoder.parameters()))
+
+
+def test_t5_encoder_decoder_row_feeds_the_decoder_the_inputs_shifted_right(monkeypatch):
+    settings = BenchmarkSettings(models=["hf-t5-encoder-decoder"], lengths=[32], baseline=None,
+                                 tokens_per_step=64, steps=1, **TINY)
+    seen = []
+    original = transformers.T5Model.forward
+
+    def spy(self, input_ids=None, decoder_input_ids=None, **kwargs):
+        seen.append((input_ids.clone(), decoder_input_ids.clone()))
+        return original(self, input_ids=input_ids, decoder_input_ids=decoder_input_ids, **kwargs)
+
+    monkeypatch.setattr(transformers.T5Model, "forward", spy)
+    cell = benchmark.measure("hf-t5-encoder-decoder", settings, 32)
+    assert cell["error"] is None and cell["tokens_per_step"] == 64  # input tokens: 2 x 32
+    ids, decoder_ids = seen[0]
+    assert ids.shape == decoder_ids.shape == (2, 32)
+    assert (decoder_ids[:, 0] == 0).all() and torch.equal(decoder_ids[:, 1:], ids[:, :-1])
+    assert math.isfinite(cell["loss"]) and cell["tokens_per_s"] > 0
+
+
+def test_plot_is_one_png_of_tokens_per_second_and_memory(tmp_path, monkeypatch):
+    cells = [{"model": m, "length": n, "batch_size": max(1, 4096 // n), "tokens_per_s": t,
+              "peak_memory_mib": mem}
+             for m, n, t, mem in (("a", 1024, 4000.0, 10.0), ("a", 4096, 2000.0, 40.0),
+                                  ("b", 1024, 3000.0, 5.0), ("b", 4096, None, None))]
+    assert benchmark.plot_series(cells, "tokens_per_s") == {"a": [(1024, 4000.0), (4096, 2000.0)],
+                                                            "b": [(1024, 3000.0)]}
+    drawn = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.set
+
+    def record(self, **kwargs):
+        drawn.append(kwargs.get("ylabel"))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set", record)
+    paths = benchmark.write_plots(cells, tmp_path / "bench.json", "title")
+    assert paths == [str(tmp_path / "bench_vs_length.png")]
+    assert Path(paths[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn == ["training tokens per second", "peak memory (MiB)"]
+
+
+def test_value_axes_are_labelled_in_decimal_numbers():
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    axes.plot([1024, 4096], [900, 12000])
+    benchmark.decimal_log_axis(axes)
+    figure.canvas.draw()
+    labels = {tick.get_text() for tick in axes.get_yticklabels()}
+    plt.close(figure)
+    assert {"1,000", "2,000", "5,000", "10,000"} <= labels

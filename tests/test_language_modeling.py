@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from longctx.experiments.language_modeling import evaluate_lm, position_buckets
+from longctx.experiments.language_modeling import evaluate_lm, evaluate_with_memory, position_buckets
 
 
 def test_position_buckets_grow_fourfold_and_cover_every_predicted_position():
@@ -125,3 +125,25 @@ def test_segment_memory_trainer_carries_the_memory_between_steps_and_restarts_ea
     assert len(logged) == 10
     assert logged == pytest.approx(expected, rel=1e-3)
     assert alone != pytest.approx(expected[1], rel=1e-3)  # the memory made a difference
+
+
+def test_memory_evaluation_reports_loss_by_position_in_the_segment():
+    """The buckets of `evaluate_with_memory` against the per-token losses of the same model calls
+    made by hand: bucket (1, 128) averages positions 1..127 of both segments, (128, 200) the rest."""
+    model = tiny_transfo_xl(mem_len=64)
+    ids = torch.randint(5, 261, (400,), generator=torch.Generator().manual_seed(2)).tolist()
+    scores = evaluate_with_memory(model, ids, segment_length=200)
+    memory, losses = None, []
+    with torch.no_grad():
+        for start in (0, 200):
+            segment = torch.tensor([ids[start:start + 200]])
+            output = model(input_ids=segment, labels=segment, mems=memory)
+            memory = output.mems
+            losses.append(output.losses.double().reshape(-1))  # targets at positions 1..199
+    losses = torch.stack(losses)  # (2 segments, 199)
+    early, late = scores["by_position"]
+    assert (early["positions"], early["tokens"]) == ([1, 128], 2 * 127)
+    assert (late["positions"], late["tokens"]) == ([128, 200], 2 * 72)
+    assert early["loss"] == pytest.approx(float(losses[:, :127].mean()), rel=1e-9)
+    assert late["loss"] == pytest.approx(float(losses[:, 127:].mean()), rel=1e-9)
+    assert scores["tokens"] == 398 and scores["loss"] == pytest.approx(float(losses.mean()), rel=1e-9)

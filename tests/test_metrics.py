@@ -116,3 +116,18 @@ def test_metric_objects_give_the_local_values_and_say_which_implementation_they_
     classification = Metrics()
     assert classification([1, 0], [1, 1])["recall"] == pytest.approx(0.5)
     assert ("local" in classification.implementation) == (classification.modules is None)
+
+
+def test_confusion_matrix_counts_true_labels_down_predictions_across():
+    from longctx.experiments.metrics import confusion_matrix
+
+    predictions = [1, 0, 1, 1, 0, 0, 1]
+    references = [1, 0, 0, 1, 1, 0, 1]
+    # by hand: true 0 -> predicted 0 at indices 1 and 5, predicted 1 at 2; true 1 -> predicted 0 at
+    # 4, predicted 1 at 0, 3, 6
+    assert confusion_matrix(predictions, references) == [[2, 1], [1, 3]]
+    assert confusion_matrix([2, 0], [1, 2], num_labels=3) == [[0, 0, 0], [0, 0, 1], [1, 0, 0]]
+    with pytest.raises(ValueError, match="outside 0..1"):
+        confusion_matrix([0, 2], [0, 1])
+    with pytest.raises(ValueError, match="2 predictions but 1 references"):
+        confusion_matrix([0, 1], [0])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import longctx
 from longctx.experiments.run_common import DataArguments, ModelArguments, parse_config_overrides
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -319,9 +320,8 @@ def test_report_collects_runs_with_their_commands_and_benchmarks(tmp_path, monke
     assert "run_classification.py --model_type longctx-transformer" in report  # the command that made it
     assert "| dense | 1024 | 4 | 500.0 | 8,192 | 100 |" in report and "- a note" in report
     # the benchmark wrote no plots (no matplotlib where it ran): the report draws them from its cells
-    for kind in ("time", "memory"):
-        plot = runs / "bench" / f"benchmark_{kind}.png"
-        assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.relative_to(tmp_path)})" in report
+    plot = runs / "bench" / "benchmark_vs_length.png"  # tokens/s and memory, one figure
+    assert plot.read_bytes().startswith(b"\x89PNG") and f"]({plot.relative_to(tmp_path)})" in report
     with pytest.raises(ValueError, match="no results"):
         build_report([tmp_path / "empty"], tmp_path / "R.md")
 
@@ -403,3 +403,64 @@ def test_lm_evaluates_transformer_xl_with_memory_and_against_recomputation(tmp_p
     # use_cache=False) carried its memory from segment to segment.
     assert results["eval_comparison_perplexity_with_memory"] == pytest.approx(
         results["eval_comparison_perplexity_fixed_context"], rel=1e-5)
+
+
+# --------------------------------------------------------------------------- T5 (issue 23)
+
+T5_TINY = "d_model=32,num_layers=1,num_heads=2,d_kv=16,d_ff=64,dropout_rate=0.0"
+
+
+def test_t5_classification_closes_rows_with_eos_and_trains(tmp_path, monkeypatch):
+    """transformers' T5ForSequenceClassification from scratch: it pools at the last </s> and
+    refuses rows without one, so the script closes each row with the tokenizer's </s>."""
+    import datasets
+
+    classification = runpy.run_path(str(REPO_ROOT / "scripts" / "run_classification.py"), run_name="x")
+    tokenizer = longctx.byte_tokenizer()
+    args = type("Args", (), {"text_column_name": "text", "label_column_name": "label", "max_seq_length": 6})
+    rows = datasets.Dataset.from_dict({"text": ["ab", "abcdefgh"], "label": [0, 1]})
+    closed = classification["tokenized"](rows, tokenizer, args, close_with_eos=True)
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    assert closed["input_ids"] == [[bos, 5 + ord("a"), 5 + ord("b"), eos],
+                                   [bos, *(5 + ord(c) for c in "abcd"), eos]]
+    assert closed["attention_mask"] == [[1] * 4, [1] * 6] and closed["labels"] == [0, 1]
+
+    out = tmp_path / "run"
+    run_script("run_classification.py", [
+        "--model_type", "t5", "--config_overrides", T5_TINY, "--train_file", str(SAMPLES / "imdb_train.jsonl"),
+        "--validation_file", str(SAMPLES / "imdb_test.jsonl"), "--max_seq_length", "64", "--max_eval_samples", "16",
+        "--max_train_samples", "16", "--per_device_train_batch_size", "8", "--max_steps", "2",
+        "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 16 and 0.0 <= results["eval_accuracy"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["T5ForSequenceClassification"]
+    assert (config["pad_token_id"], config["eos_token_id"], config["decoder_start_token_id"]) == (0, 2, 0)
+
+
+def test_t5_question_answering_trains_and_evaluates(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run_script("run_qa.py", ["--model_type", "t5", "--config_overrides", T5_TINY,
+                             "--squad_file", str(SAMPLES / "squad_sample.json"), "--eval_articles", "1",
+                             "--max_seq_length", "128", "--doc_stride", "32", "--max_train_samples", "8",
+                             "--max_eval_samples", "4", "--per_device_train_batch_size", "8", "--max_steps", "2",
+                             "--output_dir", str(out), "--do_train", "--do_eval"], monkeypatch)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 4 and 0.0 <= results["eval_f1"] <= 100.0
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["T5ForQuestionAnswering"]
+    assert len(json.loads((out / "eval_predictions.json").read_text())) == 4
+
+
+def test_unread_outputs_keep_the_models_own_ignored_keys():
+    """An explicit ignore_keys replaces the config's keys_to_ignore_at_inference in the Trainer: a
+    longctx model's cache must stay in the list, or evaluation tries to concatenate it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from longctx.experiments.run_common import unread_outputs
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "longctx-transfo-xl", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        mem_len=8, num_labels=2))
+    keys = unread_outputs(model)
+    assert model.config.keys_to_ignore_at_inference and set(model.config.keys_to_ignore_at_inference) <= set(keys)
+    assert "encoder_last_hidden_state" in keys and len(keys) == len(set(keys))

@@ -16,6 +16,7 @@ import pytest
 
 import longctx
 from longctx.experiments.language_modeling import evaluate_lm, lm_blocks, lm_scores
+from longctx.experiments.study_models import study_models
 from longctx.experiments.study import (
     PRESETS,
     override_steps,
@@ -69,7 +70,7 @@ def test_override_steps_and_architecture_selection():
     assert preset.classification.steps == preset.language_modeling.steps == 3
     with pytest.raises(ValueError, match="at least 2"):
         override_steps(PRESETS["smoke"], 1)
-    assert select_architectures(None) == list(longctx.ARCHITECTURES)
+    assert select_architectures(None) == [*longctx.ARCHITECTURES, "hf-t5"]
     with pytest.raises(ValueError, match="available"):
         select_architectures("no-such-model")
 
@@ -92,17 +93,18 @@ def test_run_study_script_end_to_end(tmp_path):
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "run_study.py"), "--max_steps", "2",
          "--output_dir", str(tmp_path / "tmp")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        # a guard against a hang, not a timing assert: six models, and the machine may be shared
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
     results = json.loads((tmp_path / "tmp" / "study_results.json").read_text())
-    assert [row["architecture"] for row in results["results"]] == list(longctx.ARCHITECTURES)
+    assert [row["architecture"] for row in results["results"]] == [*longctx.ARCHITECTURES, "hf-t5"]
     assert results["preset"]["classification"]["steps"] == results["preset"]["language_modeling"]["steps"] == 2
     assert {"torch", "transformers", "device"} <= set(results["environment"])
     assert results["metric_implementation"]
     for row in results["results"]:
         assert not row["errors"]
-        heads = longctx.ARCHITECTURES[row["architecture"]].heads
+        heads = study_models()[row["architecture"]].heads
         for task, head, keys in (
                 ("classification", "AutoModelForSequenceClassification",
                  ("accuracy", "precision", "recall", "f1", "tokens_per_s", "peak_memory_mib")),
@@ -126,9 +128,21 @@ def test_run_study_script_end_to_end(tmp_path):
     header = next(line for line in out.splitlines() if line.startswith("architecture"))
     for column in ("accuracy", "F1", "perplexity", "bits/byte", "train tok/s", "peak mem"):
         assert column in header
-    for name in longctx.ARCHITECTURES:
+    for name in [*longctx.ARCHITECTURES, "hf-t5"]:
         assert any(line.startswith(name + " ") and "|" in line for line in out.splitlines())
     assert "not results" in out
+
+    # T5: transformers' classifier, no LM row and the reason said; every classifier's confusion
+    # matrix counts the scored reviews and agrees with its accuracy; the pictures are PNGs
+    t5 = results["results"][-1]
+    assert t5["language_modeling"] is None and "no causal-LM class" in t5["skipped"][0]
+    assert "hf-t5: language_modeling skipped (T5 is an encoder-decoder" in out
+    for row in results["results"]:
+        (tn, fp), (fn, tp) = row["classification"]["confusion_matrix"]
+        assert tn + fp + fn + tp == row["classification"]["test_rows"]
+        assert (tn + tp) / (tn + fp + fn + tp) == pytest.approx(row["classification"]["accuracy"])
+    for name in ("confusion_matrices.png", "lm_loss_by_position.png"):
+        assert (tmp_path / "tmp" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_tasks_are_skipped_for_missing_heads(monkeypatch, tmp_path):
@@ -449,3 +463,85 @@ def test_report_shows_a_study_with_the_command_of_each_row(monkeypatch, tmp_path
         assert f"cpu, {torch.get_num_threads()} threads" in lines[row["architecture"]]
     assert "`python scripts/run_study.py --architectures " + first + "`" in report
     assert "`python scripts/run_study.py --resume`" in report
+
+
+# --------------------------------------------------------------------------- T5 (issue 23)
+
+
+def test_t5_entry_is_transformers_t5_at_the_presets_size():
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+    from longctx.experiments import study
+
+    preset = PRESETS["smoke"]
+    config = study.build_config("hf-t5", preset, 512, is_decoder=False, num_labels=2)
+    assert type(config) is transformers.T5Config
+    assert (config.d_model, config.num_layers, config.num_decoder_layers, config.num_heads, config.d_ff,
+            config.d_kv) == (128, 2, 2, 4, 256, 32)
+    # the byte tokenizer's ids; attention dropout off as the preset asks (T5 has one rate)
+    tokenizer = longctx.byte_tokenizer()
+    assert (config.pad_token_id, config.eos_token_id, config.vocab_size) == (
+        tokenizer.pad_token_id, tokenizer.eos_token_id, len(tokenizer))
+    assert config.dropout_rate == 0.0 and config.num_labels == 2
+    assert type(AutoModelForSequenceClassification.from_config(config)) is transformers.T5ForSequenceClassification
+    with pytest.raises(ValueError, match="mem_len"):
+        study.build_config("hf-t5", dataclasses.replace(preset, model=dict(preset.model, mem_len=8)), 512)
+
+
+def test_t5_rows_end_with_eos_and_its_classifier_reads_the_eos_state():
+    """Rows for T5 are cut one byte short and closed with </s>; T5ForSequenceClassification pools
+    the decoder state at that </s>, so logits change with the text but not with the padding."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from longctx.experiments import study
+
+    tokenizer = longctx.byte_tokenizer()
+    rows = [{"text": "short", "label": 0}, {"text": "x" * 50, "label": 1}]
+    plain = study.classification_dataset(rows, tokenizer, 16)
+    closed = study.classification_dataset(rows, tokenizer, 16, eos_at_end=True)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert closed["input_ids"][0] == plain["input_ids"][0][:6] + [eos] + [pad] * 9
+    assert closed["input_ids"][1] == plain["input_ids"][1][:15] + [eos]
+    assert closed["attention_mask"][0] == [1] * 7 + [0] * 9 and closed["labels"] == [0, 1]
+
+    torch.manual_seed(0)
+    config = study.build_config("hf-t5", dataclasses.replace(PRESETS["smoke"], model=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        attention_probs_dropout_prob=0.0)), 16, num_labels=2)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    ids, mask = torch.tensor(closed["input_ids"]), torch.tensor(closed["attention_mask"])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        longer = model(input_ids=torch.cat([ids, torch.full((2, 4), pad)], 1),
+                       attention_mask=torch.cat([mask, torch.zeros(2, 4, dtype=torch.long)], 1)).logits
+    assert torch.allclose(logits, longer, atol=1e-5)  # more padding after </s>: the same logits
+    assert not torch.allclose(logits[0], logits[1])
+
+
+def test_report_draws_the_study_pictures_from_its_json_and_links_them(tmp_path):
+    from longctx.experiments.report import build_report
+    from longctx.experiments.study_plots import confusion_matrices, loss_by_position
+
+    rows = [{"architecture": "a", "classification": {"confusion_matrix": [[3, 1], [2, 4]], "accuracy": 0.7,
+                                                     "f1": 0.7},
+             "language_modeling": {"perplexity": 4.0, "bits_per_byte": 2.0, "tokens_per_s": 10.0,
+                                   "peak_memory_mib": 1.0,
+                                   "by_position": [{"positions": [1, 128], "tokens": 254, "loss": math.log(8)},
+                                                   {"positions": [128, 512], "tokens": 0, "loss": None}]},
+             "skipped": [], "errors": {}},
+            {"architecture": "b", "classification": None, "language_modeling": None, "skipped": ["x"],
+             "errors": {}}]
+    assert confusion_matrices(rows) == {"a": [[3, 1], [2, 4]]}
+    assert loss_by_position(rows) == {"a": [(128, pytest.approx(3.0))]}  # ln 8 nats = 3 bits
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    (study_dir / "study_results.json").write_text(json.dumps(
+        {"preset": {"name": "smoke", "model": {}}, "seed": 0, "results": rows}), encoding="utf-8")
+    report = build_report([tmp_path], tmp_path / "REPORT.md")
+    for name in ("confusion_matrices", "lm_loss_by_position"):
+        assert (study_dir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![{name}](study/{name}.png)" in report
+    # pictures already there are the run's own: kept, not redrawn
+    (study_dir / "confusion_matrices.png").write_bytes(b"kept")
+    build_report([tmp_path], tmp_path / "REPORT.md")
+    assert (study_dir / "confusion_matrices.png").read_bytes() == b"kept"

@@ -48,6 +48,7 @@ import longctx
 from longctx.convert import convert_transformers_model
 
 from .measure import MIB, RSS_GROWTH, PeakRSS, device_name, environment, format_table
+from .plots import MATPLOTLIB_MISSING, plain_log_axis, pyplot, save
 
 MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
@@ -69,6 +70,11 @@ DROPOUT_NOTE = ("dropout 0 in every model: with dropout, PyTorch's CPU SDPA fall
                 "math kernel, which would distort the comparison")
 LOSS_NOTE = ("loss = mean square of the backbone's last hidden state (no task head: the same cost "
              "for every model)")
+T5_NOTE = ("T5 (transformers' classes): d_model = hidden, d_ff = intermediate, d_kv = hidden / "
+           "heads, relu feed-forward, 32 relative position buckets; hf-t5 is T5EncoderModel, the "
+           "part comparable with the other encoders; hf-t5-encoder-decoder is T5Model, whose "
+           "decoder (as many layers, over L target tokens: causal self-attention + "
+           "cross-attention) costs on top of that encoder: what a seq2seq or LM task with T5 pays")
 CPU_NOISE_NOTE = ("CPU timings are noisy (shared cores, frequency scaling): compare ratios within "
                   "one run only, never across runs or machines")
 
@@ -210,6 +216,9 @@ class ModelSpec:
     # Transformer-XL as it trains: each length L is a span of L/2 new tokens after a memory of L/2
     # hidden states per layer (no gradient); tokens per step count the new tokens only.
     memory: bool = False
+    # An encoder-decoder (T5Model): also takes `decoder_input_ids`, as many as the input ids (the
+    # inputs shifted right, as T5 builds them from labels); tokens per step count the input ids.
+    decoder_inputs: bool = False
 
 
 def common_fields(settings: BenchmarkSettings) -> dict:
@@ -323,6 +332,34 @@ def build_transfo_xl_with_memory(settings: BenchmarkSettings, length: int) -> Bu
     return build_longctx("longctx-transfo-xl", settings, mem_len=length // 2)
 
 
+def t5_config(settings: BenchmarkSettings) -> transformers.T5Config:
+    """transformers' T5 at the shared size: d_model = hidden, d_ff = intermediate, d_kv = hidden
+    / heads, the same number of layers in the encoder and the decoder; relu feed-forward (T5
+    v1.0), relative position buckets as the original (32 buckets, distance 128); the byte
+    tokenizer's padding (0) and end of sequence (2)."""
+    return transformers.T5Config(
+        vocab_size=settings.vocab_size, d_model=settings.hidden_size,
+        d_kv=settings.hidden_size // settings.num_heads, d_ff=settings.intermediate_size,
+        num_layers=settings.num_layers, num_decoder_layers=settings.num_layers,
+        num_heads=settings.num_heads, dropout_rate=0.0, classifier_dropout=0.0,
+        feed_forward_proj="relu", use_cache=False, pad_token_id=0, eos_token_id=2,
+        decoder_start_token_id=0)
+
+
+def build_hf_t5(settings: BenchmarkSettings, length: int) -> Built:
+    """T5's encoder alone (T5EncoderModel): the part comparable with the other encoders."""
+    model = transformers.T5EncoderModel(t5_config(settings))
+    return Built(model, notes={"attention": model.config._attn_implementation})
+
+
+def build_hf_t5_encoder_decoder(settings: BenchmarkSettings, length: int) -> Built:
+    """The whole T5 (T5Model): encoder over the length-L input, decoder over L target tokens
+    (causal self-attention and cross-attention to the encoder); the loss is on the decoder's
+    output, so the gradient runs through both."""
+    model = transformers.T5Model(t5_config(settings))
+    return Built(model, notes={"attention": model.config._attn_implementation})
+
+
 # One entry per benchmarked model; a longctx architecture without an entry is benchmarked from its
 # own config at the shared size (see `resolve_spec`).
 MODELS: dict[str, ModelSpec] = {
@@ -339,6 +376,12 @@ MODELS: dict[str, ModelSpec] = {
                                            "trains: L/2 new tokens after a memory of L/2 (span L); "
                                            "tok/s counts new tokens",
                                            memory=True),
+    "hf-t5": ModelSpec(build_hf_t5, "transformers.T5EncoderModel (T5's encoder: relative position "
+                       "buckets, dense attention), random weights"),
+    "hf-t5-encoder-decoder": ModelSpec(build_hf_t5_encoder_decoder, "transformers.T5Model: "
+                                       "encoder over L tokens + decoder over L target tokens; "
+                                       "tok/s counts the L input tokens",
+                                       decoder_inputs=True),
 }
 
 
@@ -391,6 +434,9 @@ def make_inputs(spec: ModelSpec, settings: BenchmarkSettings, batch: int, length
         inputs["mems"] = [torch.randn(batch, length - new_tokens, settings.hidden_size,
                                       generator=generator).to(settings.device)
                           for _ in range(settings.num_layers)]
+    if spec.decoder_inputs:  # T5's _shift_right: the start token (padding, 0) first
+        ids = inputs["input_ids"]
+        inputs["decoder_input_ids"] = torch.cat([torch.zeros_like(ids[:, :1]), ids[:, :-1]], 1)
     if spec.global_attention and settings.global_tokens:
         mask = torch.zeros(batch, length, dtype=torch.long)
         mask[:, :settings.global_tokens] = 1
@@ -626,6 +672,8 @@ def notes(settings: BenchmarkSettings, cells: list[dict]) -> list[str]:
     if "hf-reformer" in weights:
         lines.append("hf-reformer: last hidden state is 2 x hidden wide (the reversible streams, "
                      f"concatenated); lengths must be multiples of {REFORMER_CHUNK_LENGTH}")
+    if {"hf-t5", "hf-t5-encoder-decoder"} & set(weights):
+        lines.append(T5_NOTE)
     if settings.baseline:
         lines.append(f"time/{settings.baseline}, mem/{settings.baseline}: this model's time per "
                      f"token (1 / tokens/s) and peak MiB over {settings.baseline}'s at the same "
@@ -652,14 +700,17 @@ def allocator_note(environ=os.environ) -> str:
             "MALLOC_TRIM_THRESHOLD_=68719476736 keep them)")
 
 
-PLOTS = (("seconds_per_step", "seconds per step", "time"),
-         ("peak_memory_mib", "peak memory (MiB)", "memory"))
+# What the plot shows against length, one panel each. Tokens per second, not seconds per step:
+# the batch shrinks as the length grows (tokens_per_step // length), so a step's time would fall
+# and rise with the batch, not with the model.
+PLOT_PANELS = (("tokens_per_s", "training tokens per second"),
+               ("peak_memory_mib", "peak memory (MiB)"))
 
 
 def plot_paths(output: Path) -> list[Path]:
-    """Where the plots of the benchmark JSON `output` go: beside it, named after it (two runs in
+    """Where the plot of the benchmark JSON `output` goes: beside it, named after it (two runs in
     one folder keep their own)."""
-    return [output.with_name(f"{output.stem}_{suffix}.png") for _, _, suffix in PLOTS]
+    return [output.with_name(f"{output.stem}_vs_length.png")]
 
 
 def plot_title(settings: dict, environment: dict) -> str:
@@ -668,30 +719,49 @@ def plot_title(settings: dict, environment: dict) -> str:
             f"{settings['num_layers']}×{settings['hidden_size']}, {settings['dtype']}")
 
 
-def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
-    """Time and memory against length, one line per model, at `plot_paths(output)`; a reason
-    instead when matplotlib is not importable (`pip install matplotlib`)."""
-    try:
-        import matplotlib
+def plot_series(cells: list[dict], key: str) -> dict[str, list[tuple[int, float]]]:
+    """model -> [(length, value)] of the cells with a positive `key`, models in run order."""
+    series = {}
+    for cell in cells:
+        value = cell.get(key)
+        series.setdefault(cell["model"], [])
+        if value is not None and value > 0:
+            series[cell["model"]].append((cell["length"], value))
+    return series
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "plots skipped (matplotlib is not installed: pip install matplotlib)"
-    for (key, label, _), path in zip(PLOTS, plot_paths(output)):
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for model in dict.fromkeys(cell["model"] for cell in cells):
-            points = [(c["length"], c[key]) for c in cells
-                      if c["model"] == model and c.get(key) is not None and c[key] > 0]
+
+def decimal_log_axis(axes):
+    """A log y axis ticked at 1, 2 and 5 of each power of ten, labelled as decimal numbers
+    (2,000 tokens/s, 500 MiB): plots.plain_number's binary thousands suit lengths, not these."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.10g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
+def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
+    """One figure, `plot_paths(output)`: tokens/s and peak memory against length, one line per
+    model, log axes labelled in plain numbers (1K, 4K); a reason instead when matplotlib is not
+    importable."""
+    plt = pyplot()
+    if plt is None:
+        return MATPLOTLIB_MISSING
+    figure, panels = plt.subplots(1, len(PLOT_PANELS), figsize=(11, 4.2))
+    lengths = sorted({cell["length"] for cell in cells})
+    for axes, (key, label) in zip(panels, PLOT_PANELS):
+        for model, points in plot_series(cells, key).items():
             if points:
-                axes.plot(*zip(*points), marker="o", label=model)
-        axes.set(xscale="log", yscale="log", xlabel="sequence length", ylabel=label, title=title)
-        axes.legend()
-        figure.tight_layout()
-        # no version stamp: the same cells give the same bytes
-        figure.savefig(path, dpi=120, metadata={"Software": None})
-        plt.close(figure)
-    return [str(path) for path in plot_paths(output)]
+                axes.plot(*zip(*sorted(points)), marker="o", label=model)
+        axes.set(xlabel="sequence length (tokens)", ylabel=label)
+        plain_log_axis(axes, "x", lengths or None)
+        decimal_log_axis(axes)
+    handles, names = panels[0].get_legend_handles_labels()
+    if handles:
+        panels[0].legend(handles, names, fontsize="small")
+    figure.suptitle(title)
+    return [save(figure, path) for path in plot_paths(output)]
 
 
 # --------------------------------------------------------------------------- the run

@@ -176,10 +176,15 @@ def _bucket(nll, count, start: int, end: int) -> dict:
 def evaluate_with_memory(model, ids: list[int], segment_length: int) -> dict:
     """Transformer-XL's evaluation: consecutive segments of `segment_length` tokens, each model
     call carrying the memory (`mems`) the previous one returned. Scores every token but the
-    first of each segment (the same tokens as `evaluate_fixed_context` with `segment_starts`)."""
+    first of each segment (the same tokens as `evaluate_fixed_context` with `segment_starts`),
+    with "by_position" as `evaluate_lm`'s."""
     model.eval()
     device = next(model.parameters()).device
-    memory, nll, count = None, 0.0, 0
+    memory = None
+    # summed NLL and counts by target position in the segment: with a memory, the first
+    # positions have context too (what `by_position` shows against the blocks scored alone)
+    nll_by_position = torch.zeros(segment_length, dtype=torch.float64)
+    count_by_position = torch.zeros(segment_length, dtype=torch.long)
     started = time.perf_counter()
     for start in range(0, len(ids) - 1, segment_length):
         segment = torch.tensor([ids[start:start + segment_length]], device=device)
@@ -187,9 +192,14 @@ def evaluate_with_memory(model, ids: list[int], segment_length: int) -> dict:
             break
         output = model(input_ids=segment, labels=segment, mems=memory)
         memory = output.mems
-        nll += float(output.losses.double().sum())
-        count += segment.shape[1] - 1
-    return _timed_scores(nll, count, time.perf_counter() - started)
+        predicted = segment.shape[1] - 1
+        nll_by_position[1:1 + predicted] += output.losses.double().reshape(-1).cpu()
+        count_by_position[1:1 + predicted] += 1
+    scores = _timed_scores(float(nll_by_position.sum()), int(count_by_position.sum()),
+                           time.perf_counter() - started)
+    scores["by_position"] = [_bucket(nll_by_position, count_by_position, start, end)
+                             for start, end in position_buckets(segment_length)]
+    return scores
 
 
 @torch.no_grad()

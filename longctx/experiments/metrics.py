@@ -39,6 +39,21 @@ def binary_classification_metrics(predictions, references) -> dict:
     }
 
 
+def confusion_matrix(predictions, references, num_labels: int = 2) -> list[list[int]]:
+    """counts[true label][predicted label]: row 0 holds the negatives (true negatives, false
+    positives), row 1 the positives (false negatives, true positives)."""
+    predictions, references = [int(p) for p in predictions], [int(r) for r in references]
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    outside = sorted({*predictions, *references} - set(range(num_labels)))
+    if outside:
+        raise ValueError(f"labels {outside} are outside 0..{num_labels - 1}; pass num_labels")
+    counts = [[0] * num_labels for _ in range(num_labels)]
+    for predicted, true in zip(predictions, references):
+        counts[true][predicted] += 1
+    return counts
+
+
 # --------------------------------------------------------------------------- SQuAD v1.1
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

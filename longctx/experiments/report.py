@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .benchmark import plot_paths, plot_title, write_plots
 from .measure import machine_summary
+from .study_plots import write_study_plots
 from .run_common import RUN_INFO
 from .study import TABLE_COLUMNS, table_cells
 
@@ -215,9 +216,21 @@ def study_section(study: dict, relative_to: Path) -> list[str]:
                              for row in study["results"])
     lines += (["", f"- data: {json.dumps(study.get('data', {}))}"]
               + [f"- `{command}`" for command in commands])
+    lines += [f"- {row['architecture']}: skipped {skip}" for row in study["results"]
+              for skip in row.get("skipped", [])]
     if study.get("note"):
         lines.append(f"- {study['note']}")
-    return lines + [""]
+    plots = study_plots(study)
+    if isinstance(plots, str):
+        return lines + ["", f"({plots})", ""]
+    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in plots] + [""]
+
+
+def study_plots(study: dict) -> list[Path] | str:
+    """The study's pictures beside its study_results.json (run_study draws them); those missing
+    (a study from before them, or whose pictures stayed on the machine that ran it) drawn from
+    the JSON, the others left as they are; a reason when matplotlib is missing."""
+    return write_study_plots(study["results"], Path(study["path"]).parent, only_missing=True)
 
 
 def build_report(roots, output: Path) -> str:

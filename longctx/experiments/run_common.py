@@ -27,12 +27,32 @@ FILE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl":
                 ".txt": "text"}
 
 
+# transformers' own model types the scripts also train from scratch, for comparison (issue 23:
+# T5 against the Reformer); their config fields take transformers' names (d_model, num_layers).
+TRANSFORMERS_MODEL_TYPES = ("t5",)
+# Encoder-decoder outputs no caller reads: kept by Trainer.predict/evaluate, the encoder's states
+# of every evaluated row would pile up (rows x length x hidden floats).
+UNREAD_OUTPUTS = ["encoder_last_hidden_state", "cache", "past_key_values"]
+
+
+def unread_outputs(model) -> list[str]:
+    """What Trainer.predict/evaluate should drop: UNREAD_OUTPUTS and the model's own
+    `keys_to_ignore_at_inference` (a longctx model's cache), which an explicit `ignore_keys`
+    would otherwise replace."""
+    own = getattr(model.config, "keys_to_ignore_at_inference", None) or []
+    return list(dict.fromkeys([*UNREAD_OUTPUTS, *own]))
+
+
+def from_scratch_types() -> list[str]:
+    return [*longctx.ARCHITECTURES, *TRANSFORMERS_MODEL_TYPES]
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "A longctx or transformers checkpoint (folder or Hub id) to start from."})
     model_type: str | None = field(default=None, metadata={
-        "help": f"Train from scratch: one of {', '.join(longctx.ARCHITECTURES)}."})
+        "help": f"Train from scratch: one of {', '.join(from_scratch_types())}."})
     config_overrides: str | None = field(default=None, metadata={
         "help": "With --model_type: config fields, e.g. "
                 '"hidden_size=256,num_hidden_layers=4,attention_window=512".'})
@@ -46,10 +66,11 @@ class ModelArguments:
         if (self.model_name_or_path is None) == (self.model_type is None):
             raise ValueError("give exactly one of --model_name_or_path (a checkpoint) or "
                              f"--model_type (train from scratch: "
-                             f"{', '.join(longctx.ARCHITECTURES)})")
-        if self.model_type is not None and self.model_type not in longctx.ARCHITECTURES:
-            raise ValueError(f"--model_type {self.model_type!r} is not a longctx model type; use "
-                             f"one of {', '.join(longctx.ARCHITECTURES)}")
+                             f"{', '.join(from_scratch_types())})")
+        if self.model_type is not None and self.model_type not in from_scratch_types():
+            raise ValueError(f"--model_type {self.model_type!r} is not a longctx model type nor "
+                             f"one compared with them; use one of "
+                             f"{', '.join(from_scratch_types())}")
         if self.config_overrides and self.model_type is None:
             raise ValueError("--config_overrides only applies with --model_type (a checkpoint has "
                              "its config)")
@@ -147,7 +168,11 @@ def build_model(model_args: ModelArguments, auto_class, tokenizer=None, **task_f
         overrides = parse_config_overrides(model_args.config_overrides)
         from_tokenizer = tokenizer_fields(tokenizer, overrides) if tokenizer is not None else {}
         fields = {**from_tokenizer, **overrides, **task_fields}
-        model = auto_class.from_config(AutoConfig.for_model(model_args.model_type, **fields))
+        config = AutoConfig.for_model(model_args.model_type, **fields)
+        if config.is_encoder_decoder and getattr(config, "decoder_start_token_id", None) is None:
+            # T5's choice: the decoder starts from the padding token (its _shift_right needs one)
+            config.decoder_start_token_id = config.pad_token_id
+        model = auto_class.from_config(config)
     if tokenizer is not None:
         fit_tokenizer_to_model(tokenizer, model.config)
     return model

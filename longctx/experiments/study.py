@@ -1,4 +1,5 @@
-"""The seed study: every architecture in `longctx.ARCHITECTURES`, one size, one budget.
+"""The seed study: every architecture in `longctx.ARCHITECTURES` and transformers' T5 (the
+table of `study_models.py`), one size, one budget.
 
 For each architecture (skipping a task whose head it lacks):
 
@@ -40,7 +41,6 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     Trainer,
@@ -61,8 +61,10 @@ from .language_modeling import (
     trains_with_memory,
 )
 from .measure import RSS_GROWTH, environment, format_table, memory_meter
-from .metrics import Metrics
-from .run_common import command_line, encode_whole_text
+from .metrics import Metrics, confusion_matrix
+from .run_common import command_line, encode_whole_text, unread_outputs
+from .study_models import BYTE_EOS_ID, study_models
+from .study_plots import write_study_plots
 
 CLASSIFICATION_HEAD = "AutoModelForSequenceClassification"
 CAUSAL_LM_HEAD = "AutoModelForCausalLM"
@@ -193,12 +195,20 @@ def load_book(split: str) -> str:
     return (samples_dir() / f"book_{split}.txt").read_text(encoding="utf-8")
 
 
-def classification_dataset(rows: list[dict], tokenizer, max_length: int):
-    """Tokenized, truncated and padded to `max_length` (one shape for every architecture)."""
+def classification_dataset(rows: list[dict], tokenizer, max_length: int,
+                           eos_at_end: bool = False):
+    """Tokenized, truncated and padded to `max_length` (one shape for every architecture);
+    `eos_at_end`: each row's text truncated one byte shorter and closed with </s> (T5)."""
     import datasets
 
-    encoded = tokenizer([row["text"] for row in rows], truncation=True, max_length=max_length,
-                        padding="max_length")
+    texts = [row["text"] for row in rows]
+    if eos_at_end:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length - 1)
+        closed = [ids + [BYTE_EOS_ID] for ids in encoded["input_ids"]]
+        encoded = tokenizer.pad({"input_ids": closed}, padding="max_length",
+                                max_length=max_length)
+    else:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length")
     return datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],
                                        "attention_mask": encoded["attention_mask"],
                                        "labels": [int(row["label"]) for row in rows]})
@@ -306,14 +316,15 @@ class StudyData:
     summary: dict = field(default_factory=dict)  # origins and sizes, for the results and notes
     _classification_sets: dict = field(default_factory=dict, repr=False)
 
-    def classification_sets(self, max_length: int):
+    def classification_sets(self, max_length: int, eos_at_end: bool = False):
         """(train, test) tokenized at `max_length`, once for all architectures."""
-        if max_length not in self._classification_sets:
+        key = (max_length, eos_at_end)
+        if key not in self._classification_sets:
             tokenizer = longctx.byte_tokenizer(model_max_length=max_length)
-            self._classification_sets[max_length] = (
-                classification_dataset(self.imdb_train, tokenizer, max_length),
-                classification_dataset(self.imdb_test, tokenizer, max_length))
-        return self._classification_sets[max_length]
+            self._classification_sets[key] = (
+                classification_dataset(self.imdb_train, tokenizer, max_length, eos_at_end),
+                classification_dataset(self.imdb_test, tokenizer, max_length, eos_at_end))
+        return self._classification_sets[key]
 
 
 def load_study_data(preset: Preset, data_dir: str | os.PathLike | None = None) -> StudyData:
@@ -412,13 +423,13 @@ def train(model, dataset, preset: Preset, budget: TaskBudget, seed: int, output_
 
 
 def build_config(model_type: str, preset: Preset, max_length: int, **task_fields):
-    return AutoConfig.for_model(model_type, **preset.model, max_position_embeddings=max_length,
-                                **task_fields)
+    return study_models()[model_type].config(preset.model, max_length, task_fields)
 
 
 def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed: int,
                        output_dir: Path, metrics: Metrics, data: StudyData) -> dict:
-    train_set, test_set = data.classification_sets(budget.max_length)
+    train_set, test_set = data.classification_sets(budget.max_length,
+                                                   study_models()[model_type].eos_at_end)
     transformers.set_seed(seed)
     config = build_config(model_type, preset, budget.max_length, is_decoder=False, num_labels=2)
     model = AutoModelForSequenceClassification.from_config(config)
@@ -428,9 +439,12 @@ def run_classification(model_type: str, preset: Preset, budget: TaskBudget, seed
         output_dir=str(output_dir / "classification"),
         per_device_eval_batch_size=budget.eval_batch_size, use_cpu=preset.device == "cpu",
         report_to=[], disable_tqdm=True), data_collator=default_data_collator)
-    predictions = trainer.predict(test_set)
-    predicted = predictions.predictions.argmax(-1).tolist()
-    result.update(metrics(predicted, predictions.label_ids.tolist()))
+    predictions = trainer.predict(test_set, ignore_keys=unread_outputs(model))
+    logits = predictions.predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predicted, labels = logits.argmax(-1).tolist(), predictions.label_ids.tolist()
+    result.update(metrics(predicted, labels))
+    result["confusion_matrix"] = confusion_matrix(predicted, labels)
     result.update(train_rows=len(train_set), test_rows=len(test_set),
                   test_rows_total=data.summary["imdb_test_rows"],
                   real_token_fraction=real_token_fraction(train_set, budget.max_length))
@@ -456,7 +470,7 @@ def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, s
     if recurrent:
         scores = evaluate_with_memory(model, valid_ids, budget.max_length)
         result.update(lm_scores(scores["loss"] * scores["tokens"], scores["tokens"]),
-                      mem_len=config.mem_len)
+                      by_position=scores["by_position"], mem_len=config.mem_len)
     else:
         result.update(evaluate_lm(model, valid_ids, budget.max_length, budget.eval_batch_size))
     result.update(train_blocks=len(train_set), train_bytes=len(train_ids),
@@ -468,7 +482,8 @@ def run_language_modeling(model_type: str, preset: Preset, budget: TaskBudget, s
 def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Path,
                      metrics: Metrics, data: StudyData) -> dict:
     """Both tasks for one architecture; a task its heads lack is skipped, a failing one recorded."""
-    heads = longctx.ARCHITECTURES[model_type].heads
+    entry = study_models()[model_type]
+    heads = entry.heads
     row = {"architecture": model_type, "classification": None, "language_modeling": None,
            "skipped": [], "errors": {}}
     tasks = {
@@ -481,7 +496,8 @@ def run_architecture(model_type: str, preset: Preset, seed: int, output_dir: Pat
     }
     for task, (head, budget, run) in tasks.items():
         if head not in heads or budget is None:
-            row["skipped"].append(f"{task} (no {head} head)" if head not in heads else task)
+            reason = entry.missing_heads.get(head, f"no {head} head")
+            row["skipped"].append(f"{task} ({reason})" if head not in heads else task)
             continue
         started = time.perf_counter()
         try:
@@ -551,11 +567,23 @@ def table_notes(preset: Preset, metrics: Metrics, data: StudyData,
                      f"{lm.max_length} tokens a step, after a warm-up step; peak mem = "
                      + memory_measurement(preset.device).split(";")[0]
                      + " (classification numbers: study_results.json)")
+    notes.extend(f"{row['architecture']}: {task} skipped ({reason})" for row in rows
+                 for task, reason in skip_reasons(row))
     if preset.bf16:
         notes.append(PRECISION_BF16)
     if preset.name == "smoke":
         notes.append(SMOKE_DISCLAIMER)
     return notes
+
+
+def skip_reasons(row: dict) -> list[tuple[str, str]]:
+    """(task, reason) of the tasks an entry of study_models says why it cannot run."""
+    reasons = []
+    for skipped in row.get("skipped", []):
+        task, _, reason = skipped.partition(" (")
+        if reason and not reason.startswith("no Auto"):
+            reasons.append((task, reason.removesuffix(")")))
+    return reasons
 
 
 PRECISION_BF16 = ("training in bf16 mixed precision (Trainer bf16=True, fp32 weights); evaluation "
@@ -612,7 +640,7 @@ def override_steps(preset: Preset, max_steps: int | None) -> Preset:
 
 
 def select_architectures(names: str | None) -> list[str]:
-    available = list(longctx.ARCHITECTURES)
+    available = list(study_models())
     if not names:
         return available
     chosen = [name.strip() for name in names.split(",") if name.strip()]
@@ -680,6 +708,8 @@ def run_study(preset: str | Preset = "smoke", output_dir: str | os.PathLike = "r
     print(study_table(results["results"]))
     for note in table_notes(chosen_preset, metrics, data, results["results"]):
         print("  " + note)
+    plots = write_study_plots(results["results"], output_dir)  # this run's: redrawn
+    print(f"  {plots}" if isinstance(plots, str) else f"  plots: {', '.join(map(str, plots))}")
     print(f"results: {path} ({results['wall_seconds']:.0f} s)", flush=True)
     return results
 
@@ -716,9 +746,9 @@ def _without_prose(setting):
 def study_results(settings: dict, preset: Preset, data: StudyData, metrics: Metrics, rows: dict,
                   wall_seconds: float) -> dict:
     """What study_results.json holds: the settings, and one row per architecture in the order of
-    longctx.ARCHITECTURES, each with the environment and command that ran it (a resumed study may
-    span machines)."""
-    order = list(longctx.ARCHITECTURES)
+    the study's models (study_models), each with the environment and command that ran it (a
+    resumed study may span machines)."""
+    order = list(study_models())
     return {
         **settings, "command": command_line(), "environment": environment(preset.device),
         "data": data.summary,
