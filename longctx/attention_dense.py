@@ -31,6 +31,8 @@ def visibility_mask(q_len: int, key_padding_mask: torch.Tensor | None, causal: b
 def dense_attention(q, k, v, *, key_padding_mask=None, causal=False, dropout_p=0.0, scale=None):
     """Softmax attention through `scaled_dot_product_attention`; see the module doc for shapes."""
     q_len, k_len = q.shape[-2], k.shape[-2]
+    if causal and q_len == 1:  # a decoding step: its one query is the last token, sees every key
+        causal = False
     if key_padding_mask is None and causal and q_len == k_len:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
                                               scale=scale)

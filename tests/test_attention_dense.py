@@ -36,6 +36,19 @@ def test_kernel_matches_reference(seed, causal, padded):
     assert_outputs_and_gradients_match(fast, slow, (q, k, v), 1e-10, 1e-9)
 
 
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_decoding_step_one_query_after_a_cache_matches_reference(seed, padded):
+    """One query (the newest token) against past + 1 keys: the kernel drops the causal mask,
+    which hides nothing from the last token; the reference keeps it."""
+    q, k, v, padding = random_case(seed)
+    q = q[:, :, -1:].detach().requires_grad_()
+    padding = padding if padded else None
+    fast = dense_attention(q, k, v, key_padding_mask=padding, causal=True)
+    slow, _ = dense_attention_reference(q, k, v, key_padding_mask=padding, causal=True)
+    assert_outputs_and_gradients_match(fast, slow, (q, k, v), 1e-10, 1e-9)
+
+
 def test_query_that_sees_nothing_outputs_zeros_and_no_nan():
     q, k, v = (torch.randn(1, 2, 4, 8, requires_grad=True) for _ in range(3))
     left_padding = torch.tensor([[False, False, True, True]])  # queries 0 and 1 see no key
