@@ -28,3 +28,15 @@ def test_lines_against_length_labels_ticks_plainly_and_is_reproducible(tmp_path)
     labels = [tick.get_text() for tick in axes.get_xticklabels()]
     plt.close(figure)
     assert labels == ["1K", "4K", "16K"]
+
+
+def test_value_axes_are_labelled_in_decimal_numbers():
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    axes.plot([1024, 4096], [900, 12000])
+    plots.decimal_log_axis(axes)
+    figure.canvas.draw()
+    labels = {tick.get_text() for tick in axes.get_yticklabels()}
+    plt.close(figure)
+    assert {"1,000", "2,000", "5,000", "10,000"} <= labels

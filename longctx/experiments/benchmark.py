@@ -48,7 +48,7 @@ import longctx
 from longctx.convert import convert_transformers_model
 
 from .measure import MIB, RSS_GROWTH, PeakRSS, device_name, environment, format_table
-from .plots import MATPLOTLIB_MISSING, plain_log_axis, pyplot, save
+from .plots import MATPLOTLIB_MISSING, decimal_log_axis, plain_log_axis, pyplot, save
 
 MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
@@ -728,17 +728,6 @@ def plot_series(cells: list[dict], key: str) -> dict[str, list[tuple[int, float]
         if value is not None and value > 0:
             series[cell["model"]].append((cell["length"], value))
     return series
-
-
-def decimal_log_axis(axes):
-    """A log y axis ticked at 1, 2 and 5 of each power of ten, labelled as decimal numbers
-    (2,000 tokens/s, 500 MiB): plots.plain_number's binary thousands suit lengths, not these."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axes.set_yscale("log")
-    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.10g}"))
-    axes.yaxis.set_minor_formatter(NullFormatter())
 
 
 def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:

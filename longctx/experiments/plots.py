@@ -47,6 +47,17 @@ def plain_log_axis(axes, which: str = "x", ticks: Iterable[float] | None = None)
     axis.set_minor_formatter(NullFormatter())
 
 
+def decimal_log_axis(axes):
+    """A log y axis ticked at 1, 2 and 5 of each power of ten, labelled as decimal numbers
+    (2,000 tokens/s, 500 MiB): plain_number's binary thousands suit lengths, not these."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.10g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
 def save(figure, path: Path) -> str:
     """Write the figure as a PNG without the matplotlib version in its metadata; close it."""
     import matplotlib.pyplot as plt
@@ -76,7 +87,7 @@ def lines_against_length(series: dict[str, Sequence[tuple[float, float]]], path:
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     plain_log_axis(axes, "x", lengths or None)
     if log_y:
-        plain_log_axis(axes, "y")
+        decimal_log_axis(axes)
     if lengths:
         axes.legend(fontsize="small")
     return save(figure, path)
