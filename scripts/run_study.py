@@ -8,6 +8,12 @@ classifier (confusion_matrices.png) and the LM loss by position in the block
     # real data, ~2 h 15 min on 2 CPU cores; --resume goes on after a stop
     python scripts/run_study.py --preset cpu --data_dir ../shared/data [--resume]
     python scripts/run_study.py --preset gpu-lra --data_dir ../shared/data  # a CUDA GPU, hours
+    # all-MiniLM-L6-v2 as it is and elongated to Longformer and Linformer, IMDb and SQuAD
+    python scripts/run_study.py --preset pretrained-cpu --data_dir ../shared/data [--resume]
+
+The pretrained presets (pretrained-cpu, pretrained-tiny) take the options of
+`python -m longctx.experiments.pretrained_study` (--models, --tasks, --source, --budget, ...),
+where their logic lives.
 
 --data_dir is a folder laid out like ../shared/data: imdb/train.parquet, imdb/test.parquet
 (columns text, label), books/austen-emma.txt (training book), books/austen-sense.txt (held-out
@@ -29,13 +35,14 @@ try:
 except ImportError:  # a checkout that is not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from longctx.experiments import study
+from longctx.experiments import pretrained_study, study
 from longctx.experiments.measure import failed
 
 
 def parse_args(argv=None):
     presets = "\n".join(f"  {name:8} {preset.description}"
-                        for name, preset in study.PRESETS.items())
+                        for name, preset in {**study.PRESETS,
+                                             **pretrained_study.PRETRAINED_PRESETS}.items())
     parser = argparse.ArgumentParser(description=__doc__, epilog="presets:\n" + presets,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smoke", choices=sorted(study.PRESETS),
@@ -65,7 +72,16 @@ def parse_args(argv=None):
     return args
 
 
+def named_preset(argv) -> str | None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--preset")
+    return parser.parse_known_args(argv)[0].preset
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if named_preset(argv) in pretrained_study.PRETRAINED_PRESETS:  # its own options
+        return pretrained_study.main(argv)
     args = parse_args(argv)
     try:
         results = study.run_study(preset=args.preset, output_dir=args.output_dir,

@@ -545,3 +545,20 @@ def test_report_draws_the_study_pictures_from_its_json_and_links_them(tmp_path):
     (study_dir / "confusion_matrices.png").write_bytes(b"kept")
     build_report([tmp_path], tmp_path / "REPORT.md")
     assert (study_dir / "confusion_matrices.png").read_bytes() == b"kept"
+
+
+def test_script_hands_the_pretrained_presets_to_the_pretrained_study(tmp_path, monkeypatch):
+    from longctx.experiments import pretrained_study
+
+    spec = importlib.util.spec_from_file_location("run_study_script", REPO_ROOT / "scripts" / "run_study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    handed = []
+    monkeypatch.setattr(pretrained_study, "main", lambda argv: handed.append(argv) or 7)
+    argv = ["--preset", "pretrained-cpu", "--data_dir", str(tmp_path), "--tasks", "imdb"]
+    assert script.main(argv) == 7
+    assert handed == [argv]
+    monkeypatch.setattr(script.study, "run_study",
+                        lambda **kwargs: handed.append(kwargs) or {"results": []})
+    assert script.main(["--preset", "smoke", "--output_dir", str(tmp_path / "s")]) == 0
+    assert handed[-1]["preset"] == "smoke"
