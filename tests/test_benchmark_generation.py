@@ -259,3 +259,30 @@ def test_a_run_stopped_midway_keeps_the_lengths_it_measured(tmp_path, monkeypatc
     assert partial["complete"] is False
     assert [(c["model"], c["prompt_length"]) for c in partial["results"]] == [("hf-gpt2", 16)]
     assert partial["results"][0]["generated_new_tokens"] == 3
+
+
+def test_the_report_shows_a_generation_benchmark_apart_from_the_training_ones(tmp_path):
+    from longctx.experiments import report
+
+    cell = {"model": "hf-gpt2", "prompt_length": 1024, "new_tokens": 8, "error": None,
+            "error_kind": None, "tokens_per_s": 400.0, "decode_tokens_per_s": 500.0,
+            "decode_ms_per_token": 2.0, "peak_memory_mib": 30.0,
+            "decode_tokens_per_s_vs_baseline": 1.0, "peak_memory_mib_vs_baseline": 1.0}
+    failed = {"model": "longctx-reformer", "prompt_length": 1024, "new_tokens": 8,
+              "error": "too slow", "error_kind": "skipped"}
+    document = {"settings": {"num_layers": 2, "hidden_size": 32, "new_tokens": 8,
+                             "baseline": "hf-gpt2"},
+                "environment": {"device_name": "a CPU"}, "definitions": {}, "complete": True,
+                "notes": ["a note"], "results": [cell, failed]}
+    folder = tmp_path / "results" / "gen"
+    folder.mkdir(parents=True)
+    (folder / "gen.json").write_text(json.dumps(document), encoding="utf-8")
+    text = report.build_report([tmp_path / "results"], tmp_path / "REPORT.md")
+    assert "## Generation speed (scripts/benchmark_generation.py)" in text
+    assert "## Efficiency" not in text  # not taken for a training benchmark
+    assert "| hf-gpt2 | 1024 | 400 | 500 | 2 | 30 | 1.00x | 1.00x |" in text
+    assert "| longctx-reformer | 1024 | skipped: too slow |" in text
+    assert "- a note" in text
+    for path in bench.plot_paths(folder / "gen.json"):  # drawn from the JSON and linked
+        assert path.read_bytes()[:4] == b"\x89PNG"
+        assert f"](results/gen/{path.name})" in text

@@ -14,6 +14,7 @@ import os
 import shlex
 from pathlib import Path
 
+from . import benchmark_generation
 from .benchmark import plot_paths, plot_title, write_plots
 from .measure import machine_summary
 from .study_plots import write_study_plots
@@ -96,8 +97,18 @@ def find_documents(roots, keys: set, pattern: str = "*.json") -> list[dict]:
     return found
 
 
+GENERATION_KEYS = {"settings", "environment", "definitions", "results"}
+
+
 def find_benchmarks(roots) -> list[dict]:
-    return find_documents(roots, {"settings", "environment", "results"})
+    """Training benchmarks (scripts/benchmark.py): their JSONs, not the generation benchmark's,
+    which alone define their measures in the file ("definitions")."""
+    return [document for document in find_documents(roots, {"settings", "environment", "results"})
+            if "definitions" not in document]
+
+
+def find_generation_benchmarks(roots) -> list[dict]:
+    return find_documents(roots, GENERATION_KEYS)
 
 
 def find_studies(roots) -> list[dict]:
@@ -195,6 +206,41 @@ def benchmark_plots(benchmark: dict) -> list[Path] | str:
     return paths
 
 
+def generation_section(benchmark: dict, relative_to: Path) -> list[str]:
+    """One generation benchmark JSON (scripts/benchmark_generation.py): its cells, notes and
+    plots (those missing drawn from the cells)."""
+    settings = benchmark["settings"]
+    baseline = settings.get("baseline") or "baseline"
+    lines = [f"### {plot_title(settings | {'dtype': 'fp32'}, benchmark['environment'])}, "
+             f"{settings.get('new_tokens', '?')} new tokens, "
+             f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
+             f"| model | prompt | tokens/s | decode tokens/s | ms/token | peak MiB | "
+             f"decode / {baseline} | memory / {baseline} |", "|---|---|---|---|---|---|---|---|"]
+    for cell in benchmark["results"]:
+        if cell.get("error"):
+            lines.append(f"| {cell['model']} | {cell['prompt_length']} | "
+                         f"{cell['error_kind']}: {cell['error']} | | | | | |")
+            continue
+        values = [cell.get(key) for key in ("tokens_per_s", "decode_tokens_per_s",
+                                            "decode_ms_per_token", "peak_memory_mib")]
+        ratios = [cell.get(key) for key in ("decode_tokens_per_s_vs_baseline",
+                                            "peak_memory_mib_vs_baseline")]
+        lines.append(f"| {cell['model']} | {cell['prompt_length']} | "
+                     + " | ".join(map(_number, values)) + " | "
+                     + " | ".join("–" if r is None else f"{r:.2f}x" for r in ratios) + " |")
+    if not benchmark.get("complete", True):
+        lines += ["", "- incomplete: the run stopped before its last prompt length"]
+    lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
+    paths = benchmark_generation.plot_paths(Path(benchmark["path"]))
+    if not all(path.exists() for path in paths):
+        drawn = benchmark_generation.write_plots(
+            [cell for cell in benchmark["results"] if not cell.get("error")],
+            Path(benchmark["path"]), "generate() against prompt length")
+        if isinstance(drawn, str):
+            return lines + ["", f"({drawn})", ""]
+    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in paths] + [""]
+
+
 def study_section(study: dict, relative_to: Path) -> list[str]:
     """One study_results.json: its table (the columns run_study prints), the machine of each row,
     and the commands that made the rows (a resumed study has several)."""
@@ -236,7 +282,8 @@ def study_plots(study: dict) -> list[Path] | str:
 def build_report(roots, output: Path) -> str:
     output = Path(output)
     runs, benchmarks, studies = find_runs(roots), find_benchmarks(roots), find_studies(roots)
-    if not runs and not benchmarks and not studies:
+    generations = find_generation_benchmarks(roots)
+    if not runs and not benchmarks and not studies and not generations:
         raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py, "
                          f"scripts/benchmark.py or scripts/run_study.py with --output_dir / "
                          "--output there first")
@@ -252,6 +299,10 @@ def build_report(roots, output: Path) -> str:
         lines += ["## Efficiency (scripts/benchmark.py)", ""]
         for benchmark in benchmarks:
             lines += benchmark_section(benchmark, output.parent)
+    if generations:
+        lines += ["## Generation speed (scripts/benchmark_generation.py)", ""]
+        for benchmark in generations:
+            lines += generation_section(benchmark, output.parent)
     if studies:
         lines += ["## The study (scripts/run_study.py)", ""]
         for study in studies:
