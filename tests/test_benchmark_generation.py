@@ -261,7 +261,7 @@ def test_a_run_stopped_midway_keeps_the_lengths_it_measured(tmp_path, monkeypatc
     assert partial["results"][0]["generated_new_tokens"] == 3
 
 
-def test_the_report_shows_a_generation_benchmark_apart_from_the_training_ones(tmp_path):
+def test_the_report_shows_a_generation_benchmark_and_written_comparisons(tmp_path):
     from longctx.experiments import report
 
     cell = {"model": "hf-gpt2", "prompt_length": 1024, "new_tokens": 8, "error": None,
@@ -277,7 +277,9 @@ def test_the_report_shows_a_generation_benchmark_apart_from_the_training_ones(tm
     folder = tmp_path / "results" / "gen"
     folder.mkdir(parents=True)
     (folder / "gen.json").write_text(json.dumps(document), encoding="utf-8")
+    (folder / "comparison.md").write_text("Decoder A is **2x** decoder B.\n", encoding="utf-8")
     text = report.build_report([tmp_path / "results"], tmp_path / "REPORT.md")
+    assert "### `results/gen/comparison.md`\n\nDecoder A is **2x** decoder B.\n" in text
     assert "## Generation speed (scripts/benchmark_generation.py)" in text
     assert "## Efficiency" not in text  # not taken for a training benchmark
     assert "| hf-gpt2 | 1024 | 400 | 500 | 2 | 30 | 1.00x | 1.00x |" in text

@@ -111,6 +111,19 @@ def find_generation_benchmarks(roots) -> list[dict]:
     return find_documents(roots, GENERATION_KEYS)
 
 
+COMPARISON_FILE = "comparison.md"  # a written reading of a results folder's numbers
+
+
+def find_comparisons(roots) -> list[Path]:
+    return [path for root in roots for path in sorted(Path(root).rglob(COMPARISON_FILE))]
+
+
+def comparison_section(path: Path, relative_to: Path) -> list[str]:
+    """A comparison written beside the results it reads, as it is, headed by its path."""
+    return [f"### `{os.path.relpath(path, relative_to)}`", "",
+            path.read_text(encoding="utf-8").strip(), ""]
+
+
 def find_studies(roots) -> list[dict]:
     return find_documents(roots, {"preset", "seed", "results"}, pattern="study_results.json")
 
@@ -282,7 +295,7 @@ def study_plots(study: dict) -> list[Path] | str:
 def build_report(roots, output: Path) -> str:
     output = Path(output)
     runs, benchmarks, studies = find_runs(roots), find_benchmarks(roots), find_studies(roots)
-    generations = find_generation_benchmarks(roots)
+    generations, comparisons = find_generation_benchmarks(roots), find_comparisons(roots)
     if not runs and not benchmarks and not studies and not generations:
         raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py, "
                          f"scripts/benchmark.py or scripts/run_study.py with --output_dir / "
@@ -299,6 +312,10 @@ def build_report(roots, output: Path) -> str:
         lines += ["## Efficiency (scripts/benchmark.py)", ""]
         for benchmark in benchmarks:
             lines += benchmark_section(benchmark, output.parent)
+    if comparisons:
+        lines += ["## Comparisons in words (comparison.md beside the results they read)", ""]
+        for path in comparisons:
+            lines += comparison_section(path, output.parent)
     if generations:
         lines += ["## Generation speed (scripts/benchmark_generation.py)", ""]
         for benchmark in generations:
