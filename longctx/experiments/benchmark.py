@@ -82,6 +82,28 @@ CPU_NOISE_NOTE = ("CPU timings are noisy (shared cores, frequency scaling): comp
 # --------------------------------------------------------------------------- settings
 
 
+def check_shared_settings(settings, lengths_field: str, max_length: dict, positive=()):
+    """The checks of the settings both benchmarks have (device, lengths, sizes), raising
+    ValueError naming the setting and the fix; `positive` names more fields that must be > 0."""
+    if settings.device not in max_length:
+        raise ValueError(f"device={settings.device!r}: use 'cpu' or 'cuda'")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch.cuda.is_available() is False; use --device cpu")
+    lengths = getattr(settings, lengths_field)
+    if not lengths or any(not isinstance(n, int) or n <= 0 for n in lengths):
+        raise ValueError(f"{lengths_field}={lengths}: give positive integers, e.g. 1024,4096")
+    if max(lengths) > max_length[settings.device]:
+        raise ValueError(f"length {max(lengths)} is over the {settings.device} limit of "
+                         f"{max_length[settings.device]} tokens")
+    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "window",
+                 *positive):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"{name}={getattr(settings, name)} must be positive")
+    if settings.hidden_size % settings.num_heads:
+        raise ValueError(f"hidden_size={settings.hidden_size} must be divisible by "
+                         f"num_heads={settings.num_heads}")
+
+
 @dataclass
 class BenchmarkSettings:
     models: list[str]
@@ -118,27 +140,11 @@ class BenchmarkSettings:
 
     def check(self):
         """Raises ValueError naming the setting and the fix."""
-        if self.device not in MAX_LENGTH:
-            raise ValueError(f"device={self.device!r}: use 'cpu' or 'cuda'")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but torch.cuda.is_available() is False; use --device "
-                             "cpu")
+        check_shared_settings(self, "lengths", MAX_LENGTH, ("steps",))
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype={self.dtype!r}: use 'fp32' or 'bf16'")
         if self.dtype == "bf16" and self.device != "cuda":
             raise ValueError("dtype='bf16' is for CUDA (autocast); the CPU benchmark runs in fp32")
-        if not self.lengths or any(not isinstance(n, int) or n <= 0 for n in self.lengths):
-            raise ValueError(f"lengths={self.lengths}: give positive integers, e.g. 1024,2048,4096")
-        if self.max_length > MAX_LENGTH[self.device]:
-            raise ValueError(f"length {self.max_length} is over the {self.device} limit of "
-                             f"{MAX_LENGTH[self.device]} tokens")
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "window",
-                     "steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by "
-                             f"num_heads={self.num_heads}")
         if self.window % 2:
             raise ValueError(f"window={self.window} must be even (half of it on each side of a "
                              "token)")

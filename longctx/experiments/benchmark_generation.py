@@ -50,6 +50,7 @@ from .benchmark import (
     VOCAB_SIZE,
     UnsupportedLength,
     allocator_note,
+    check_shared_settings,
     cpu_ticks,
     is_out_of_memory,
     median,
@@ -137,32 +138,14 @@ class GenerationSettings:
 
     def check(self):
         """Raises ValueError naming the setting and the fix."""
-        if self.device not in MAX_PROMPT_LENGTH:
-            raise ValueError(f"device={self.device!r}: use 'cpu' or 'cuda'")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but torch.cuda.is_available() is False; use --device "
-                             "cpu")
-        if not self.prompt_lengths or any(not isinstance(n, int) or n <= 0
-                                          for n in self.prompt_lengths):
-            raise ValueError(f"prompt_lengths={self.prompt_lengths}: give positive integers, e.g. "
-                             "1024,4096")
-        if max(self.prompt_lengths) > MAX_PROMPT_LENGTH[self.device]:
-            raise ValueError(f"prompt length {max(self.prompt_lengths)} is over the {self.device} "
-                             f"limit of {MAX_PROMPT_LENGTH[self.device]} tokens")
+        check_shared_settings(self, "prompt_lengths", MAX_PROMPT_LENGTH, ("xl_memory", "repeats"))
         if self.new_tokens < 2:
             raise ValueError(f"new_tokens={self.new_tokens}: use at least 2 (decode time is that "
                              "of the tokens after the first, which the prefill picks)")
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "window",
-                     "xl_memory", "repeats"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"threads={self.threads} must be positive (or None: torch's default)")
         if self.warmup < 0:
             raise ValueError(f"warmup={self.warmup} must be >= 0")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by "
-                             f"num_heads={self.num_heads}")
         if self.window % 2:
             raise ValueError(f"window={self.window} must be even (a causal token sees window / 2 "
                              "tokens back)")
