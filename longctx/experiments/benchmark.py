@@ -296,6 +296,31 @@ def reformer_axial_shape(length: int) -> tuple[int, int]:
     return first, length // first
 
 
+def reformer_buckets(capacity: int) -> int:
+    """transformers' own choice for a length (2 * chunks, rounded down to a power of 2), >= 2."""
+    return max(2, 2 ** ((2 * (capacity // REFORMER_CHUNK_LENGTH)).bit_length() - 1))
+
+
+def hf_reformer_config(settings, capacity: int, **extra) -> transformers.ReformerConfig:
+    """transformers' Reformer at the shared size (both benchmarks): local and LSH layers
+    alternating, one hash, chunks of 64, axial positions shaped for `capacity` tokens, the
+    bucket count transformers would choose for it, no dropout; `extra`: more config fields."""
+    half = settings.hidden_size // 2
+    return transformers.ReformerConfig(
+        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
+        num_attention_heads=settings.num_heads,
+        attention_head_size=settings.hidden_size // settings.num_heads,
+        feed_forward_size=settings.intermediate_size, hidden_act="gelu",
+        attn_layers=[("local", "lsh")[i % 2] for i in range(settings.num_layers)],
+        num_hashes=1, lsh_attn_chunk_length=REFORMER_CHUNK_LENGTH,
+        local_attn_chunk_length=REFORMER_CHUNK_LENGTH, num_buckets=reformer_buckets(capacity),
+        axial_pos_embds=True, axial_pos_shape=reformer_axial_shape(capacity),
+        axial_pos_embds_dim=(half, settings.hidden_size - half),
+        max_position_embeddings=capacity, hidden_dropout_prob=0.0,
+        lsh_attention_probs_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0,
+        axial_pos_embds_init_std=0.02, pad_token_id=0, eos_token_id=2, **extra)
+
+
 def build_hf_reformer(settings: BenchmarkSettings, length: int) -> Built:
     """transformers' ReformerModel: local and LSH layers alternating, one hash, chunks of 64.
     Training needs the axial position shape to multiply to exactly the length, so it is built
@@ -306,22 +331,7 @@ def build_hf_reformer(settings: BenchmarkSettings, length: int) -> Built:
                                 f"{chunk}")
     if settings.hidden_size % 2:
         raise UnsupportedLength("hf-reformer's axial position embeddings need an even hidden_size")
-    config = transformers.ReformerConfig(
-        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
-        num_attention_heads=settings.num_heads,
-        attention_head_size=settings.hidden_size // settings.num_heads,
-        feed_forward_size=settings.intermediate_size, hidden_act="gelu",
-        attn_layers=[("local", "lsh")[i % 2] for i in range(settings.num_layers)],
-        num_hashes=1, lsh_attn_chunk_length=chunk, local_attn_chunk_length=chunk,
-        # transformers' own choice, made quietly
-        num_buckets=2 ** ((2 * (length // chunk)).bit_length() - 1),
-        axial_pos_embds=True, axial_pos_shape=reformer_axial_shape(length),
-        axial_pos_embds_dim=(settings.hidden_size // 2,
-                             settings.hidden_size - settings.hidden_size // 2),
-        max_position_embeddings=length, hidden_dropout_prob=0.0,
-        lsh_attention_probs_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0,
-        axial_pos_embds_init_std=0.02,
-        is_decoder=False, pad_token_id=0, eos_token_id=2)
+    config = hf_reformer_config(settings, length, is_decoder=False)
     return Built(transformers.ReformerModel(config),
                  notes={"attn_layers": list(config.attn_layers),
                         "axial_pos_shape": list(config.axial_pos_shape),

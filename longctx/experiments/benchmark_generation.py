@@ -46,15 +46,17 @@ from .benchmark import (
     CPU_NOISE_NOTE,
     DROPOUT_NOTE,
     FIRST_TOKEN_ID,
+    REFORMER_CHUNK_LENGTH,
     STEAL_WARNING,
     VOCAB_SIZE,
     UnsupportedLength,
     allocator_note,
     check_shared_settings,
+    hf_reformer_config,
     cpu_ticks,
     is_out_of_memory,
     median,
-    reformer_axial_shape,
+    reformer_buckets,
     shorten,
     steal_fraction,
     synchronize,
@@ -72,7 +74,6 @@ from .plots import MATPLOTLIB_MISSING, lines_against_length
 from .run_common import write_json
 
 MAX_PROMPT_LENGTH = {"cuda": 131072, "cpu": 65536}
-REFORMER_CHUNK_LENGTH = 64
 BASELINE = "hf-gpt2"
 
 # Per-device defaults (the CPU ones fit a 2-core machine; the CUDA size is the training
@@ -202,11 +203,6 @@ def reformer_capacity(settings: GenerationSettings, prompt_length: int) -> int:
     return -(-total_length(settings, prompt_length) // chunk) * chunk
 
 
-def reformer_buckets(capacity: int) -> int:
-    """transformers' own choice for a length (2 * chunks, rounded down to a power of 2), >= 2."""
-    return max(2, 2 ** ((2 * (capacity // REFORMER_CHUNK_LENGTH)).bit_length() - 1))
-
-
 def build_hf_reformer(settings: GenerationSettings, prompt_length: int) -> BuiltDecoder:
     """transformers' ReformerModelWithLMHead: local and LSH layers alternating, one hash, chunks
     of 64, its own generation cache (buckets and states). Evaluation needs the axial position
@@ -214,21 +210,8 @@ def build_hf_reformer(settings: GenerationSettings, prompt_length: int) -> Built
     if settings.hidden_size % 2:
         raise UnsupportedLength("hf-reformer's axial position embeddings split hidden_size in "
                                 f"two halves; hidden_size={settings.hidden_size} is odd")
-    capacity = reformer_capacity(settings, prompt_length)
-    half = settings.hidden_size // 2
-    config = transformers.ReformerConfig(
-        vocab_size=settings.vocab_size, hidden_size=settings.hidden_size,
-        num_attention_heads=settings.num_heads,
-        attention_head_size=settings.hidden_size // settings.num_heads,
-        feed_forward_size=settings.intermediate_size, hidden_act="gelu",
-        attn_layers=[("local", "lsh")[i % 2] for i in range(settings.num_layers)],
-        num_hashes=1, lsh_attn_chunk_length=REFORMER_CHUNK_LENGTH,
-        local_attn_chunk_length=REFORMER_CHUNK_LENGTH, num_buckets=reformer_buckets(capacity),
-        axial_pos_embds=True, axial_pos_shape=reformer_axial_shape(capacity),
-        axial_pos_embds_dim=(half, half), max_position_embeddings=capacity,
-        hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
-        local_attention_probs_dropout_prob=0.0, axial_pos_embds_init_std=0.02, hash_seed=0,
-        is_decoder=True, pad_token_id=0, eos_token_id=2)
+    config = hf_reformer_config(settings, reformer_capacity(settings, prompt_length),
+                                hash_seed=0, is_decoder=True)
     return BuiltDecoder(transformers.ReformerModelWithLMHead(config),
                         {"axial_pos_shape": list(config.axial_pos_shape),
                          "num_buckets": config.num_buckets})
