@@ -512,6 +512,19 @@ def is_out_of_memory(error: BaseException) -> bool:
             or "out of memory" in str(error).lower())
 
 
+def record_error(cell: dict, error: BaseException, kind: str | None = None):
+    """A cell's failure, kept in the results (the run goes on): its kind (`kind`, or out of
+    memory / a length the model cannot take / an error), the first line of the message, and the
+    traceback of a real error (call it in the `except` block)."""
+    cell["error_kind"] = kind or ("out_of_memory" if is_out_of_memory(error)
+                                  else "unsupported" if isinstance(error, UnsupportedLength)
+                                  else "error")
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    cell["error"] = f"{type(error).__name__}: {message[:400]}"
+    if cell["error_kind"] == "error":
+        cell["traceback"] = traceback.format_exc()
+
+
 def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
     """One (model, length) cell: timings and peak memory, or the error that stopped it."""
     spec = resolve_spec(name)
@@ -565,13 +578,7 @@ def measure(name: str, settings: BenchmarkSettings, length: int) -> dict:
         cell["seconds_per_step"] = median(cell["step_seconds"])
         cell["tokens_per_s"] = cell["tokens_per_step"] / cell["seconds_per_step"]
     except Exception as error:  # recorded; the run goes on with the next cell
-        cell["error_kind"] = ("out_of_memory" if is_out_of_memory(error)
-                              else "unsupported" if isinstance(error, UnsupportedLength)
-                              else "error")
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        cell["error"] = f"{type(error).__name__}: {message[:400]}"
-        if cell["error_kind"] == "error":
-            cell["traceback"] = traceback.format_exc()
+        record_error(cell, error)
         cell["seconds_per_step"] = cell["tokens_per_s"] = cell["peak_memory_mib"] = None
     finally:
         del model, optimizer, inputs

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -54,8 +53,8 @@ from .benchmark import (
     check_shared_settings,
     hf_reformer_config,
     cpu_ticks,
-    is_out_of_memory,
     median,
+    record_error,
     reformer_buckets,
     shorten,
     steal_fraction,
@@ -341,16 +340,6 @@ def empty_cell(name: str, settings: GenerationSettings, prompt_length: int) -> d
             "decode_seconds": None, "tokens_per_s": None, "decode_tokens_per_s": None,
             "decode_ms_per_token": None, "peak_memory_mib": None, "error": None,
             "error_kind": None}
-
-
-def record_error(cell: dict, error: BaseException, kind: str | None = None):
-    cell["error_kind"] = kind or ("out_of_memory" if is_out_of_memory(error)
-                                  else "unsupported" if isinstance(error, UnsupportedLength)
-                                  else "error")
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    cell["error"] = f"{type(error).__name__}: {message[:400]}"
-    if cell["error_kind"] == "error":
-        cell["traceback"] = traceback.format_exc()
 
 
 def check_new_tokens(cell: dict, new: torch.Tensor, wanted: int):
