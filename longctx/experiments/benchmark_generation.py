@@ -550,6 +550,13 @@ def plot_paths(output: Path) -> list[Path]:
     return [output.with_name(f"{output.stem}_{suffix}.png") for _, _, suffix in PLOTS]
 
 
+def plot_title(settings: dict, environment: dict) -> str:
+    """What a run measured (the JSON's sections): the device, the model size, the new tokens."""
+    return (f"{environment.get('device_name', environment.get('device', '?'))}: "
+            f"{settings['num_layers']}×{settings['hidden_size']}, {settings['new_tokens']} new "
+            "tokens")
+
+
 def write_plots(cells: list[dict], output: Path, title: str) -> list[str] | str:
     written = []
     for (key, label, _), path in zip(PLOTS, plot_paths(output)):
@@ -608,9 +615,7 @@ def run_generation_benchmark(settings: GenerationSettings, output, overwrite: bo
                 skipped[cell["model"]] = f"skipped: out of memory at prompt {prompt_length}"
     add_ratios(cells, settings.baseline)
     settings_record, environment_record = dataclasses.asdict(settings), environment(settings.device)
-    title = (f"{environment_record['device_name']}: {settings.num_layers}×{settings.hidden_size}, "
-             f"{settings.new_tokens} new tokens")
-    plots = write_plots(cells, output, title)
+    plots = write_plots(cells, output, plot_title(settings_record, environment_record))
     table_notes = notes(settings, cells)
     results = {"settings": settings_record, "complete": True, "environment": environment_record,
                "definitions": DEFINITIONS,

@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 
 from . import benchmark_generation
-from .benchmark import plot_paths, plot_title, write_plots
+from . import benchmark as training_benchmark
 from .measure import machine_summary
 from .study_plots import write_study_plots
 from .run_common import RUN_INFO
@@ -186,7 +186,8 @@ def task_table(task: str, runs: list[dict], relative_to: Path) -> list[str]:
 
 
 def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
-    lines = [f"### {plot_title(benchmark['settings'], benchmark['environment'])}, "
+    title = training_benchmark.plot_title(benchmark["settings"], benchmark["environment"])
+    lines = [f"### {title}, "
              f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
              "| model | length | batch | ms/step | tokens/s | peak MiB |",
              "|---|---|---|---|---|---|"]
@@ -199,24 +200,30 @@ def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
                      f"{cell['seconds_per_step'] * 1000:,.1f} | {cell['tokens_per_s']:,.0f} | "
                      f"{cell['peak_memory_mib']:,.0f} |")
     lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
-    plots = benchmark_plots(benchmark)
-    if isinstance(plots, str):
-        return lines + ["", f"({plots})", ""]
-    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in plots] + [""]
+    return with_plots(lines, benchmark_plots(benchmark, training_benchmark), relative_to)
 
 
-def benchmark_plots(benchmark: dict) -> list[Path] | str:
-    """The plots beside the benchmark's JSON, drawn from its cells where they are missing (a run
-    without matplotlib, or one whose plots stayed on the machine that ran it); a reason when
-    they cannot be drawn."""
-    paths = plot_paths(Path(benchmark["path"]))
+def benchmark_plots(benchmark: dict, module) -> list[Path] | str:
+    """The plots beside a benchmark's JSON, drawn from its cells where they are missing (a run
+    without matplotlib, or one whose plots stayed on the machine that ran it) by `module`, the
+    benchmark that wrote it (its plot_paths, plot_title, write_plots); a reason when they
+    cannot be drawn."""
+    paths = module.plot_paths(Path(benchmark["path"]))
     if not all(path.exists() for path in paths):
-        drawn = write_plots([cell for cell in benchmark["results"] if not cell.get("error")],
-                            Path(benchmark["path"]),
-                            plot_title(benchmark["settings"], benchmark["environment"]))
+        drawn = module.write_plots(
+            [cell for cell in benchmark["results"] if not cell.get("error")],
+            Path(benchmark["path"]), module.plot_title(benchmark["settings"],
+                                                       benchmark["environment"]))
         if isinstance(drawn, str):
             return drawn
     return paths
+
+
+def with_plots(lines: list[str], plots: list[Path] | str, relative_to: Path) -> list[str]:
+    """A section's lines followed by links to its plots, or by the reason there are none."""
+    if isinstance(plots, str):
+        return lines + ["", f"({plots})", ""]
+    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in plots] + [""]
 
 
 def generation_section(benchmark: dict, relative_to: Path) -> list[str]:
@@ -224,8 +231,7 @@ def generation_section(benchmark: dict, relative_to: Path) -> list[str]:
     plots (those missing drawn from the cells)."""
     settings = benchmark["settings"]
     baseline = settings.get("baseline") or "baseline"
-    lines = [f"### {plot_title(settings | {'dtype': 'fp32'}, benchmark['environment'])}, "
-             f"{settings.get('new_tokens', '?')} new tokens, "
+    lines = [f"### {benchmark_generation.plot_title(settings, benchmark['environment'])}, fp32, "
              f"`{os.path.relpath(benchmark['path'], relative_to)}`", "",
              f"| model | prompt | tokens/s | decode tokens/s | ms/token | peak MiB | "
              f"decode / {baseline} | memory / {baseline} |", "|---|---|---|---|---|---|---|---|"]
@@ -244,14 +250,7 @@ def generation_section(benchmark: dict, relative_to: Path) -> list[str]:
     if not benchmark.get("complete", True):
         lines += ["", "- incomplete: the run stopped before its last prompt length"]
     lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
-    paths = benchmark_generation.plot_paths(Path(benchmark["path"]))
-    if not all(path.exists() for path in paths):
-        drawn = benchmark_generation.write_plots(
-            [cell for cell in benchmark["results"] if not cell.get("error")],
-            Path(benchmark["path"]), "generate() against prompt length")
-        if isinstance(drawn, str):
-            return lines + ["", f"({drawn})", ""]
-    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in paths] + [""]
+    return with_plots(lines, benchmark_plots(benchmark, benchmark_generation), relative_to)
 
 
 def study_section(study: dict, relative_to: Path) -> list[str]:
@@ -279,10 +278,7 @@ def study_section(study: dict, relative_to: Path) -> list[str]:
               for skip in row.get("skipped", [])]
     if study.get("note"):
         lines.append(f"- {study['note']}")
-    plots = study_plots(study)
-    if isinstance(plots, str):
-        return lines + ["", f"({plots})", ""]
-    return lines + [""] + [f"![{p.stem}]({os.path.relpath(p, relative_to)})" for p in plots] + [""]
+    return with_plots(lines, study_plots(study), relative_to)
 
 
 def study_plots(study: dict) -> list[Path] | str:
@@ -308,22 +304,17 @@ def build_report(roots, output: Path) -> str:
         if chosen:
             lines += ([f"## {TASK_TITLES.get(task, task)}", ""]
                       + task_table(task, chosen, output.parent) + [""])
-    if benchmarks:
-        lines += ["## Efficiency (scripts/benchmark.py)", ""]
-        for benchmark in benchmarks:
-            lines += benchmark_section(benchmark, output.parent)
-    if comparisons:
-        lines += ["## Comparisons in words (comparison.md beside the results they read)", ""]
-        for path in comparisons:
-            lines += comparison_section(path, output.parent)
-    if generations:
-        lines += ["## Generation speed (scripts/benchmark_generation.py)", ""]
-        for benchmark in generations:
-            lines += generation_section(benchmark, output.parent)
-    if studies:
-        lines += ["## The study (scripts/run_study.py)", ""]
-        for study in studies:
-            lines += study_section(study, output.parent)
+    sections = [("Efficiency (scripts/benchmark.py)", benchmarks, benchmark_section),
+                ("Comparisons in words (comparison.md beside the results they read)",
+                 comparisons, comparison_section),
+                ("Generation speed (scripts/benchmark_generation.py)", generations,
+                 generation_section),
+                ("The study (scripts/run_study.py)", studies, study_section)]
+    for title, found, section in sections:
+        if found:
+            lines += [f"## {title}", ""]
+            for item in found:
+                lines += section(item, output.parent)
     text = "\n".join(lines).rstrip() + "\n"
     output.write_text(text, encoding="utf-8")
     return text
