@@ -47,7 +47,6 @@ import dataclasses
 import importlib.metadata
 import json
 import math
-import random
 import sys
 import time
 import traceback
@@ -65,13 +64,13 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 import longctx  # noqa: F401  (registers the longctx models with the Auto classes)
 from ..question_answering import best_spans, prepare_features, training_labels
 from .measure import RSS_GROWTH, environment, format_table, memory_meter
 from .metrics import binary_classification_metrics, squad_v1_scores
-from .run_common import command_line, parse_config_overrides, write_json
+from .run_common import (command_line, parse_config_overrides, seeded_sample,
+                         without_console_callbacks, write_json)
 from .squad import read_squad_file, split_by_article
 
 RESULTS_FILE = "pretrained_results.json"
@@ -361,13 +360,6 @@ def longer_than(lengths, limit: int) -> list[int]:
     return [i for i, length in enumerate(lengths) if length > limit]
 
 
-def seeded_sample(count: int | None, total: int, seed: int) -> list[int]:
-    """`count` of range(total) drawn with `seed`, in order (all when count is None or more)."""
-    if count is None or count >= total:
-        return list(range(total))
-    return sorted(random.Random(seed).sample(range(total), count))
-
-
 @dataclass
 class ImdbData:
     train_texts: list
@@ -528,13 +520,6 @@ def span_predictions(rows, features, start_logits, end_logits, budget) -> list[d
 # --------------------------------------------------------------------------- Trainer
 
 
-def quiet_trainer(**kwargs) -> Trainer:
-    trainer = Trainer(**kwargs)
-    for callback in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(callback)
-    return trainer
-
-
 def training_steps(examples: int, budget) -> int:
     """Optimizer steps of `budget.epochs` passes over `examples` in batches: the same for every
     model given the same examples."""
@@ -555,9 +540,9 @@ def fine_tune(model, tokenizer, train_set, budget, seed: int, run_dir: Path) -> 
         train_sampling_strategy="group_by_length", remove_unused_columns=False,
         dataloader_num_workers=0)
     transformers.set_seed(seed)
-    trainer = quiet_trainer(model=model, args=args, train_dataset=train_set,
-                            data_collator=DataCollatorWithPadding(tokenizer),
-                            processing_class=tokenizer)
+    trainer = without_console_callbacks(Trainer(
+        model=model, args=args, train_dataset=train_set,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer))
     with memory_meter("cpu") as memory:
         output = trainer.train()
     tokens = sum(len(ids) for ids in train_set["input_ids"]) * budget.epochs

@@ -257,8 +257,25 @@ def sample(dataset, count: int | None, seed: int):
     give a single class, and a classifier that scores 1.0 on it."""
     if count is None or count >= len(dataset):
         return dataset, range(len(dataset))
-    numbers = sorted(random.Random(seed).sample(range(len(dataset)), count))
+    numbers = seeded_sample(count, len(dataset), seed)
     return dataset.select(numbers), numbers
+
+
+def seeded_sample(count: int | None, total: int, seed: int) -> list[int]:
+    """`count` of range(total) drawn with `seed`, in order (all when count is None or more)."""
+    if count is None or count >= total:
+        return list(range(total))
+    return sorted(random.Random(seed).sample(range(total), count))
+
+
+def without_console_callbacks(trainer):
+    """The Trainer without its printing and progress-bar callbacks (the study prints its own
+    lines); returned for chaining."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    return trainer
 
 
 def data_source(data_args: DataArguments, split: str) -> str:

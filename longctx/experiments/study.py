@@ -48,7 +48,6 @@ from transformers import (
     TrainingArguments,
     default_data_collator,
 )
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 import longctx
 from .language_modeling import (
@@ -62,7 +61,8 @@ from .language_modeling import (
 )
 from .measure import RSS_GROWTH, environment, format_table, memory_meter
 from .metrics import Metrics, confusion_matrix
-from .run_common import command_line, encode_whole_text, unread_outputs
+from .run_common import (command_line, encode_whole_text, unread_outputs,
+                         without_console_callbacks)
 from .study_models import BYTE_EOS_ID, study_models
 from .study_plots import write_study_plots
 
@@ -409,10 +409,9 @@ def train(model, dataset, preset: Preset, budget: TaskBudget, seed: int, output_
     on the preset's device; returns loss and efficiency numbers."""
     args = training_arguments(preset, budget, seed, output_dir)
     timer = StepTimer()
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset,
-                            data_collator=default_data_collator, callbacks=[timer])
-    for quiet in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(quiet)
+    trainer = without_console_callbacks(trainer_class(
+        model=model, args=args, train_dataset=dataset, data_collator=default_data_collator,
+        callbacks=[timer]))
     with memory_meter(preset.device) as memory:
         output = trainer.train()
     return {"train_loss": output.training_loss, **timer.throughput(tokens_per_step),
