@@ -154,6 +154,24 @@ def test_exactly_n_tokens_even_when_the_model_wants_to_stop(name):
     assert new.shape == (1, 5)
 
 
+def test_t5_new_tokens_are_its_greedy_decoder_output_without_the_start_token():
+    """The reference: the encoder reads the prompt once, then the decoder is rerun on its whole
+    prefix (no cache) and the arg max appended, from the decoder start token."""
+    settings = tiny_settings(models=["hf-t5"])
+    model = bench.MODELS["hf-t5"].build(settings, 40).model.eval()
+    prompt = bench.make_prompt(settings, 40)
+    with torch.no_grad():
+        encoded = model.get_encoder()(input_ids=prompt).last_hidden_state
+        written = torch.tensor([[model.config.decoder_start_token_id]])
+        for _ in range(6):
+            logits = model(encoder_outputs=(encoded,), decoder_input_ids=written,
+                           use_cache=False).logits
+            written = torch.cat([written, logits[:, -1:].argmax(-1)], dim=1)
+    new = bench.generate(model, prompt, 6)
+    assert new.shape == (1, 6)
+    assert torch.equal(new, written[:, 1:])
+
+
 def test_a_short_generation_is_an_error_not_a_rate():
     cell = {}
     with pytest.raises(RuntimeError, match="3 new tokens, not 5"):

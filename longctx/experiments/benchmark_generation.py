@@ -59,6 +59,7 @@ from .benchmark import (
     shorten,
     steal_fraction,
     synchronize,
+    t5_config,
 )
 from .measure import (
     MIB,
@@ -264,6 +265,18 @@ def build_longctx_reformer(settings, prompt_length) -> BuiltDecoder:
                                 "num_buckets": model.config.num_buckets})
 
 
+def build_hf_t5(settings, prompt_length) -> BuiltDecoder:
+    """transformers' T5ForConditionalGeneration at the shared size (as many decoder layers as
+    encoder layers): the encoder reads the prompt once (bidirectional, the prefill), the decoder
+    writes the new tokens with a self-attention cache and cross-attention over the prompt's
+    encoder states. Relative position buckets: no length limit."""
+    config = t5_config(settings)
+    config.use_cache = True
+    model = transformers.T5ForConditionalGeneration(config)
+    return BuiltDecoder(model, {"decoder_layers": config.num_decoder_layers,
+                                "attn_implementation": model.config._attn_implementation})
+
+
 MODELS: dict[str, DecoderSpec] = {
     "hf-gpt2": DecoderSpec(build_hf_gpt2, "transformers GPT2LMHeadModel (SDPA, KV cache)"),
     "hf-reformer": DecoderSpec(build_hf_reformer, "transformers ReformerModelWithLMHead (local/LSH "
@@ -277,6 +290,9 @@ MODELS: dict[str, DecoderSpec] = {
                                               "memory of 1024 states"),
     "longctx-reformer": DecoderSpec(build_longctx_reformer, "local/LSH alternating, recomputing "
                                     "cache"),
+    "hf-t5": DecoderSpec(build_hf_t5, "transformers T5ForConditionalGeneration: the encoder reads "
+                         "the prompt, the decoder writes (self-attention cache, cross-attention "
+                         "over the prompt)"),
 }
 DEFAULT_MODELS = ("hf-gpt2", "hf-reformer", "longctx-transformer", "longctx-longformer",
                   "longctx-transfo-xl", "longctx-reformer")
@@ -304,12 +320,15 @@ def make_prompt(settings: GenerationSettings, prompt_length: int) -> torch.Tenso
 
 
 def generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy generate() of exactly `new_tokens` tokens; returns the new tokens (1, n)."""
+    """Greedy generate() of exactly `new_tokens` tokens; returns the new tokens (1, n). A
+    decoder returns the prompt and its continuation; an encoder-decoder (T5) returns its
+    decoder's start token and the new tokens."""
     with torch.inference_mode():
         output = model.generate(prompt, attention_mask=torch.ones_like(prompt),
                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                 do_sample=False, num_beams=1, pad_token_id=0, use_cache=True)
-    return output[:, prompt.shape[1]:]
+    first_new = 1 if model.config.is_encoder_decoder else prompt.shape[1]
+    return output[:, first_new:]
 
 
 def timed_generate(model, prompt, new_tokens: int, device: str) -> tuple[float, torch.Tensor]:
@@ -522,6 +541,8 @@ def notes(settings: GenerationSettings, cells: list[dict]) -> list[str]:
         "Reformers: axial position shape built to hold prompt + new tokens rounded up to the chunk "
         f"length {REFORMER_CHUNK_LENGTH}; hf-reformer pads the prompt to that multiple itself",
     ]
+    if "hf-t5" in settings.models:
+        lines.append(T5_GENERATION_NOTE)
     if settings.baseline:
         lines.append(f"x/{settings.baseline}: this model's decode tok/s, tok/s or peak MiB over "
                      f"{settings.baseline}'s at the same prompt length, this run only (> 1 faster "
@@ -539,6 +560,14 @@ def notes(settings: GenerationSettings, cells: list[dict]) -> list[str]:
         lines.append(f"{CPU_NOISE_NOTE}; {torch.get_num_threads()} threads")
         lines.append(allocator_note())
     return lines
+
+
+T5_GENERATION_NOTE = (
+    "hf-t5: an encoder-decoder, so its prompt goes to the encoder and the new tokens come from "
+    "the decoder (the same prompt and count as the decoders; its prefill is the encoder's pass "
+    "plus the first decoder step); as many decoder layers (with cross-attention) as encoder "
+    "layers, so more weights than a decoder of the same size (parameters in the JSON); d_kv = "
+    "hidden / heads, relu feed-forward, 32 relative position buckets")
 
 
 PLOTS = (("decode_tokens_per_s", "decode tokens/s", "decode"),
