@@ -5,6 +5,7 @@ refusal to overwrite and equal budgets."""
 
 import gzip
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,6 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from longctx.experiments import pretrained_study as study
+from longctx.experiments.report import build_report
 
 PRESET = "pretrained-tiny"
 LIMIT = study.PRETRAINED_PRESETS[PRESET].imdb.short_limit  # 32 WordPieces
@@ -163,6 +165,26 @@ def test_budgets_identical_across_models(full_run):
     assert runs[0]["training"]["steps"] >= 1
     assert entries(results)[("minilm", "imdb")]["training"]["steps"] == -(
         -imdb.train_rows // imdb.batch_size) * imdb.epochs
+
+
+def test_the_report_shows_each_pretrained_model_as_one_row(full_run, tmp_path):
+    output, results = full_run
+    text = build_report([output], tmp_path / "REPORT.md")
+    assert "## Classification and QA from pretrained weights" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in text.splitlines() if line.startswith("| minilm")}
+    assert set(rows) == set(study.PRETRAINED_PRESETS[PRESET].models)
+    for (model, task), entry in entries(results).items():
+        cells = rows[model]
+        if task == "imdb":
+            assert cells[4] == f"{entry['metrics']['sample']['accuracy']:.4f}"
+            assert cells[8] == f"{entry['metrics']['long']['accuracy']:.4f}"
+        else:
+            assert cells[12] == f"{entry['metrics']['f1']:.2f}"
+        link = f"[{task}]({os.path.relpath(output / model / task, tmp_path)})"
+        assert link in cells[-1]
+        assert (output / model / task / "run_info.json").exists()
+    assert study.PRETRAINED_PRESETS[PRESET].description in text
 
 
 def test_existing_results_are_refused_unless_overwrite(full_run, data_dir):

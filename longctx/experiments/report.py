@@ -128,6 +128,11 @@ def find_studies(roots) -> list[dict]:
     return find_documents(roots, {"preset", "seed", "results"}, pattern="study_results.json")
 
 
+def find_pretrained_studies(roots) -> list[dict]:
+    return find_documents(roots, {"preset", "source", "results"},
+                          pattern="pretrained_results.json")
+
+
 def _number(value) -> str:
     if value is None:
         return "–"
@@ -281,6 +286,58 @@ def study_section(study: dict, relative_to: Path) -> list[str]:
     return with_plots(lines, study_plots(study), relative_to)
 
 
+PRETRAINED_HEADER = ["model", "type", "parameters", "positions", "IMDb accuracy", "precision",
+                     "recall", "F1", "long accuracy", "long F1", "long reviews (truncated)",
+                     "SQuAD EM", "SQuAD F1", "train min (IMDb / SQuAD)",
+                     "eval min (IMDb / SQuAD)", "peak train MiB", "runs"]
+
+
+def pretrained_section(study: dict, relative_to: Path) -> list[str]:
+    """One pretrained_results.json (the pretrained study): a row per model with IMDb on the
+    sample and on the long reviews, SQuAD, times, peak memory and its run folders; the source
+    checkpoint, budgets and command below."""
+    preset, source = study["preset"], study["source"]
+    by_model = {}
+    for entry in study["results"]:
+        by_model.setdefault(entry["model"], {})[entry["task"]] = entry
+    lines = [f"### Preset `{preset['name']}`, source `{source.get('package') or source['path']}`, "
+             f"`{os.path.relpath(study['path'], relative_to)}`", "",
+             "| " + " | ".join(PRETRAINED_HEADER) + " |", "|" + "---|" * len(PRETRAINED_HEADER)]
+    for name, tasks in by_model.items():
+        lines.append("| " + " | ".join(pretrained_row(name, tasks, Path(study["path"]).parent,
+                                                        relative_to)) + " |")
+    lines += ["", f"- {study.get('description', '')}", f"- `{study.get('command', '?')}`"]
+    lines += [f"- {entry['model']} {entry['task']}: failed: {entry.get('error')}"
+              for entry in study["results"] if entry.get("status") != "done"]
+    return lines + [""]
+
+
+def pretrained_row(name: str, tasks: dict, folder: Path, relative_to: Path) -> list[str]:
+    """Its cells; `folder` holds the results file, its runs in <model>/<task>/."""
+    done = {task: e for task, e in tasks.items() if e.get("status") == "done"}
+    imdb, squad = done.get("imdb"), done.get("squad")
+    first = next(iter(tasks.values()))
+    cells = [name, first.get("model_type", "?"), _number(first.get("parameters")),
+             _number(imdb["max_length"] if imdb else first.get("max_length"))]
+    if imdb:
+        sample, long = imdb["metrics"]["sample"], imdb["metrics"]["long"]
+        truncated = imdb["evaluation"].get("long_rows_truncated")
+        cells += [f"{sample[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1")]
+        cells += [f"{long['accuracy']:.4f}", f"{long['f1']:.4f}",
+                  f"{long['reviews']:,} ({_number(truncated)})"]
+    else:
+        cells += ["–"] * 7
+    cells += ([f"{squad['metrics']['exact_match']:.2f}", f"{squad['metrics']['f1']:.2f}"]
+              if squad else ["–"] * 2)
+    minutes = [(f"{e['training']['seconds'] / 60:.1f}", f"{e['evaluation']['seconds'] / 60:.1f}")
+               if e else ("–", "–") for e in (imdb, squad)]
+    peaks = [e["training"]["peak_memory_mib"] for e in (imdb, squad) if e]
+    links = [f"[{task}]({os.path.relpath(folder / name / task, relative_to)})"
+             for task in tasks]
+    return cells + [" / ".join(m[0] for m in minutes), " / ".join(m[1] for m in minutes),
+                    f"{max(peaks):,.0f}" if peaks else "–", ", ".join(links)]
+
+
 def study_plots(study: dict) -> list[Path] | str:
     """The study's pictures beside its study_results.json (run_study draws them); those missing
     (a study from before them, or whose pictures stayed on the machine that ran it) drawn from
@@ -288,11 +345,23 @@ def study_plots(study: dict) -> list[Path] | str:
     return write_study_plots(study["results"], Path(study["path"]).parent, only_missing=True)
 
 
+PRETRAINED_TITLE = ("Classification and QA from pretrained weights (scripts/run_study.py --preset "
+                    "pretrained-cpu)")
+
+
+def section_lines(title: str, found: list, section, output: Path) -> list[str]:
+    """A section titled `title` with `section(item)` for each item found; none if none."""
+    if not found:
+        return []
+    return [f"## {title}", ""] + [line for item in found for line in section(item, output.parent)]
+
+
 def build_report(roots, output: Path) -> str:
     output = Path(output)
     runs, benchmarks, studies = find_runs(roots), find_benchmarks(roots), find_studies(roots)
     generations, comparisons = find_generation_benchmarks(roots), find_comparisons(roots)
-    if not runs and not benchmarks and not studies and not generations:
+    pretrained = find_pretrained_studies(roots)
+    if not runs and not benchmarks and not studies and not generations and not pretrained:
         raise ValueError(f"no results under {', '.join(map(str, roots))}: run scripts/run_*.py, "
                          f"scripts/benchmark.py or scripts/run_study.py with --output_dir / "
                          "--output there first")
@@ -304,6 +373,8 @@ def build_report(roots, output: Path) -> str:
         if chosen:
             lines += ([f"## {TASK_TITLES.get(task, task)}", ""]
                       + task_table(task, chosen, output.parent) + [""])
+        if task == "question_answering" and pretrained:  # beside the from-scratch rows
+            lines += section_lines(PRETRAINED_TITLE, pretrained, pretrained_section, output)
     sections = [("Efficiency (scripts/benchmark.py)", benchmarks, benchmark_section),
                 ("Comparisons in words (comparison.md beside the results they read)",
                  comparisons, comparison_section),
@@ -311,10 +382,7 @@ def build_report(roots, output: Path) -> str:
                  generation_section),
                 ("The study (scripts/run_study.py)", studies, study_section)]
     for title, found, section in sections:
-        if found:
-            lines += [f"## {title}", ""]
-            for item in found:
-                lines += section(item, output.parent)
+        lines += section_lines(title, found, section, output)
     text = "\n".join(lines).rstrip() + "\n"
     output.write_text(text, encoding="utf-8")
     return text
