@@ -183,7 +183,8 @@ def test_the_report_shows_each_pretrained_model_as_one_row(full_run, tmp_path):
             assert cells[12] == f"{entry['metrics']['f1']:.2f}"
         link = f"[{task}]({os.path.relpath(output / model / task, tmp_path)})"
         assert link in cells[-1]
-        assert (output / model / task / "run_info.json").exists()
+        info = json.loads((output / model / task / "run_info.json").read_text())
+        assert f"- `{info['command']}`" in text
     assert study.PRETRAINED_PRESETS[PRESET].description in text
 
 

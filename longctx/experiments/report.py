@@ -306,10 +306,22 @@ def pretrained_section(study: dict, relative_to: Path) -> list[str]:
     for name, tasks in by_model.items():
         lines.append("| " + " | ".join(pretrained_row(name, tasks, Path(study["path"]).parent,
                                                         relative_to)) + " |")
-    lines += ["", f"- {study.get('description', '')}", f"- `{study.get('command', '?')}`"]
+    lines += ["", f"- {study.get('description', '')}"]
+    lines += [f"- `{command}`" for command in pretrained_commands(study)]
     lines += [f"- {entry['model']} {entry['task']}: failed: {entry.get('error')}"
               for entry in study["results"] if entry.get("status") != "done"]
     return lines + [""]
+
+
+def pretrained_commands(study: dict) -> list[str]:
+    """The commands that made the rows (a study resumed model by model has several): each run's
+    run_info.json names its own; the results file names the last."""
+    folder, commands = Path(study["path"]).parent, []
+    for entry in study["results"]:
+        info = folder / entry["model"] / entry["task"] / RUN_INFO
+        if info.exists():
+            commands.append(json.loads(info.read_text(encoding="utf-8")).get("command"))
+    return list(dict.fromkeys(c for c in commands + [study.get("command")] if c))
 
 
 def pretrained_row(name: str, tasks: dict, folder: Path, relative_to: Path) -> list[str]:
