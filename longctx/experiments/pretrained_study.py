@@ -802,11 +802,16 @@ TABLE_HEADER = ["model", "IMDb acc", "IMDb F1", "long acc", "long F1", "long n",
 def results_table(rows: list[dict]) -> str:
     """One line per model: IMDb on the sample and on the long reviews, SQuAD, total training
     minutes and the largest training peak memory growth."""
+    return format_table(TABLE_HEADER, [table_line(name, tasks)
+                                       for name, tasks in entries_by_model(rows).items()])
+
+
+def entries_by_model(rows: list[dict]) -> dict:
+    """{model: {task: entry}} in the order of the rows."""
     by_model = {}
     for entry in rows:
         by_model.setdefault(entry["model"], {})[entry["task"]] = entry
-    return format_table(TABLE_HEADER, [table_line(name, tasks)
-                                       for name, tasks in by_model.items()])
+    return by_model
 
 
 def table_line(name: str, tasks: dict) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import benchmark_generation
 from . import benchmark as training_benchmark
 from .measure import machine_summary
+from .pretrained_study import entries_by_model
 from .study_plots import write_study_plots
 from .run_common import RUN_INFO
 from .study import TABLE_COLUMNS, table_cells
@@ -297,13 +298,10 @@ def pretrained_section(study: dict, relative_to: Path) -> list[str]:
     sample and on the long reviews, SQuAD, times, peak memory and its run folders; the source
     checkpoint, budgets and command below."""
     preset, source = study["preset"], study["source"]
-    by_model = {}
-    for entry in study["results"]:
-        by_model.setdefault(entry["model"], {})[entry["task"]] = entry
     lines = [f"### Preset `{preset['name']}`, source `{source.get('package') or source['path']}`, "
              f"`{os.path.relpath(study['path'], relative_to)}`", "",
              "| " + " | ".join(PRETRAINED_HEADER) + " |", "|" + "---|" * len(PRETRAINED_HEADER)]
-    for name, tasks in by_model.items():
+    for name, tasks in entries_by_model(study["results"]).items():
         lines.append("| " + " | ".join(pretrained_row(name, tasks, Path(study["path"]).parent,
                                                         relative_to)) + " |")
     lines += ["", f"- {study.get('description', '')}"]
@@ -341,12 +339,13 @@ def pretrained_row(name: str, tasks: dict, folder: Path, relative_to: Path) -> l
         cells += ["–"] * 7
     cells += ([f"{squad['metrics']['exact_match']:.2f}", f"{squad['metrics']['f1']:.2f}"]
               if squad else ["–"] * 2)
-    minutes = [(f"{e['training']['seconds'] / 60:.1f}", f"{e['evaluation']['seconds'] / 60:.1f}")
-               if e else ("–", "–") for e in (imdb, squad)]
+    def minutes(part: str) -> str:  # "IMDb / SQuAD"
+        return " / ".join(f"{e[part]['seconds'] / 60:.1f}" if e else "–" for e in (imdb, squad))
+
     peaks = [e["training"]["peak_memory_mib"] for e in (imdb, squad) if e]
     links = [f"[{task}]({os.path.relpath(folder / name / task, relative_to)})"
              for task in tasks]
-    return cells + [" / ".join(m[0] for m in minutes), " / ".join(m[1] for m in minutes),
+    return cells + [minutes("training"), minutes("evaluation"),
                     f"{max(peaks):,.0f}" if peaks else "–", ", ".join(links)]
 
 
@@ -385,7 +384,7 @@ def build_report(roots, output: Path) -> str:
         if chosen:
             lines += ([f"## {TASK_TITLES.get(task, task)}", ""]
                       + task_table(task, chosen, output.parent) + [""])
-        if task == "question_answering" and pretrained:  # beside the from-scratch rows
+        if task == "question_answering":  # beside the from-scratch rows
             lines += section_lines(PRETRAINED_TITLE, pretrained, pretrained_section, output)
     sections = [("Efficiency (scripts/benchmark.py)", benchmarks, benchmark_section),
                 ("Comparisons in words (comparison.md beside the results they read)",
