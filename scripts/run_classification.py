@@ -62,13 +62,19 @@ class ClassificationDataArguments(DataArguments):
 def tokenized(dataset, tokenizer, data_args, close_with_eos: bool = False):
     """`close_with_eos`: each row cut one token short and ended with the tokenizer's </s> --
     an encoder-decoder classifier (T5ForSequenceClassification) pools the state at the last
-    </s> and refuses rows without one."""
+    </s> and refuses rows without one. A tokenizer whose template already ends rows with </s>
+    (a trained BPE) gets no second one."""
+    eos = tokenizer.eos_token_id
+
     def encode(batch):
         limit = data_args.max_seq_length - int(close_with_eos)
         encoded = tokenizer(batch[data_args.text_column_name], truncation=True, max_length=limit)
         if close_with_eos:
-            encoded["input_ids"] = [ids + [tokenizer.eos_token_id] for ids in encoded["input_ids"]]
-            encoded["attention_mask"] = [mask + [1] for mask in encoded["attention_mask"]]
+            missing = [not ids or ids[-1] != eos for ids in encoded["input_ids"]]
+            encoded["input_ids"] = [ids + [eos] * add
+                                    for ids, add in zip(encoded["input_ids"], missing)]
+            encoded["attention_mask"] = [mask + [1] * add
+                                         for mask, add in zip(encoded["attention_mask"], missing)]
         encoded["labels"] = batch[data_args.label_column_name]
         return encoded
 

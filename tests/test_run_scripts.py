@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import longctx
+from longctx.experiments.report import build_report
 from longctx.experiments.run_common import DataArguments, ModelArguments, parse_config_overrides
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -425,6 +426,19 @@ def test_t5_classification_closes_rows_with_eos_and_trains(tmp_path, monkeypatch
                                    [bos, *(5 + ord(c) for c in "abcd"), eos]]
     assert closed["attention_mask"] == [[1] * 4, [1] * 6] and closed["labels"] == [0, 1]
 
+    class ClosingTokenizer:  # a template that ends rows with </s> itself, as a trained BPE's does
+        eos_token_id = eos
+
+        def __call__(self, texts, **kwargs):
+            encoded = tokenizer(texts, **{**kwargs, "max_length": kwargs["max_length"] - 1})
+            return {"input_ids": [ids + [eos] for ids in encoded["input_ids"]],
+                    "attention_mask": [mask + [1] for mask in encoded["attention_mask"]]}
+
+    once = classification["tokenized"](rows, ClosingTokenizer(), args, close_with_eos=True)
+    assert once["input_ids"] == [[bos, 5 + ord("a"), 5 + ord("b"), eos],
+                                 [bos, *(5 + ord(c) for c in "abc"), eos]]  # no second </s>
+    assert once["attention_mask"] == [[1] * 4, [1] * 5]
+
     out = tmp_path / "run"
     run_script("run_classification.py", [
         "--model_type", "t5", "--config_overrides", T5_TINY, "--train_file", str(SAMPLES / "imdb_train.jsonl"),
@@ -449,6 +463,10 @@ def test_t5_question_answering_trains_and_evaluates(tmp_path, monkeypatch):
     assert results["eval_samples"] == 4 and 0.0 <= results["eval_f1"] <= 100.0
     assert json.loads((out / "config.json").read_text())["architectures"] == ["T5ForQuestionAnswering"]
     assert len(json.loads((out / "eval_predictions.json").read_text())) == 4
+    # the report counts the decoder's layers too: 1 encoder + 1 decoder layer, 32 wide
+    assert json.loads((out / "run_info.json").read_text())["size"]["num_decoder_layers"] == 1
+    report = build_report([tmp_path], tmp_path / "REPORT.md")
+    assert "| t5 |" in report and "| 1+1×32 (encoder + decoder) |" in report
 
 
 def test_unread_outputs_keep_the_models_own_ignored_keys():

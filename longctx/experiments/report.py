@@ -144,8 +144,11 @@ def _number(value) -> str:
 
 def _size(info: dict) -> str:
     size = info.get("size", {})
-    text = f"{size.get('num_hidden_layers', '?')}×{size.get('hidden_size', '?')}"
-    extras = []
+    layers = size.get("num_hidden_layers", "?")
+    if "num_decoder_layers" in size:  # an encoder-decoder (T5): both stacks count
+        layers = f"{layers}+{size['num_decoder_layers']}"
+    text = f"{layers}×{size.get('hidden_size', '?')}"
+    extras = ["encoder + decoder"] if "num_decoder_layers" in size else []
     if "attention_window" in size:
         extras.append(f"window {size['attention_window']}")
     if "projection_dim" in size:

@@ -298,7 +298,7 @@ def require_columns(dataset, columns, argument_hint: str):
 RUN_INFO = "run_info.json"
 SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "attention_window", "projection_dim", "sharing",
-               "is_decoder", "mem_len", "attn_type")
+               "is_decoder", "mem_len", "attn_type", "num_decoder_layers")
 
 
 def command_line() -> str:
