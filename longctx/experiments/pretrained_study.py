@@ -191,8 +191,8 @@ PRETRAINED_PRESETS = {
             "WordPieces; SQuAD: 38 training articles (8,582 questions), 2 epochs at 384/128, "
             "batch 16, lr 1e-4, 10 held-out articles. Measured on 2 CPU cores "
             "(results/pretrained-2026-12-06): MiniLM 21 min IMDb + 30 min SQuAD, the Longformer "
-            "34 + 39 min; the Linformer not yet measured; --models runs one model, --resume "
-            "goes on after a stop"),
+            "34 + 39 min, the Linformer 35 (beside other work) + 36 min; --models runs one "
+            "model, --resume goes on after a stop"),
         models=minilm_models(long_length=4096, window=512, linformer_length=2048,
                              projection_dim=256),
         imdb=ImdbBudget(train_rows=4000, eval_rows=5000, batch_size=16, epochs=1,
