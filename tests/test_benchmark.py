@@ -218,6 +218,12 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     results = json.loads(output.read_text(encoding="utf-8"))
     assert results["settings"]["lengths"] == [64, 96, 128]
+    # the command that wrote the file, for the report to list under its table
+    assert results["command"].startswith("python ") and "--lengths 64,128,96" in results["command"]
+    from longctx.experiments.report import build_report
+
+    report = build_report([output.parent], tmp_path / "REPORT.md")
+    assert f"- command: `{results['command']}`" in report
     assert {"device_name", "torch", "transformers", "torch_threads"} <= set(results["environment"])
     cells = {(c["model"], c["length"]): c for c in results["results"]}
     assert set(cells) == {(model, length) for model in models for length in (64, 96, 128)}

@@ -229,6 +229,7 @@ def test_script_end_to_end_and_refusing_to_overwrite(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     results = json.loads(output.read_text(encoding="utf-8"))
     assert results["settings"]["prompt_lengths"] == [40, 70]
+    assert results["command"].startswith("python ") and "--prompt_lengths 70,40" in results["command"]
     assert set(bench.DEFINITIONS) <= set(results["definitions"])
     cells = {(c["model"], c["prompt_length"]): c for c in results["results"]}
     assert set(cells) == {(m, n) for m in bench.MODELS for n in (40, 70)}
@@ -303,6 +304,7 @@ def test_the_report_shows_a_generation_benchmark_and_written_comparisons(tmp_pat
     assert "| hf-gpt2 | 1024 | 400 | 500 | 2 | 30 | 1.00x | 1.00x |" in text
     assert "| longctx-reformer | 1024 | skipped: too slow |" in text
     assert "- a note" in text
+    assert "- command: not recorded in the file" in text  # this document has none
     for path in bench.plot_paths(folder / "gen.json"):  # drawn from the JSON and linked
         assert path.read_bytes()[:4] == b"\x89PNG"
         assert f"](results/gen/{path.name})" in text

@@ -49,6 +49,7 @@ from longctx.convert import convert_transformers_model
 
 from .measure import MIB, RSS_GROWTH, PeakRSS, device_name, environment, format_table
 from .plots import MATPLOTLIB_MISSING, decimal_log_axis, plain_log_axis, pyplot, save
+from .run_common import command_line
 
 MAX_LENGTH = {"cuda": 65536, "cpu": 16384}
 VOCAB_SIZE = 261  # the byte tokenizer's; ids are drawn from [FIRST_TOKEN_ID, VOCAB_SIZE)
@@ -829,7 +830,7 @@ def run_benchmark(settings: BenchmarkSettings,
     settings_record, environment_record = dataclasses.asdict(settings), environment(settings.device)
     plots = write_plots(cells, output, plot_title(settings_record, environment_record))
     results = {
-        "settings": settings_record, "environment": environment_record,
+        "command": command_line(), "settings": settings_record, "environment": environment_record,
         "memory_measurement": memory_measurement(settings), "loss": LOSS_NOTE, "notes": table_notes,
         "plots": plots, "wall_seconds": time.perf_counter() - started, "results": cells,
     }

@@ -71,7 +71,7 @@ from .measure import (
     format_table,
 )
 from .plots import MATPLOTLIB_MISSING, lines_against_length
-from .run_common import write_json
+from .run_common import command_line, write_json
 
 MAX_PROMPT_LENGTH = {"cuda": 131072, "cpu": 65536}
 BASELINE = "hf-gpt2"
@@ -646,7 +646,8 @@ def run_generation_benchmark(settings: GenerationSettings, output, overwrite: bo
     settings_record, environment_record = dataclasses.asdict(settings), environment(settings.device)
     plots = write_plots(cells, output, plot_title(settings_record, environment_record))
     table_notes = notes(settings, cells)
-    results = {"settings": settings_record, "complete": True, "environment": environment_record,
+    results = {"command": command_line(), "settings": settings_record, "complete": True,
+               "environment": environment_record,
                "definitions": DEFINITIONS,
                "memory_measurement": memory_measurement(settings.device),
                "notes": table_notes, "plots": plots,

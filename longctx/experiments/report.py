@@ -208,8 +208,16 @@ def benchmark_section(benchmark: dict, relative_to: Path) -> list[str]:
         lines.append(f"| {cell['model']} | {cell['length']} | {cell['batch_size']} | "
                      f"{cell['seconds_per_step'] * 1000:,.1f} | {cell['tokens_per_s']:,.0f} | "
                      f"{cell['peak_memory_mib']:,.0f} |")
-    lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
+    lines += [""] + benchmark_notes(benchmark)
     return with_plots(lines, benchmark_plots(benchmark, training_benchmark), relative_to)
+
+
+def benchmark_notes(benchmark: dict) -> list[str]:
+    """The command that wrote a benchmark JSON, then its notes. Files from before the benchmarks
+    recorded their command say so (the folder's README may hold it)."""
+    command = (f"- command: `{benchmark['command']}`" if benchmark.get("command") else
+               "- command: not recorded in the file (written before the benchmarks recorded it)")
+    return [command] + [f"- {note}" for note in benchmark.get("notes", [])]
 
 
 def benchmark_plots(benchmark: dict, module) -> list[Path] | str:
@@ -258,7 +266,7 @@ def generation_section(benchmark: dict, relative_to: Path) -> list[str]:
                      + " | ".join("–" if r is None else f"{r:.2f}x" for r in ratios) + " |")
     if not benchmark.get("complete", True):
         lines += ["", "- incomplete: the run stopped before its last prompt length"]
-    lines += [""] + [f"- {note}" for note in benchmark.get("notes", [])]
+    lines += [""] + benchmark_notes(benchmark)
     return with_plots(lines, benchmark_plots(benchmark, benchmark_generation), relative_to)
 
 
