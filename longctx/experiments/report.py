@@ -144,11 +144,11 @@ def _number(value) -> str:
 
 def _size(info: dict) -> str:
     size = info.get("size", {})
-    layers = size.get("num_hidden_layers", "?")
+    layers, extras = size.get("num_hidden_layers", "?"), []
     if "num_decoder_layers" in size:  # an encoder-decoder (T5): both stacks count
         layers = f"{layers}+{size['num_decoder_layers']}"
+        extras.append("encoder + decoder")
     text = f"{layers}×{size.get('hidden_size', '?')}"
-    extras = ["encoder + decoder"] if "num_decoder_layers" in size else []
     if "attention_window" in size:
         extras.append(f"window {size['attention_window']}")
     if "projection_dim" in size:
